@@ -1,0 +1,94 @@
+# outbox-worker: the front door. Every target works on a fresh Debian 12 machine; `make test` and
+# `make demo` install what they need first (`make deps`), so either can be the first command run.
+#
+#   make deps           install the missing Debian packages (apt-get; sudo when not root)
+#   make / make build   configure and build in build/
+#   make test           build, start a private PostgreSQL, run every test (ctest)
+#   make test-sanitize  the same with AddressSanitizer and UBSan, in build-sanitize/
+#   make demo           run the service end to end on a private database (scripts/demo.sh)
+#   make bench          throughput benchmark (bench/run.sh)
+#   make format         clang-format every C++ source in place; format-check only reports
+#   make install        install the binary under $(DESTDIR)$(PREFIX)
+#   make clean          remove the build directories
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+BUILD_DIR ?= build
+SANITIZE_BUILD_DIR ?= build-sanitize
+BUILD_TYPE ?= RelWithDebInfo
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+JOBS ?= $(NPROC)
+# Tests run in parallel by default: each one works in its own database and on its own ports.
+CTEST_JOBS ?= $(NPROC)
+CTEST_ARGS ?=
+PREFIX ?= /usr/local
+DESTDIR ?=
+
+# What building, testing and the demo need. systemd provides systemd-analyze, which the tests use
+# to check the unit files; util-linux provides runuser, with which tests/run_with_postgres.sh
+# starts PostgreSQL as the postgres user when run as root.
+DEB_PACKAGES := build-essential cmake pkg-config libpq-dev libuv1-dev libcjson-dev libspdlog-dev \
+	catch2 libcurl4-openssl-dev libhttp-parser-dev postgresql postgresql-contrib clang-format \
+	python3 curl procps util-linux systemd
+
+# Directories holding the project's C++ sources (format and format-check); build trees excluded.
+CXX_SOURCE_DIRS := common supervisor worker cli include tests examples bench
+CXX_SOURCES = $(shell find $(CXX_SOURCE_DIRS) -type f \( -name '*.cpp' -o -name '*.h' \) 2>/dev/null | sort)
+
+.PHONY: all build deps test test-sanitize demo bench format format-check clean install
+
+all: build
+
+deps:
+	@missing=(); \
+	for p in $(DEB_PACKAGES); do \
+	    if ! dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed'; then \
+	        missing+=("$$p"); \
+	    fi; \
+	done; \
+	if [ $${#missing[@]} -eq 0 ]; then \
+	    echo "deps: all $(words $(DEB_PACKAGES)) Debian packages are installed"; \
+	else \
+	    echo "deps: installing $${missing[*]}"; \
+	    sudo=; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	    $$sudo apt-get update; \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"; \
+	fi
+
+$(BUILD_DIR)/CMakeCache.txt:
+	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+
+build: $(BUILD_DIR)/CMakeCache.txt
+	cmake --build $(BUILD_DIR) -j$(JOBS)
+
+test: deps
+	$(MAKE) build
+	tests/run_with_postgres.sh ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(CTEST_JOBS) $(CTEST_ARGS)
+
+test-sanitize: deps
+	cmake -S . -B $(SANITIZE_BUILD_DIR) -DCMAKE_BUILD_TYPE=Debug -DOUTBOX_SANITIZE=ON
+	cmake --build $(SANITIZE_BUILD_DIR) -j$(JOBS)
+	tests/run_with_postgres.sh ctest --test-dir $(SANITIZE_BUILD_DIR) --output-on-failure -j$(CTEST_JOBS) $(CTEST_ARGS)
+
+demo: deps
+	$(MAKE) build
+	bash scripts/demo.sh
+
+bench: deps
+	$(MAKE) build
+	bash bench/run.sh
+
+format:
+	clang-format -i $(CXX_SOURCES)
+
+format-check:
+	clang-format --dry-run --Werror $(CXX_SOURCES)
+
+# Only the binary for now; the systemd units and the example environment file join this target
+# when they exist in systemd/.
+install: build
+	DESTDIR="$(DESTDIR)" cmake --install $(BUILD_DIR) --prefix "$(PREFIX)"
+
+clean:
+	rm -rf $(BUILD_DIR) $(SANITIZE_BUILD_DIR)

@@ -1,0 +1,138 @@
+// outbox-worker public API.
+//
+// An application links the `outbox` library, registers handlers in code and runs the same service
+// as the `outbox-worker` binary (supervisor plus forked handler processes) from its own main:
+//
+//     int main(int argc, char** argv) {
+//         outbox::Worker worker;
+//         worker.subscribe({{"shopify.*"}, [](const outbox::Event& e) {
+//             sync_product(e.payload_json);
+//             return outbox::Result::ok();
+//         }});
+//         return worker.main(argc, argv);   // run, migrate, emit, dlq, stats, ...
+//     }
+//
+// Handlers run in handler processes, never in the supervisor: a handler that crashes, leaks or
+// hangs costs one attempt of the event it was running and nothing else. Handlers are registered
+// before main()/run() and are inherited by the handler processes through fork(), so a handler may
+// capture state prepared before that point; it must not rely on threads started before it.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace outbox {
+
+// One delivery of one event, as SPEC section 2 describes it. `json` is the object exactly as exec
+// and http handlers receive it; the other members are the same fields, decoded.
+struct Event {
+    std::string id;             // "Outbox".id, stable across attempts: use it for idempotency
+    std::string event_log_id;   // "EventLog".id
+    std::string event_key;      // the application's idempotency key
+    std::string tenant_id;
+    std::string project_id;     // empty when null
+    std::string event_type;
+    std::string payload_json;   // the payload as JSON text
+    std::string metadata_json;  // JSON text, "null" when absent
+    std::string correlation_id; // empty when null
+    std::string created_at;     // ISO 8601 UTC
+    int attempt = 1;            // 1 on the first delivery
+    std::string json;           // the whole event object
+};
+
+enum class Outcome {
+    success,   // done: the event becomes COMPLETED (once every matching subscriber succeeded)
+    retry,     // failed, try again after the backoff (or DLQ when the attempts are used up)
+    permanent, // failed, retrying cannot help: straight to the dead-letter queue
+};
+
+struct Result {
+    Outcome outcome = Outcome::success;
+    std::string error;        // why it failed; stored in "lastError" / "failureReason"
+    long retry_after_ms = 0;  // a lower bound for the next retry's delay (0: backoff only)
+
+    static Result ok() { return {}; }
+    static Result retry(std::string why, long retry_after_ms = 0) {
+        return {Outcome::retry, std::move(why), retry_after_ms};
+    }
+    static Result permanent(std::string why) { return {Outcome::permanent, std::move(why), 0}; }
+};
+
+// A handler runs in a handler process. Throwing is a retryable failure with the exception's message.
+using Handler = std::function<Result(const Event&)>;
+
+struct Subscription {
+    std::vector<std::string> eventTypes; // exact names or globs with '*': "shopify.*", "*"
+    Handler handler;
+    long timeoutMs = 0;                  // 0: OUTBOX_HANDLER_TIMEOUT_MS
+    std::string name;                    // for logs; defaults to "code#N"
+};
+
+// The service. Configuration comes from the environment (SPEC section 3); handlers from subscribe()
+// calls and, when OUTBOX_HANDLERS is set, from the handlers file (after the code subscribers).
+class Worker {
+public:
+    Worker();
+    ~Worker();
+    Worker(const Worker&) = delete;
+    Worker& operator=(const Worker&) = delete;
+
+    // Subscribers run in registration order; an event succeeds when every matching one succeeds.
+    Worker& subscribe(Subscription subscription);
+
+    // The whole command line of `outbox-worker` (run, migrate, emit, dlq, stats, health,
+    // check-config). Returns the process exit code (0, 1, 64 usage, 78 configuration).
+    int main(int argc, char** argv);
+
+    // `outbox-worker run`: serves until SIGTERM/SIGINT, returns the exit code.
+    int run();
+
+    struct Impl;
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+// Writing events from an application, inside its own transaction (SPEC 2, "Writing events").
+struct NewEvent {
+    std::string eventKey;
+    std::string tenantId;
+    std::string eventType;
+    std::string payload = "{}";               // JSON text
+    std::optional<std::string> projectId;
+    std::optional<std::string> metadata;      // JSON text
+    std::optional<std::string> correlationId;
+    std::optional<int> maxRetries;            // default: the column default (5)
+};
+
+struct WrittenEvent {
+    std::string eventLogId;
+    std::string outboxId;
+    bool duplicate = false; // (eventKey, tenantId) existed: nothing was written
+};
+
+// Writes through the SQL function outbox_write_event() on the caller's connection, so it joins
+// whatever transaction the caller has open. Blocking; not for the supervisor's loop.
+// Throws outbox::WriteError on a database error or invalid JSON.
+class EventWriter {
+public:
+    explicit EventWriter(PGconn* connection) : conn_(connection) {}
+    WrittenEvent write(const NewEvent& event);
+    // Many events in one statement (one round trip); results in input order.
+    std::vector<WrittenEvent> write_batch(const std::vector<NewEvent>& events);
+
+private:
+    PGconn* conn_;
+};
+
+struct WriteError : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+} // namespace outbox

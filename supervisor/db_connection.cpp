@@ -1,0 +1,389 @@
+#include "supervisor/db_connection.h"
+
+#include <spdlog/spdlog.h>
+
+#include <random>
+
+namespace outbox {
+
+namespace {
+constexpr long kReconnectInitialMs = 100;
+constexpr long kReconnectMaxMs = 10000;
+
+std::string trim(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) {
+        s.pop_back();
+    }
+    return s;
+}
+} // namespace
+
+DbConnection::DbConnection(uv_loop_t* loop, std::string conninfo, std::string name,
+                           std::string listen_channel, Callbacks callbacks)
+    : loop_(loop), conninfo_(std::move(conninfo)), name_(std::move(name)),
+      listen_channel_(std::move(listen_channel)), callbacks_(std::move(callbacks)) {
+    uv_timer_init(loop_, &reconnect_timer_);
+    reconnect_timer_.data = this;
+    ++handles_open_;
+}
+
+DbConnection::~DbConnection() {
+    // close() must have completed: libuv still points at our handles otherwise.
+    if (conn_ != nullptr) {
+        PQfinish(conn_);
+    }
+    if (current_result_ != nullptr) {
+        PQclear(current_result_);
+    }
+}
+
+void DbConnection::start() { begin_connect(); }
+
+void DbConnection::begin_connect() {
+    if (state_ == State::closing || state_ == State::closed) {
+        return;
+    }
+    if (conn_ != nullptr) {
+        stop_watching();
+        PQfinish(conn_);
+        conn_ = nullptr;
+    }
+    // The connection string goes in as dbname with expand_dbname, so URIs and key=value strings
+    // both work and application_name can still be added as a separate keyword.
+    std::string app = "outbox-worker " + name_;
+    const char* keywords[] = {"dbname", "fallback_application_name", "connect_timeout", nullptr};
+    const char* values[] = {conninfo_.c_str(), app.c_str(), "10", nullptr};
+    conn_ = PQconnectStartParams(keywords, values, 1);
+    if (conn_ == nullptr || PQstatus(conn_) == CONNECTION_BAD) {
+        fail_connection(conn_ ? trim(PQerrorMessage(conn_)) : "out of memory");
+        return;
+    }
+    state_ = State::connecting;
+    continue_connect();
+}
+
+void DbConnection::continue_connect() {
+    PostgresPollingStatusType st = PQconnectPoll(conn_);
+    switch (st) {
+    case PGRES_POLLING_READING:
+        watch_socket(UV_READABLE);
+        return;
+    case PGRES_POLLING_WRITING:
+        watch_socket(UV_WRITABLE);
+        return;
+    case PGRES_POLLING_FAILED:
+        fail_connection(trim(PQerrorMessage(conn_)));
+        return;
+    case PGRES_POLLING_OK:
+        break;
+    default:
+        watch_socket(UV_READABLE);
+        return;
+    }
+    if (PQsetnonblocking(conn_, 1) != 0) {
+        fail_connection("cannot make the connection non-blocking");
+        return;
+    }
+    state_ = State::setup;
+    watch_socket(UV_READABLE);
+    // Setup runs ahead of any queued query: it goes straight to current_.
+    std::string setup = "SET statement_timeout = 0";
+    if (!listen_channel_.empty()) {
+        setup += "; LISTEN " + listen_channel_;
+    }
+    current_ = Pending{setup, {}, [this](QueryResult&& r) { on_setup_done(std::move(r)); }};
+    if (PQsendQuery(conn_, current_->sql.c_str()) != 1) {
+        current_.reset();
+        fail_connection(trim(PQerrorMessage(conn_)));
+        return;
+    }
+    flush_output();
+}
+
+void DbConnection::on_setup_done(QueryResult&& r) {
+    if (!r.ok()) {
+        fail_connection("connection setup failed: " + r.error());
+        return;
+    }
+    if (was_connected_ || !last_error_.empty()) {
+        spdlog::info("database connection {} re-established", name_);
+    } else {
+        spdlog::debug("database connection {} established", name_);
+    }
+    was_connected_ = true;
+    last_error_.clear();
+    reconnect_delay_ms_ = 0;
+    state_ = State::ready;
+    if (callbacks_.on_connected) {
+        callbacks_.on_connected();
+    }
+    send_next();
+}
+
+void DbConnection::watch_socket(int events) {
+    int fd = PQsocket(conn_);
+    if (fd < 0) {
+        fail_connection("connection has no socket");
+        return;
+    }
+    // libpq may switch sockets while connecting (several hosts, SSL then plain): a poll handle is
+    // bound to one descriptor, so replace it when the descriptor changes.
+    if (poll_ != nullptr && poll_fd_ != fd) {
+        stop_watching();
+    }
+    if (poll_ == nullptr) {
+        poll_ = new uv_poll_t;
+        if (uv_poll_init_socket(loop_, poll_, fd) != 0) {
+            delete poll_;
+            poll_ = nullptr;
+            fail_connection("cannot watch the database socket");
+            return;
+        }
+        poll_->data = this;
+        poll_fd_ = fd;
+        ++handles_open_;
+    }
+    uv_poll_start(poll_, events, poll_cb);
+}
+
+void DbConnection::stop_watching() {
+    if (poll_ == nullptr) {
+        return;
+    }
+    uv_poll_stop(poll_);
+    poll_->data = this;
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
+        auto* self = static_cast<DbConnection*>(h->data);
+        delete reinterpret_cast<uv_poll_t*>(h);
+        --self->handles_open_;
+        self->maybe_finish_close();
+    });
+    poll_ = nullptr;
+    poll_fd_ = -1;
+}
+
+void DbConnection::poll_cb(uv_poll_t* handle, int status, int events) {
+    static_cast<DbConnection*>(handle->data)->on_poll(status, events);
+}
+
+void DbConnection::on_poll(int status, int events) {
+    if (state_ == State::connecting) {
+        continue_connect();
+        return;
+    }
+    if (status < 0) {
+        fail_connection(std::string("socket error: ") + uv_strerror(status));
+        return;
+    }
+    if (events & UV_WRITABLE) {
+        flush_output();
+        if (conn_ == nullptr) {
+            return;
+        }
+    }
+    if (events & UV_READABLE) {
+        on_readable();
+    }
+}
+
+void DbConnection::flush_output() {
+    int r = PQflush(conn_);
+    if (r < 0) {
+        fail_connection(trim(PQerrorMessage(conn_)));
+        return;
+    }
+    // 1: more to send; wait for the socket to drain, still reading (the server may be sending).
+    watch_socket(r == 1 ? (UV_READABLE | UV_WRITABLE) : UV_READABLE);
+}
+
+void DbConnection::on_readable() {
+    if (PQconsumeInput(conn_) != 1) {
+        fail_connection(trim(PQerrorMessage(conn_)));
+        return;
+    }
+    while (PGnotify* n = PQnotifies(conn_)) {
+        std::string channel = n->relname;
+        PQfreemem(n);
+        if (callbacks_.on_notify) {
+            callbacks_.on_notify(channel);
+        }
+        if (conn_ == nullptr) {
+            return;
+        }
+    }
+    while (current_ && !PQisBusy(conn_)) {
+        PGresult* res = PQgetResult(conn_);
+        if (res != nullptr) {
+            // A multi-statement query yields several results; the caller gets the last one, or
+            // the first error.
+            if (current_result_ == nullptr || PQresultStatus(current_result_) == PGRES_COMMAND_OK ||
+                PQresultStatus(current_result_) == PGRES_TUPLES_OK) {
+                if (current_result_ != nullptr) {
+                    PQclear(current_result_);
+                }
+                current_result_ = res;
+            } else {
+                PQclear(res);
+            }
+            continue;
+        }
+        Pending done = std::move(*current_);
+        current_.reset();
+        QueryResult qr{PgResult(current_result_), false};
+        current_result_ = nullptr;
+        if (state_ == State::busy) {
+            state_ = State::ready;
+        }
+        done.done(std::move(qr));
+        if (conn_ == nullptr || state_ == State::closing || state_ == State::closed) {
+            return;
+        }
+        if (state_ == State::ready) {
+            send_next();
+        }
+        return;
+    }
+    if (PQstatus(conn_) == CONNECTION_BAD) {
+        fail_connection(trim(PQerrorMessage(conn_)));
+    }
+}
+
+void DbConnection::query(std::string sql, std::vector<std::optional<std::string>> params, Callback done) {
+    if (state_ == State::closing || state_ == State::closed) {
+        QueryResult r;
+        r.lost = true;
+        done(std::move(r));
+        return;
+    }
+    queue_.push_back(Pending{std::move(sql), std::move(params), std::move(done)});
+    if (state_ == State::ready) {
+        send_next();
+    }
+}
+
+void DbConnection::send_next() {
+    if (state_ != State::ready || queue_.empty() || current_) {
+        return;
+    }
+    current_ = std::move(queue_.front());
+    queue_.pop_front();
+    std::vector<const char*> values;
+    values.reserve(current_->params.size());
+    for (const auto& p : current_->params) {
+        values.push_back(p ? p->c_str() : nullptr);
+    }
+    if (PQsendQueryParams(conn_, current_->sql.c_str(), static_cast<int>(values.size()), nullptr,
+                          values.data(), nullptr, nullptr, 0) != 1) {
+        fail_connection(trim(PQerrorMessage(conn_)));
+        return;
+    }
+    state_ = State::busy;
+    flush_output();
+}
+
+void DbConnection::fail_connection(const std::string& why) {
+    bool was_up = state_ == State::ready || state_ == State::busy || state_ == State::setup;
+    last_error_ = why.empty() ? "connection failed" : why;
+    stop_watching();
+    if (conn_ != nullptr) {
+        PQfinish(conn_);
+        conn_ = nullptr;
+    }
+    if (current_result_ != nullptr) {
+        PQclear(current_result_);
+        current_result_ = nullptr;
+    }
+    bool closing = state_ == State::closing;
+    state_ = closing ? State::closing : State::waiting_to_reconnect;
+    if (current_) {
+        Pending p = std::move(*current_);
+        current_.reset();
+        QueryResult r;
+        r.lost = true;
+        p.done(std::move(r));
+    }
+    fail_all_queued();
+    if (closing) {
+        maybe_finish_close();
+        return;
+    }
+    if (was_up) {
+        spdlog::error("database connection {} lost: {}", name_, last_error_);
+    } else if (reconnect_delay_ms_ == 0 || reconnect_delay_ms_ >= kReconnectMaxMs) {
+        // Log the first failure and then once per capped interval, not every 100 ms.
+        spdlog::error("database connection {} failed: {}", name_, last_error_);
+    } else {
+        spdlog::debug("database connection {} failed: {}", name_, last_error_);
+    }
+    if (was_up && callbacks_.on_lost) {
+        callbacks_.on_lost(last_error_);
+    }
+    schedule_reconnect();
+}
+
+void DbConnection::fail_all_queued() {
+    // Callbacks may queue more work; those calls land in queue_ again and are failed by the next
+    // iteration, or sent after the reconnect if the callback ran after state changed.
+    std::deque<Pending> failed;
+    failed.swap(queue_);
+    for (auto& p : failed) {
+        QueryResult r;
+        r.lost = true;
+        p.done(std::move(r));
+    }
+}
+
+void DbConnection::schedule_reconnect() {
+    if (state_ == State::closing || state_ == State::closed) {
+        return;
+    }
+    static thread_local std::mt19937 rng{std::random_device{}()};
+    reconnect_delay_ms_ = reconnect_delay_ms_ == 0 ? kReconnectInitialMs
+                                                    : std::min(reconnect_delay_ms_ * 2, kReconnectMaxMs);
+    // Jitter keeps a fleet of instances from reconnecting in lockstep after a database restart.
+    std::uniform_int_distribution<long> jitter(0, reconnect_delay_ms_ / 4);
+    state_ = State::waiting_to_reconnect;
+    uv_timer_start(
+        &reconnect_timer_,
+        [](uv_timer_t* t) { static_cast<DbConnection*>(t->data)->begin_connect(); },
+        static_cast<uint64_t>(reconnect_delay_ms_ + jitter(rng)), 0);
+}
+
+void DbConnection::close(std::function<void()> on_closed) {
+    if (state_ == State::closing || state_ == State::closed) {
+        return;
+    }
+    on_closed_ = std::move(on_closed);
+    state_ = State::closing;
+    uv_timer_stop(&reconnect_timer_);
+    if (current_) {
+        Pending p = std::move(*current_);
+        current_.reset();
+        QueryResult r;
+        r.lost = true;
+        p.done(std::move(r));
+    }
+    fail_all_queued();
+    stop_watching();
+    if (conn_ != nullptr) {
+        PQfinish(conn_);
+        conn_ = nullptr;
+    }
+    uv_close(reinterpret_cast<uv_handle_t*>(&reconnect_timer_), [](uv_handle_t* h) {
+        auto* self = static_cast<DbConnection*>(h->data);
+        --self->handles_open_;
+        self->maybe_finish_close();
+    });
+}
+
+void DbConnection::maybe_finish_close() {
+    if (state_ == State::closing && handles_open_ == 0) {
+        state_ = State::closed;
+        if (on_closed_) {
+            auto cb = std::move(on_closed_);
+            cb();
+        }
+    }
+}
+
+} // namespace outbox

@@ -1,0 +1,111 @@
+// One asynchronous PostgreSQL connection driven by the supervisor's libuv loop.
+//
+// libpq runs in non-blocking mode: connecting goes through PQconnectPoll, queries through
+// PQsendQueryParams/PQflush/PQconsumeInput, all woken by a uv_poll_t on the connection's socket,
+// so no call here ever blocks the loop. Queries run one at a time in submission order; a query
+// submitted while the connection is down or busy waits in the queue.
+//
+// When the connection breaks, the running query and every queued one complete with an error
+// (PgResult whose ok() is false, `lost` true): the caller still holds whatever state it needs to
+// retry, and decides whether to (the engine keeps results in memory and writes them again after
+// reconnecting). The connection then reconnects by itself with capped exponential backoff.
+//
+// Single-threaded: every method and every callback runs on the loop thread. Callbacks may submit
+// new queries. Not copyable or movable: libuv holds pointers to the handles inside.
+#pragma once
+
+#include "common/pg.h"
+
+#include <uv.h>
+
+#include <deque>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace outbox {
+
+struct QueryResult {
+    PgResult result;
+    bool lost = false; // the connection broke before the outcome was known
+    bool ok() const { return !lost && result.ok(); }
+    std::string error() const { return lost ? std::string("connection to the database lost") : result.error(); }
+};
+
+class DbConnection {
+public:
+    struct Callbacks {
+        std::function<void()> on_connected;                   // after (re)connect and setup
+        std::function<void(const std::string&)> on_lost;      // the reason, password-free
+        std::function<void(const std::string& channel)> on_notify;
+    };
+
+    // `name` appears in logs and application_name; `listen_channel`, when non-empty, is LISTENed
+    // on after every (re)connect, before on_connected runs.
+    DbConnection(uv_loop_t* loop, std::string conninfo, std::string name, std::string listen_channel,
+                 Callbacks callbacks);
+    ~DbConnection();
+    DbConnection(const DbConnection&) = delete;
+    DbConnection& operator=(const DbConnection&) = delete;
+
+    void start();
+    // Stops reconnecting, fails queued queries, closes the socket and the handles, then calls
+    // on_closed (from the loop). The object may be destroyed after on_closed.
+    void close(std::function<void()> on_closed);
+
+    bool connected() const { return state_ == State::ready || state_ == State::busy; }
+    bool idle() const { return state_ == State::ready && queue_.empty(); }
+    size_t queued() const { return queue_.size(); }
+    const std::string& last_error() const { return last_error_; }
+
+    using Callback = std::function<void(QueryResult&&)>;
+    void query(std::string sql, std::vector<std::optional<std::string>> params, Callback done);
+
+private:
+    enum class State { idle, connecting, setup, ready, busy, waiting_to_reconnect, closing, closed };
+    struct Pending {
+        std::string sql;
+        std::vector<std::optional<std::string>> params;
+        Callback done;
+    };
+
+    void begin_connect();
+    void continue_connect();
+    void on_setup_done(QueryResult&& r);
+    void watch_socket(int events);
+    void stop_watching();
+    void on_poll(int status, int events);
+    void send_next();
+    void on_readable();
+    void flush_output();
+    void fail_connection(const std::string& why);
+    void fail_all_queued();
+    void schedule_reconnect();
+    void maybe_finish_close();
+
+    static void poll_cb(uv_poll_t* handle, int status, int events);
+
+    uv_loop_t* loop_;
+    std::string conninfo_;
+    std::string name_;
+    std::string listen_channel_;
+    Callbacks callbacks_;
+
+    PGconn* conn_ = nullptr;
+    State state_ = State::idle;
+    uv_poll_t* poll_ = nullptr; // heap: closed asynchronously, freed in its close callback
+    int poll_fd_ = -1;
+    uv_timer_t reconnect_timer_;
+    int handles_open_ = 0;
+    long reconnect_delay_ms_ = 0;
+    std::string last_error_;
+    bool was_connected_ = false;
+
+    std::deque<Pending> queue_;
+    std::optional<Pending> current_;
+    PGresult* current_result_ = nullptr;
+    std::function<void()> on_closed_;
+};
+
+} // namespace outbox

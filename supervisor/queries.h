@@ -1,0 +1,208 @@
+// Every statement the supervisor runs, in one place, as SQL. Parameters are text-format; arrays
+// arrive as PostgreSQL array literals (pg_text_array). Each statement is a single round trip and a
+// single implicit transaction, which is what makes the multi-part ones (results with their DLQ
+// inserts, the lease sweep) atomic.
+#pragma once
+
+namespace outbox::sql {
+
+// The channel the insert trigger of migration 002 notifies.
+inline constexpr const char* kNotifyChannel = "outbox_worker";
+
+// Claims up to $2 due events, oldest first, and returns each with the handler-facing event object
+// built by PostgreSQL (SPEC 2: EventLog fields when the row exists, else the Outbox row's), so the
+// supervisor forwards it without parsing the payload.
+//   $1 lease owner, $2 limit, $3 LIKE patterns of the subscribed types (NULL: every type),
+//   $4 lease token of this claim, $5 lease length in ms.
+// SKIP LOCKED lets any number of instances claim at once without waiting on each other; a row
+// another transaction is claiming is simply not ours this time.
+inline constexpr const char* kClaim = R"sql(
+WITH due AS (
+    SELECT o."id", o."eventLogId"
+      FROM "Outbox" o
+     WHERE o."status" = 'PENDING'
+       AND (o."nextRetryAt" IS NULL OR o."nextRetryAt" <= now())
+       AND ($3::text[] IS NULL OR o."eventType" LIKE ANY ($3::text[]))
+     ORDER BY o."createdAt"
+     LIMIT $2::int
+       FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE "Outbox" o
+   SET "status" = 'PROCESSING',
+       "leaseOwner" = $1,
+       "leaseToken" = $4::bigint,
+       "leaseExpiresAt" = now() + $5::bigint * interval '1 millisecond',
+       "updatedAt" = now()
+  FROM due
+  LEFT JOIN "EventLog" e ON e."id" = due."eventLogId"
+ WHERE o."id" = due."id"
+RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
+          (extract(epoch FROM o."createdAt") * 1000)::bigint,
+          json_build_object(
+              'id', o."id",
+              'eventLogId', o."eventLogId",
+              'eventKey', e."eventKey",
+              'tenantId', COALESCE(e."tenantId", o."tenantId"),
+              'projectId', e."projectId",
+              'eventType', COALESCE(e."eventType", o."eventType"),
+              'payload', COALESCE(e."payload", o."payload"),
+              'metadata', e."metadata",
+              'correlationId', e."correlationId",
+              'createdAt', to_char(COALESCE(e."createdAt", o."createdAt") AT TIME ZONE 'UTC',
+                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+              'attempt', o."retryCount" + 1)::text
+)sql";
+
+// Records the outcome of many attempts at once. Per input row: kind 0 = success (COMPLETED),
+// 1 = retry (back to PENDING after delay_ms), 2 = dead letter (FAILED plus a "DlqEventLog" row, in
+// this same statement and so the same transaction).
+// Fenced: a row changes only while it is PROCESSING under this claim's token. The token stays on
+// the row afterwards, which lets the final SELECT tell a lost lease (someone else's claim now)
+// from a result that was already recorded (a retry after a connection broke mid-commit).
+//   $1 ids, $2 tokens, $3 kinds, $4 errors, $5 delays (ms)
+// Returns one row per input: id, applied (this statement changed it), already (recorded before).
+inline constexpr const char* kRecordResults = R"sql(
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
+                  AS r(id, token, kind, err, delay_ms)
+),
+upd AS (
+    UPDATE "Outbox" o
+       SET "status" = (CASE r.kind WHEN 0 THEN 'COMPLETED' WHEN 1 THEN 'PENDING' ELSE 'FAILED' END)::"OutboxStatus",
+           "retryCount" = CASE WHEN r.kind = 0 THEN o."retryCount" ELSE o."retryCount" + 1 END,
+           "lastError" = CASE WHEN r.kind = 0 THEN NULL ELSE r.err END,
+           "processedAt" = CASE WHEN r.kind = 0 THEN now() ELSE o."processedAt" END,
+           "nextRetryAt" = CASE WHEN r.kind = 1 THEN now() + r.delay_ms * interval '1 millisecond'
+                                ELSE o."nextRetryAt" END,
+           "leaseExpiresAt" = NULL,
+           "updatedAt" = now()
+      FROM r
+     WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+    RETURNING o."id", r.kind, o."eventLogId", o."tenantId", o."eventType", o."payload",
+              o."retryCount", r.err
+),
+dlq AS (
+    INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "projectId", "eventType",
+                               "payload", "metadata", "failureReason", "retryCount")
+    SELECT 'dlq_' || replace(gen_random_uuid()::text, '-', ''), u."id",
+           COALESCE(e."eventKey", u."eventLogId"), u."tenantId", e."projectId", u."eventType",
+           u."payload", e."metadata", COALESCE(u.err, 'unknown error'), u."retryCount"
+      FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
+     WHERE u.kind = 2
+)
+SELECT r.id, (u."id" IS NOT NULL) AS applied, (prev."id" IS NOT NULL) AS already
+  FROM r
+  LEFT JOIN upd u ON u."id" = r.id
+  LEFT JOIN "Outbox" prev ON prev."id" = r.id AND prev."leaseToken" = r.token
+                         AND prev."status" <> 'PROCESSING'
+)sql";
+
+// Extends the leases of events this instance still holds. Rows not returned were lost (swept and
+// possibly claimed by another instance): their results will be fenced off.
+//   $1 ids, $2 tokens, $3 lease length in ms
+inline constexpr const char* kRenewLeases = R"sql(
+UPDATE "Outbox" o
+   SET "leaseExpiresAt" = now() + $3::bigint * interval '1 millisecond', "updatedAt" = now()
+  FROM unnest($1::text[], $2::bigint[]) AS r(id, token)
+ WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+RETURNING o."id"
+)sql";
+
+// Gives back claimed events that never started (draining, or handed back after a handler process
+// died with them queued behind the running one): due again, no attempt charged. The NOTIFY lets
+// other instances pick them up at once.
+//   $1 ids, $2 tokens
+inline constexpr const char* kRelease = R"sql(
+WITH rel AS (
+    UPDATE "Outbox" o
+       SET "status" = 'PENDING', "leaseExpiresAt" = NULL, "leaseOwner" = NULL, "updatedAt" = now()
+      FROM unnest($1::text[], $2::bigint[]) AS r(id, token)
+     WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+    RETURNING o."id"
+)
+SELECT count(*), pg_notify('outbox_worker', '') FROM rel
+)sql";
+
+// Returns events whose lease ran out (their instance died or lost the database for longer than a
+// lease) to due, charging the attempt ("lease expired"); an event out of attempts goes to the DLQ
+// in the same statement. Rows left PROCESSING without a lease (by the Node.js worker this service
+// replaces) count as expired once untouched for a lease length. Any instance may sweep; SKIP
+// LOCKED keeps two sweeps (or a sweep and a renewal) from charging one event twice.
+//   $1 lease length in ms (for lease-less rows), $2 batch limit
+inline constexpr const char* kSweepExpiredLeases = R"sql(
+WITH expired AS (
+    SELECT o."id"
+      FROM "Outbox" o
+     WHERE o."status" = 'PROCESSING'
+       AND (o."leaseExpiresAt" < now()
+            OR (o."leaseExpiresAt" IS NULL AND o."updatedAt" < now() - $1::bigint * interval '1 millisecond'))
+     LIMIT $2::int
+       FOR UPDATE SKIP LOCKED
+),
+upd AS (
+    UPDATE "Outbox" o
+       SET "status" = (CASE WHEN o."retryCount" + 1 >= o."maxRetries" THEN 'FAILED' ELSE 'PENDING' END)::"OutboxStatus",
+           "retryCount" = o."retryCount" + 1,
+           "lastError" = 'lease expired (owner ' || COALESCE(o."leaseOwner", 'unknown') || ')',
+           "nextRetryAt" = now(),
+           "leaseExpiresAt" = NULL,
+           "updatedAt" = now()
+      FROM expired
+     WHERE o."id" = expired."id"
+    RETURNING o."id", o."status", o."eventLogId", o."tenantId", o."eventType", o."payload",
+              o."retryCount", o."lastError"
+),
+dlq AS (
+    INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "projectId", "eventType",
+                               "payload", "metadata", "failureReason", "retryCount")
+    SELECT 'dlq_' || replace(gen_random_uuid()::text, '-', ''), u."id",
+           COALESCE(e."eventKey", u."eventLogId"), u."tenantId", e."projectId", u."eventType",
+           u."payload", e."metadata", u."lastError", u."retryCount"
+      FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
+     WHERE u."status" = 'FAILED'
+)
+SELECT count(*) FILTER (WHERE "status" = 'PENDING'), count(*) FILTER (WHERE "status" = 'FAILED')
+  FROM upd
+)sql";
+
+// Counts for health, metrics and the metrics log line. Cheap enough to run every few seconds,
+// and cached between runs rather than queried per HTTP request.
+//   $1 LIKE patterns of the subscribed types (NULL: every type)
+inline constexpr const char* kStatusCounts = R"sql(
+SELECT (SELECT count(*) FROM "Outbox" WHERE "status" = 'PENDING'),
+       (SELECT count(*) FROM "Outbox" WHERE "status" = 'PROCESSING'),
+       (SELECT count(*) FROM "Outbox" WHERE "status" = 'COMPLETED'),
+       (SELECT count(*) FROM "Outbox" WHERE "status" = 'FAILED'),
+       (SELECT count(*) FROM "DlqEventLog"),
+       (SELECT COALESCE(extract(epoch FROM now() - min("createdAt")), 0)::float8
+          FROM "Outbox" WHERE "status" = 'PENDING'
+           AND ("nextRetryAt" IS NULL OR "nextRetryAt" <= now())),
+       (SELECT COALESCE(json_object_agg(t, n), '{}')::text FROM (
+            SELECT "eventType" AS t, count(*) AS n FROM "Outbox"
+             WHERE "status" = 'PENDING' AND $1::text[] IS NOT NULL
+               AND NOT ("eventType" LIKE ANY ($1::text[]))
+             GROUP BY "eventType" ORDER BY count(*) DESC LIMIT 100) x)
+)sql";
+
+// Retention (SPEC 2): deletes one small batch of old COMPLETED rows. The caller holds the
+// retention advisory lock, so one instance at a time sweeps; SKIP LOCKED keeps the batch from
+// waiting on rows another transaction touches. EventLog rows are never deleted.
+//   $1 retention in hours, $2 batch size
+inline constexpr const char* kRetentionBatch = R"sql(
+WITH old AS (
+    SELECT "id" FROM "Outbox"
+     WHERE "status" = 'COMPLETED' AND "processedAt" < now() - $1::bigint * interval '1 hour'
+     LIMIT $2::int
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM "Outbox" o USING old WHERE o."id" = old."id"
+)sql";
+
+// One instance at a time runs retention: a transaction-level advisory lock taken without waiting.
+inline constexpr const char* kRetentionLockKey = "4242061701";
+
+inline constexpr const char* kSchemaVersion =
+    "SELECT CASE WHEN to_regclass('outbox_worker_schema') IS NULL THEN -1 "
+    "ELSE (SELECT COALESCE(max(version), 0) FROM outbox_worker_schema) END";
+
+} // namespace outbox::sql

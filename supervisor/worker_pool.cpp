@@ -1,0 +1,681 @@
+#include "supervisor/worker_pool.h"
+
+#include "common/check.h"
+#include "common/log.h"
+#include "worker/worker_process.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+
+namespace outbox {
+
+namespace {
+
+constexpr long kRespawnBrakeInitialMs = 100;
+constexpr long kRespawnBrakeMaxMs = 30000;
+constexpr int kChildChannelFd = 3;
+
+std::string describe_status(pid_t pid, int status) {
+    if (WIFSIGNALED(status)) {
+        int sig = WTERMSIG(status);
+        const char* abbrev = sigabbrev_np(sig);
+        std::string s = "handler process " + std::to_string(pid) + " killed by signal " + std::to_string(sig);
+        if (abbrev != nullptr) {
+            s += std::string(" (SIG") + abbrev + ")";
+        }
+        if (WCOREDUMP(status)) {
+            s += ", core dumped";
+        }
+        return s;
+    }
+    return "handler process " + std::to_string(pid) + " exited with code " + std::to_string(WEXITSTATUS(status));
+}
+
+} // namespace
+
+const char* to_string(RestartReason reason) {
+    switch (reason) {
+    case RestartReason::crashed:
+        return "crashed";
+    case RestartReason::timed_out:
+        return "timed_out";
+    case RestartReason::recycled:
+        return "recycled";
+    case RestartReason::reloaded:
+        return "reloaded";
+    case RestartReason::protocol_error:
+        return "protocol_error";
+    }
+    return "crashed";
+}
+
+struct WorkerPool::Slot {
+    WorkerPool* pool = nullptr;
+    int index = 0;
+    pid_t pid = -1;
+    SlotState state = SlotState::starting;
+    bool retired = false;
+    uv_pipe_t* channel = nullptr;
+    uv_timer_t* timer = nullptr;
+    FrameDecoder decoder;
+    struct InFlight {
+        uint64_t seq;
+        long timeout_ms;
+    };
+    std::deque<InFlight> pipeline;
+    long events_done = 0;
+    bool killed = false;
+    bool stopped_by_supervisor = false; // killed while draining: its events are not charged
+    RestartReason kill_reason = RestartReason::crashed;
+    std::string kill_error;
+    uint64_t head_started_ms = 0;
+    uint64_t spawned_ms = 0;
+};
+
+WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options, std::shared_ptr<const std::vector<Subscriber>> subscribers,
+                       Callbacks callbacks)
+    : loop_(loop), options_(options), subscribers_(std::move(subscribers)), callbacks_(std::move(callbacks)) {
+    consecutive_crashes_.assign(static_cast<size_t>(options_.workers), 0);
+    respawn_timers_.resize(static_cast<size_t>(options_.workers));
+    uv_signal_init(loop_, &sigchld_);
+    sigchld_.data = this;
+    ++open_handles_;
+}
+
+WorkerPool::~WorkerPool() = default;
+
+void WorkerPool::start() {
+    uv_signal_start(
+        &sigchld_, [](uv_signal_t* h, int) { static_cast<WorkerPool*>(h->data)->on_sigchld(); }, SIGCHLD);
+    for (int i = 0; i < options_.workers; ++i) {
+        spawn(i);
+    }
+}
+
+void WorkerPool::spawn(int index) {
+    if (draining_ || closing_) {
+        return;
+    }
+    int fds[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
+        spdlog::error("cannot create a channel for handler process {}: {}", index, std::strerror(errno));
+        respawn_later(index, kRespawnBrakeMaxMs);
+        return;
+    }
+    pid_t parent = getpid();
+    // Handler processes are forked without exec: they inherit the registered handlers (code
+    // subscribers are closures in this address space). The supervisor is single-threaded, so the
+    // child's copy of every lock is consistent.
+    pid_t pid = fork();
+    if (pid < 0) {
+        spdlog::error("cannot fork handler process {}: {}", index, std::strerror(errno));
+        ::close(fds[0]);
+        ::close(fds[1]);
+        respawn_later(index, kRespawnBrakeMaxMs);
+        return;
+    }
+    if (pid == 0) {
+        // In the child. Die with the supervisor, even if it is SIGKILLed and cannot say goodbye;
+        // checking the parent afterwards closes the race with a supervisor that died before prctl.
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) {
+            _exit(kWorkerExitOk);
+        }
+        // Signal dispositions and the mask come from the supervisor's loop (libuv's handlers).
+        // Ctrl-C reaches the whole foreground process group: the supervisor decides how the
+        // service stops, so SIGINT and SIGHUP are ignored here; SIGTERM keeps its default.
+        sigset_t all;
+        sigemptyset(&all);
+        sigprocmask(SIG_SETMASK, &all, nullptr);
+        for (int sig : {SIGTERM, SIGCHLD, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE}) {
+            signal(sig, SIG_DFL);
+        }
+        signal(SIGINT, SIG_IGN);
+        signal(SIGHUP, SIG_IGN);
+        // Keep only stdio and the channel (SPEC 6): no database socket, no listening socket.
+        if (dup2(fds[1], kChildChannelFd) < 0) {
+            _exit(kWorkerExitSetupError);
+        }
+        ::close_range(kChildChannelFd + 1, ~0U, 0);
+        // Handlers must not talk to systemd in the supervisor's name.
+        unsetenv("NOTIFY_SOCKET");
+        unsetenv("WATCHDOG_USEC");
+        unsetenv("WATCHDOG_PID");
+        if (options_.memory_limit_mb > 0) {
+            rlimit lim{};
+            lim.rlim_cur = lim.rlim_max = static_cast<rlim_t>(options_.memory_limit_mb) * 1024 * 1024;
+            if (setrlimit(RLIMIT_AS, &lim) != 0) {
+                _exit(kWorkerExitSetupError);
+            }
+        }
+        set_log_process_name("handler-" + std::to_string(index));
+        WorkerProcessOptions opts;
+        opts.process_name = "handler-" + std::to_string(index);
+        run_worker_process(kChildChannelFd, *subscribers_, opts);
+    }
+
+    ::close(fds[1]);
+    auto slot = std::make_unique<Slot>();
+    slot->pool = this;
+    slot->index = index;
+    slot->pid = pid;
+    slot->spawned_ms = uv_now(loop_);
+    slot->channel = new uv_pipe_t;
+    uv_pipe_init(loop_, slot->channel, 0);
+    ++open_handles_;
+    uv_pipe_open(slot->channel, fds[0]);
+    slot->timer = new uv_timer_t;
+    uv_timer_init(loop_, slot->timer);
+    ++open_handles_;
+    Slot* raw = slot.get();
+    slot->channel->data = raw;
+    slot->timer->data = raw;
+    uv_read_start(
+        reinterpret_cast<uv_stream_t*>(slot->channel),
+        [](uv_handle_t*, size_t suggested, uv_buf_t* buf) {
+            buf->base = new char[suggested];
+            buf->len = suggested;
+        },
+        [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+            auto* s = static_cast<Slot*>(stream->data);
+            s->pool->on_channel_read(*s, nread, buf);
+            delete[] buf->base;
+        });
+    slots_[index] = std::move(slot);
+    spdlog::debug("handler process {} started (slot {})", pid, index);
+}
+
+void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf) {
+    if (nread == 0) {
+        return;
+    }
+    if (nread < 0) {
+        // EOF: the process closed its end, which only happens when it exits (or a handler closed
+        // descriptor 3 behind our back). Either way it can no longer report results: make sure it
+        // is gone, and let the exit path attribute the running event.
+        close_channel(slot);
+        if (slot.state != SlotState::dead && !slot.killed) {
+            if (slot.state == SlotState::quitting && slot.pipeline.empty()) {
+                return; // a clean QUIT: the exit status arrives with SIGCHLD
+            }
+            kill_slot(slot, RestartReason::crashed,
+                      "handler process " + std::to_string(slot.pid) + " closed its channel");
+        }
+        return;
+    }
+    slot.decoder.feed(buf->base, static_cast<size_t>(nread));
+    for (;;) {
+        FrameDecoder::Next next = slot.decoder.next();
+        if (next.status == FrameDecoder::Status::need_more) {
+            return;
+        }
+        if (next.status == FrameDecoder::Status::error) {
+            spdlog::error("handler process {} sent a bad frame: {}", slot.pid, next.error);
+            kill_slot(slot, RestartReason::protocol_error,
+                      "handler process " + std::to_string(slot.pid) + " broke the channel protocol: " + next.error);
+            return;
+        }
+        handle_frame(slot, std::move(next.frame));
+        if (slot.killed || slot.channel == nullptr) {
+            return;
+        }
+    }
+}
+
+void WorkerPool::handle_frame(Slot& slot, Frame&& frame) {
+    switch (frame.type) {
+    case MessageType::hello: {
+        auto hello = decode_hello(frame);
+        if (!hello.ok() || hello.value().protocol != kProtocolVersion) {
+            kill_slot(slot, RestartReason::protocol_error,
+                      "handler process " + std::to_string(slot.pid) + " sent a bad HELLO: " +
+                          (hello.ok() ? "protocol version mismatch" : hello.error()));
+            return;
+        }
+        if (slot.state == SlotState::starting) {
+            slot.state = SlotState::ready;
+            if (callbacks_.on_capacity) {
+                callbacks_.on_capacity();
+            }
+        }
+        return;
+    }
+    case MessageType::result: {
+        auto decoded = decode_result(frame);
+        if (!decoded.ok()) {
+            kill_slot(slot, RestartReason::protocol_error,
+                      "handler process " + std::to_string(slot.pid) + " sent a bad RESULT: " + decoded.error());
+            return;
+        }
+        ResultMsg& result = decoded.value();
+        if (slot.pipeline.empty() || slot.pipeline.front().seq != result.seq) {
+            kill_slot(slot, RestartReason::protocol_error,
+                      "handler process " + std::to_string(slot.pid) + " answered event #" +
+                          std::to_string(result.seq) + " out of order");
+            return;
+        }
+        slot.pipeline.pop_front();
+        ++slot.events_done;
+        consecutive_crashes_[static_cast<size_t>(slot.index)] = 0;
+        arm_timeout(slot);
+        uint64_t seq = result.seq;
+        callbacks_.on_result(seq, std::move(result));
+        if (slot.killed) {
+            return;
+        }
+        if (options_.max_events_per_process > 0 && slot.events_done >= options_.max_events_per_process &&
+            slot.state == SlotState::ready) {
+            // Recycling: the process finishes what it holds (nothing more is sent to a quitting
+            // slot), then exits cleanly, and on_exit starts its replacement.
+            slot.state = SlotState::quitting;
+            send(slot, encode_quit());
+            if (callbacks_.on_restart) {
+                callbacks_.on_restart(RestartReason::recycled);
+            }
+        }
+        if (callbacks_.on_capacity) {
+            callbacks_.on_capacity();
+        }
+        return;
+    }
+    default:
+        kill_slot(slot, RestartReason::protocol_error,
+                  "handler process " + std::to_string(slot.pid) + " sent an unexpected " +
+                      message_type_name(frame.type) + " message");
+        return;
+    }
+}
+
+void WorkerPool::send(Slot& slot, std::string frame) {
+    if (slot.channel == nullptr) {
+        return;
+    }
+    struct WriteReq {
+        uv_write_t req;
+        std::string data;
+    };
+    auto* w = new WriteReq;
+    w->data = std::move(frame);
+    uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
+    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(slot.channel), &buf, 1, [](uv_write_t* req, int) {
+        // A failed write means the process is gone; EOF or SIGCHLD reports that.
+        delete reinterpret_cast<WriteReq*>(req);
+    });
+    if (rc != 0) {
+        delete w;
+    }
+}
+
+int WorkerPool::capacity() const {
+    int free = 0;
+    for (const auto& [index, slot] : slots_) {
+        if (slot->state == SlotState::ready && !slot->killed) {
+            free += options_.pipeline_depth - static_cast<int>(slot->pipeline.size());
+        }
+    }
+    return free;
+}
+
+int WorkerPool::ready_processes() const {
+    int n = 0;
+    for (const auto& [index, slot] : slots_) {
+        if (slot->state == SlotState::ready && !slot->killed) {
+            ++n;
+        }
+    }
+    return n;
+}
+
+size_t WorkerPool::in_flight() const {
+    size_t n = 0;
+    for (const auto& [index, slot] : slots_) {
+        n += slot->pipeline.size();
+    }
+    for (const auto& slot : retired_) {
+        n += slot->pipeline.size();
+    }
+    return n;
+}
+
+bool WorkerPool::dispatch(uint64_t seq, std::string_view event_json, long timeout_ms) {
+    Slot* best = nullptr;
+    for (auto& [index, slot] : slots_) {
+        if (slot->state != SlotState::ready || slot->killed ||
+            static_cast<int>(slot->pipeline.size()) >= options_.pipeline_depth) {
+            continue;
+        }
+        if (best == nullptr || slot->pipeline.size() < best->pipeline.size()) {
+            best = slot.get();
+        }
+    }
+    if (best == nullptr) {
+        return false;
+    }
+    best->pipeline.push_back({seq, timeout_ms});
+    send(*best, encode_event_frame(seq, timeout_ms, event_json));
+    if (best->pipeline.size() == 1) {
+        arm_timeout(*best);
+    }
+    return true;
+}
+
+void WorkerPool::arm_timeout(Slot& slot) {
+    if (slot.timer == nullptr) {
+        return;
+    }
+    uv_timer_stop(slot.timer);
+    if (slot.pipeline.empty()) {
+        return;
+    }
+    // The head of the pipeline is running from now on: its predecessor just finished (or it was
+    // sent to an idle process).
+    slot.head_started_ms = uv_now(loop_);
+    if (callbacks_.on_started) {
+        callbacks_.on_started(slot.pipeline.front().seq);
+    }
+    uint64_t limit = static_cast<uint64_t>(slot.pipeline.front().timeout_ms + options_.kill_grace_ms);
+    uv_timer_start(
+        slot.timer, [](uv_timer_t* t) { auto* s = static_cast<Slot*>(t->data); s->pool->on_timeout(*s); }, limit, 0);
+}
+
+void WorkerPool::on_timeout(Slot& slot) {
+    if (slot.pipeline.empty() || slot.killed) {
+        return;
+    }
+    long timeout = slot.pipeline.front().timeout_ms;
+    spdlog::warn("handler process {} ran event #{} past its timeout of {} ms: killing it", slot.pid,
+                 slot.pipeline.front().seq, timeout);
+    kill_slot(slot, RestartReason::timed_out, "timed out after " + std::to_string(timeout) + " ms");
+}
+
+void WorkerPool::kill_slot(Slot& slot, RestartReason reason, std::string why) {
+    if (slot.killed || slot.state == SlotState::dead) {
+        return;
+    }
+    slot.killed = true;
+    slot.kill_reason = reason;
+    slot.kill_error = std::move(why);
+    if (slot.timer != nullptr) {
+        uv_timer_stop(slot.timer);
+    }
+    ::kill(slot.pid, SIGKILL);
+}
+
+void WorkerPool::close_channel(Slot& slot) {
+    if (slot.channel != nullptr) {
+        uv_read_stop(reinterpret_cast<uv_stream_t*>(slot.channel));
+        close_handle(slot.channel);
+        slot.channel = nullptr;
+    }
+}
+
+void WorkerPool::on_sigchld() {
+    for (;;) {
+        int status = 0;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0) {
+            break;
+        }
+        Slot* found = nullptr;
+        for (auto& [index, slot] : slots_) {
+            if (slot->pid == pid) {
+                found = slot.get();
+            }
+        }
+        for (auto& slot : retired_) {
+            if (slot->pid == pid) {
+                found = slot.get();
+            }
+        }
+        if (found != nullptr) {
+            on_exit(*found, status);
+        } else {
+            // Not ours: as PID 1 of a container we inherit orphans and must reap them.
+            spdlog::debug("reaped process {} ({})", pid, describe_status(pid, status));
+        }
+    }
+    maybe_finish_close();
+}
+
+void WorkerPool::on_exit(Slot& slot, int status) {
+    slot.state = SlotState::dead;
+    close_channel(slot);
+    if (slot.timer != nullptr) {
+        uv_timer_stop(slot.timer);
+        close_handle(slot.timer);
+        slot.timer = nullptr;
+    }
+    std::string how = describe_status(slot.pid, status);
+    bool clean = WIFEXITED(status) && WEXITSTATUS(status) == kWorkerExitOk && !slot.killed;
+
+    // Attribution: the head of the pipeline was running; the rest never started.
+    std::vector<uint64_t> returned;
+    if (!slot.pipeline.empty()) {
+        uint64_t head = slot.pipeline.front().seq;
+        slot.pipeline.pop_front();
+        for (const auto& f : slot.pipeline) {
+            returned.push_back(f.seq);
+        }
+        slot.pipeline.clear();
+        if (slot.stopped_by_supervisor) {
+            returned.insert(returned.begin(), head);
+        } else {
+            std::string error = slot.killed ? slot.kill_error : how;
+            spdlog::error("{}; event #{} fails: {}", how, head, error);
+            callbacks_.on_failed(head, error);
+        }
+    }
+    if (!returned.empty()) {
+        callbacks_.on_returned(std::move(returned));
+    }
+
+    RestartReason reason = slot.killed ? slot.kill_reason : RestartReason::crashed;
+    if (clean) {
+        spdlog::debug("{} (clean exit)", how);
+    } else if (!slot.killed) {
+        spdlog::error("{}", how);
+    } else {
+        spdlog::warn("{} ({})", how, to_string(reason));
+    }
+
+    int index = slot.index;
+    bool retired = slot.retired;
+    std::unique_ptr<Slot> owned;
+    if (retired) {
+        auto it = std::find_if(retired_.begin(), retired_.end(), [&](const auto& p) { return p.get() == &slot; });
+        owned = std::move(*it);
+        retired_.erase(it);
+    } else {
+        owned = std::move(slots_[index]);
+        slots_.erase(index);
+    }
+
+    if (retired || draining_ || closing_) {
+        if (callbacks_.on_capacity) {
+            callbacks_.on_capacity();
+        }
+        return;
+    }
+    if (clean) {
+        // Recycled after OUTBOX_WORKER_MAX_EVENTS: replace at once.
+        spawn(index);
+    } else {
+        if (callbacks_.on_restart) {
+            callbacks_.on_restart(reason);
+        }
+        // A brake on crash loops: each consecutive crash of this slot doubles the delay before
+        // the next start, up to 30 s. A successful event resets it.
+        int& crashes = consecutive_crashes_[static_cast<size_t>(index)];
+        ++crashes;
+        long delay = crashes <= 1 ? 0 : std::min(kRespawnBrakeMaxMs, kRespawnBrakeInitialMs << std::min(crashes - 2, 20));
+        if (delay == 0) {
+            spawn(index);
+        } else {
+            spdlog::warn("handler slot {} crashed {} times in a row: restarting in {} ms", index, crashes, delay);
+            respawn_later(index, delay);
+        }
+    }
+    if (callbacks_.on_capacity) {
+        callbacks_.on_capacity();
+    }
+}
+
+void WorkerPool::respawn_later(int index, long delay_ms) {
+    auto& timer = respawn_timers_[static_cast<size_t>(index)];
+    if (timer == nullptr) {
+        timer = std::make_unique<RespawnTimer>();
+        timer->pool = this;
+        timer->index = index;
+        uv_timer_init(loop_, &timer->handle);
+        timer->handle.data = timer.get();
+        ++open_handles_;
+    }
+    uv_timer_start(
+        &timer->handle,
+        [](uv_timer_t* t) {
+            auto* rt = static_cast<RespawnTimer*>(t->data);
+            rt->pool->spawn(rt->index);
+        },
+        static_cast<uint64_t>(delay_ms), 0);
+}
+
+void WorkerPool::replace_subscribers(std::shared_ptr<const std::vector<Subscriber>> subscribers) {
+    subscribers_ = std::move(subscribers);
+    ++generation_;
+    std::vector<int> indexes;
+    for (auto& [index, slot] : slots_) {
+        indexes.push_back(index);
+    }
+    for (int index : indexes) {
+        std::unique_ptr<Slot> old = std::move(slots_[index]);
+        slots_.erase(index);
+        old->retired = true;
+        if (old->state == SlotState::starting || old->state == SlotState::ready) {
+            old->state = SlotState::quitting;
+            send(*old, encode_quit());
+        }
+        if (callbacks_.on_restart) {
+            callbacks_.on_restart(RestartReason::reloaded);
+        }
+        retired_.push_back(std::move(old));
+        spawn(index);
+    }
+}
+
+void WorkerPool::quit_all() {
+    draining_ = true;
+    auto quit = [&](Slot& slot) {
+        if (slot.state == SlotState::starting || slot.state == SlotState::ready) {
+            slot.state = SlotState::quitting;
+            send(slot, encode_quit());
+        }
+    };
+    for (auto& [index, slot] : slots_) {
+        quit(*slot);
+    }
+    for (auto& slot : retired_) {
+        quit(*slot);
+    }
+    for (auto& timer : respawn_timers_) {
+        if (timer != nullptr) {
+            uv_timer_stop(&timer->handle);
+        }
+    }
+}
+
+void WorkerPool::kill_all() {
+    draining_ = true;
+    auto stop = [&](Slot& slot) {
+        if (!slot.killed && slot.state != SlotState::dead) {
+            slot.stopped_by_supervisor = true;
+            kill_slot(slot, RestartReason::reloaded, "stopped by the supervisor");
+        }
+    };
+    for (auto& [index, slot] : slots_) {
+        stop(*slot);
+    }
+    for (auto& slot : retired_) {
+        stop(*slot);
+    }
+}
+
+std::vector<pid_t> WorkerPool::pids() const {
+    std::vector<pid_t> out;
+    for (const auto& [index, slot] : slots_) {
+        out.push_back(slot->pid);
+    }
+    for (const auto& slot : retired_) {
+        out.push_back(slot->pid);
+    }
+    return out;
+}
+
+void WorkerPool::close(std::function<void()> on_closed) {
+    on_closed_ = std::move(on_closed);
+    closing_ = true;
+    draining_ = true;
+    kill_all();
+    maybe_finish_close();
+}
+
+void WorkerPool::close_handle(uv_handle_t* handle, bool free_it) {
+    handle->data = this;
+    if (free_it) {
+        uv_close(handle, [](uv_handle_t* h) {
+            auto* self = static_cast<WorkerPool*>(h->data);
+            free_handle(h);
+            self->handle_closed();
+        });
+    } else {
+        uv_close(handle, [](uv_handle_t* h) { static_cast<WorkerPool*>(h->data)->handle_closed(); });
+    }
+}
+
+void WorkerPool::free_handle(uv_handle_t* h) {
+    switch (h->type) {
+    case UV_NAMED_PIPE:
+        delete reinterpret_cast<uv_pipe_t*>(h);
+        break;
+    case UV_TIMER:
+        delete reinterpret_cast<uv_timer_t*>(h);
+        break;
+    default:
+        OUTBOX_CHECK(!"only pipes and timers are closed through free_handle");
+    }
+}
+
+void WorkerPool::handle_closed() {
+    --open_handles_;
+    if (closing_ && open_handles_ == 0 && on_closed_) {
+        auto cb = std::move(on_closed_);
+        cb();
+    }
+}
+
+void WorkerPool::maybe_finish_close() {
+    if (!closing_ || !slots_.empty() || !retired_.empty() || final_handles_closing_) {
+        return;
+    }
+    // Every child is reaped: now the pool's own handles can go.
+    final_handles_closing_ = true;
+    for (auto& timer : respawn_timers_) {
+        if (timer != nullptr) {
+            uv_timer_stop(&timer->handle);
+            timer->handle.data = this;
+            close_handle(reinterpret_cast<uv_handle_t*>(&timer->handle), false);
+        }
+    }
+    uv_signal_stop(&sigchld_);
+    close_handle(reinterpret_cast<uv_handle_t*>(&sigchld_), false);
+}
+
+} // namespace outbox

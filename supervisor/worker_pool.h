@@ -1,0 +1,137 @@
+// The handler-process pool: an explicit table of slots (as nginx's ngx_processes), each a forked
+// process with its own channel (a SOCK_STREAM socketpair speaking common/protocol.h).
+//
+// Events are pipelined: a slot may hold up to `pipeline_depth` events at once. The process runs
+// them strictly in order, so the oldest unanswered event is the one running. When a process dies
+// or overruns its timeout, exactly that event is charged (on_failed); the ones queued behind it
+// never started and are handed back without an attempt (on_returned).
+//
+// Everything runs on the supervisor's loop. The pool reaps its children on SIGCHLD (waitpid(-1),
+// so as PID 1 in a container it also reaps orphans that were re-parented to it).
+#pragma once
+
+#include "common/protocol.h"
+#include "worker/subscriber.h"
+
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace outbox {
+
+struct PoolOptions {
+    int workers = 1;
+    int pipeline_depth = 4;
+    long max_events_per_process = 0; // recycle after N events; 0: never
+    long memory_limit_mb = 0;        // RLIMIT_AS of each process; 0: none
+    long kill_grace_ms = 500;        // a handler is killed this long after its timeout
+    long quit_grace_ms = 5000;       // how long a process asked to QUIT may take before SIGKILL
+};
+
+// Why a process was replaced, as the metric label outbox_worker_restarts_total{reason}.
+enum class RestartReason { crashed, timed_out, recycled, reloaded, protocol_error };
+const char* to_string(RestartReason reason);
+
+class WorkerPool {
+public:
+    struct Callbacks {
+        std::function<void(uint64_t seq, ResultMsg&& result)> on_result;
+        // The running event's attempt failed because its process died or was killed.
+        std::function<void(uint64_t seq, std::string error)> on_failed;
+        // Events that were queued in a process but never started, handed back uncharged.
+        std::function<void(std::vector<uint64_t> seqs)> on_returned;
+        // A slot gained free capacity (a result arrived, a process became ready).
+        std::function<void()> on_capacity;
+        std::function<void(RestartReason)> on_restart;
+        // A handler started running an event (for the commit-to-start latency).
+        std::function<void(uint64_t seq)> on_started;
+    };
+
+    WorkerPool(uv_loop_t* loop, PoolOptions options, std::shared_ptr<const std::vector<Subscriber>> subscribers,
+               Callbacks callbacks);
+    ~WorkerPool();
+    WorkerPool(const WorkerPool&) = delete;
+    WorkerPool& operator=(const WorkerPool&) = delete;
+
+    void start();
+
+    // Free pipeline positions over all ready slots.
+    int capacity() const;
+    int ready_processes() const;
+    size_t in_flight() const;
+    bool has_processes() const { return !slots_.empty(); }
+
+    // Sends one event to the least-loaded ready slot; false when no slot has room.
+    bool dispatch(uint64_t seq, std::string_view event_json, long timeout_ms);
+
+    // SIGHUP: new processes with the new subscribers take over at once; the old ones finish what
+    // they hold, then exit. Nothing is lost or run twice.
+    void replace_subscribers(std::shared_ptr<const std::vector<Subscriber>> subscribers);
+
+    // Draining: no respawns; every process is asked to QUIT after the events it holds.
+    void quit_all();
+    // Deadline passed: SIGKILL every process. Events they held come back through on_returned
+    // (uncharged: the service, not the handler, cut them short).
+    void kill_all();
+    // Closes every handle; on_closed runs once all are closed and every child is reaped.
+    void close(std::function<void()> on_closed);
+
+    std::vector<pid_t> pids() const;
+
+private:
+    struct Slot;
+    enum class SlotState { starting, ready, quitting, dead };
+
+    void spawn(int index);
+    void on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf);
+    void handle_frame(Slot& slot, Frame&& frame);
+    void send(Slot& slot, std::string frame);
+    void arm_timeout(Slot& slot);
+    void on_timeout(Slot& slot);
+    void kill_slot(Slot& slot, RestartReason reason, std::string why);
+    void on_sigchld();
+    void on_exit(Slot& slot, int status);
+    void close_channel(Slot& slot);
+    void respawn_later(int index, long delay_ms);
+    void maybe_finish_close();
+    // Closes a handle; freed afterwards when it was heap-allocated on its own (channel, timer).
+    void close_handle(uv_handle_t* handle, bool free_it);
+    template <typename Handle>
+    void close_handle(Handle* handle) {
+        close_handle(reinterpret_cast<uv_handle_t*>(handle), true);
+    }
+    static void free_handle(uv_handle_t* handle);
+    void handle_closed();
+
+    struct RespawnTimer {
+        uv_timer_t handle;
+        WorkerPool* pool;
+        int index;
+    };
+
+    uv_loop_t* loop_;
+    PoolOptions options_;
+    std::shared_ptr<const std::vector<Subscriber>> subscribers_;
+    Callbacks callbacks_;
+
+    // Active slots by index 0..workers-1, plus retired slots (replaced on SIGHUP, still finishing).
+    std::map<int, std::unique_ptr<Slot>> slots_;
+    std::vector<std::unique_ptr<Slot>> retired_;
+    std::vector<std::unique_ptr<RespawnTimer>> respawn_timers_;
+    std::vector<int> consecutive_crashes_;
+    uv_signal_t sigchld_;
+    bool draining_ = false;
+    bool closing_ = false;
+    bool final_handles_closing_ = false;
+    int open_handles_ = 0;
+    std::function<void()> on_closed_;
+    uint64_t generation_ = 0;
+};
+
+} // namespace outbox

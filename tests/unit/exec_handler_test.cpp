@@ -1,0 +1,311 @@
+// The exec handler against real commands (/bin/sh and coreutils): outcomes, stdin, environment,
+// stderr tail, timeouts, and that no process of the command outlives a call.
+#include "worker/exec_handler.h"
+
+#include <catch2/catch.hpp>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+outbox::Event make_event(std::string json = R"({"id":"ob_1","eventType":"order.created"})") {
+    outbox::Event event;
+    event.id = "ob_1";
+    event.event_type = "order.created";
+    event.tenant_id = "tenant-a";
+    event.attempt = 3;
+    event.json = std::move(json);
+    return event;
+}
+
+outbox::Result run(std::vector<std::string> command, long timeout_ms = 10000,
+                   std::vector<std::pair<std::string, std::string>> env = {},
+                   const outbox::Event& event = make_event()) {
+    outbox::ExecHandlerOptions options;
+    options.command = std::move(command);
+    options.env = std::move(env);
+    options.timeout_ms = timeout_ms;
+    return outbox::run_exec_handler(options, event);
+}
+
+// A private directory for files the commands write, removed with everything in it.
+class TempDir {
+public:
+    TempDir() {
+        std::string pattern =
+            (std::filesystem::temp_directory_path() / "exec-handler-test-XXXXXX").string();
+        REQUIRE(::mkdtemp(pattern.data()) != nullptr);
+        path_ = pattern;
+    }
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path_, ignored);
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+
+    std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+private:
+    std::filesystem::path path_;
+};
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream content;
+    content << in.rdbuf();
+    return content.str();
+}
+
+// Polls `condition` until it holds or `limit` passes; the result of the last evaluation.
+template <typename Condition>
+bool wait_for(Condition condition, std::chrono::milliseconds limit = 5000ms) {
+    const auto deadline = Clock::now() + limit;
+    while (!condition()) {
+        if (Clock::now() >= deadline) {
+            return condition();
+        }
+        std::this_thread::sleep_for(5ms);
+    }
+    return true;
+}
+
+bool process_gone(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
+
+// A descendant killed with its group is reparented and reaped by init, which takes a moment; the
+// group is gone once no member (not even a zombie) is left.
+bool process_group_gone(pid_t pgid) { return ::kill(-pgid, 0) == -1 && errno == ESRCH; }
+
+pid_t read_pid(const std::string& path) {
+    const std::string text = read_file(path);
+    REQUIRE_FALSE(text.empty());
+    return static_cast<pid_t>(std::stol(text));
+}
+
+} // namespace
+
+TEST_CASE("exec: exit 0 is success", "[exec]") {
+    const outbox::Result result = run({"true"});
+    CHECK(result.outcome == outbox::Outcome::success);
+    CHECK(result.error.empty());
+}
+
+TEST_CASE("exec: exit 65 is a permanent failure carrying the stderr tail", "[exec]") {
+    const outbox::Result result = run({"sh", "-c", "echo 'bad payload' >&2; exit 65"});
+    CHECK(result.outcome == outbox::Outcome::permanent);
+    CHECK(result.error == "exit code 65: bad payload");
+}
+
+TEST_CASE("exec: another exit code is retryable with the stderr tail", "[exec]") {
+    const outbox::Result result =
+        run({"sh", "-c", "echo 'first line' >&2; echo 'upstream down' >&2; exit 3"});
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK(result.error == "exit code 3: first line\nupstream down");
+    CHECK(result.retry_after_ms == 0);
+}
+
+TEST_CASE("exec: an exit code without stderr output is named alone", "[exec]") {
+    const outbox::Result result = run({"sh", "-c", "exit 7"});
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK(result.error == "exit code 7");
+}
+
+TEST_CASE("exec: only the last 2 KiB of a long stderr are kept", "[exec]") {
+    const outbox::Result result = run(
+        {"sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; echo ' END' >&2; exit 1"});
+    REQUIRE(result.outcome == outbox::Outcome::retry);
+    REQUIRE(result.error.starts_with("exit code 1: xxx"));
+    CHECK(result.error.ends_with("xxx END"));
+    CHECK(result.error.size() <= std::string("exit code 1: ").size() + outbox::kExecStderrTailBytes);
+}
+
+TEST_CASE("exec: a command killed by a signal is retryable and names the signal", "[exec]") {
+    const outbox::Result result = run({"sh", "-c", "echo 'about to crash' >&2; kill -SEGV $$"});
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK(result.error == "killed by signal 11 (SIGSEGV): about to crash");
+}
+
+TEST_CASE("exec: a hanging command times out promptly and leaves no process", "[exec]") {
+    TempDir dir;
+    const std::string pid_file = dir.file("pid");
+    // The shell, and a background sleep in its process group, both outlive the timeout.
+    const auto started = Clock::now();
+    const outbox::Result result = run(
+        {"sh", "-c", "sleep 30 & echo $$ > \"$1\"; wait", "sh", pid_file}, 300);
+    const auto elapsed = Clock::now() - started;
+
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK(result.error == "timed out after 300 ms");
+    CHECK(elapsed >= 300ms);
+    CHECK(elapsed < 2000ms);
+
+    REQUIRE(wait_for([&] { return !read_file(pid_file).empty(); }));
+    const pid_t pid = read_pid(pid_file);
+    CHECK(process_gone(pid)); // reaped by the handler, not just killed
+    CHECK(wait_for([&] { return process_group_gone(pid); }));
+}
+
+TEST_CASE("exec: background processes do not outlive a successful command", "[exec]") {
+    TempDir dir;
+    const std::string pid_file = dir.file("pid");
+    const outbox::Result result =
+        run({"sh", "-c", "sleep 30 & echo $$ > \"$1\"; exit 0", "sh", pid_file});
+    CHECK(result.outcome == outbox::Outcome::success);
+    const pid_t pid = read_pid(pid_file);
+    CHECK(process_gone(pid));
+    CHECK(wait_for([&] { return process_group_gone(pid); }));
+}
+
+TEST_CASE("exec: the event JSON arrives on stdin, complete", "[exec]") {
+    TempDir dir;
+    const std::string out = dir.file("stdin");
+    const outbox::Event event = make_event(R"({"id":"ob_1","payload":{"sku":"A-1","qty":2}})");
+    const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
+    REQUIRE(result.outcome == outbox::Outcome::success);
+    CHECK(read_file(out) == event.json);
+}
+
+TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec]") {
+    TempDir dir;
+    const std::string out = dir.file("stdin");
+    const outbox::Event event = make_event("\"" + std::string(1024 * 1024, 'p') + "\"");
+    const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
+    REQUIRE(result.outcome == outbox::Outcome::success);
+    CHECK(read_file(out).size() == event.json.size());
+}
+
+TEST_CASE("exec: a command that ignores a 1 MiB stdin does not deadlock", "[exec]") {
+    const outbox::Event event = make_event("\"" + std::string(1024 * 1024, 'p') + "\"");
+    const auto started = Clock::now();
+    SECTION("it exits at once") {
+        const outbox::Result result = run({"sh", "-c", "exit 0"}, 5000, {}, event);
+        CHECK(result.outcome == outbox::Outcome::success);
+    }
+    SECTION("it closes stdin and keeps working") {
+        const outbox::Result result =
+            run({"sh", "-c", "exec 0<&-; echo 'no input wanted' >&2; exit 4"}, 5000, {}, event);
+        CHECK(result.outcome == outbox::Outcome::retry);
+        CHECK(result.error == "exit code 4: no input wanted");
+    }
+    CHECK(Clock::now() - started < 3000ms);
+}
+
+TEST_CASE("exec: the environment is inherited, extended and carries the event", "[exec]") {
+    TempDir dir;
+    const std::string out = dir.file("env");
+    REQUIRE(::setenv("EXEC_HANDLER_TEST_INHERITED", "from-parent", 1) == 0);
+    const outbox::Result result = run(
+        {"sh", "-c",
+         "printf '%s|%s|%s|%s|%s' \"$EXEC_HANDLER_TEST_INHERITED\" \"$GREETING\" "
+         "\"$OUTBOX_EVENT_ID\" \"$OUTBOX_EVENT_TYPE\" \"$OUTBOX_ATTEMPT\" > \"$1\"",
+         "sh", out},
+        10000, {{"GREETING", "hello world"}, {"EXEC_HANDLER_TEST_INHERITED", "overridden"}});
+    ::unsetenv("EXEC_HANDLER_TEST_INHERITED");
+    REQUIRE(result.outcome == outbox::Outcome::success);
+    CHECK(read_file(out) == "overridden|hello world|ob_1|order.created|3");
+}
+
+TEST_CASE("exec: the command's stdout goes to the handler process's stderr", "[exec]") {
+    TempDir dir;
+    const std::string captured = dir.file("stderr");
+    const int saved_stderr = ::dup(2);
+    REQUIRE(saved_stderr >= 0);
+    const int file = ::open(captured.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(file >= 0);
+    ::dup2(file, 2);
+    ::close(file);
+    const outbox::Result result = run({"sh", "-c", "echo 'progress report'; exit 2"});
+    ::dup2(saved_stderr, 2);
+    ::close(saved_stderr);
+
+    CHECK(result.error == "exit code 2"); // stdout is not part of the error
+    CHECK(read_file(captured) == "progress report\n");
+}
+
+TEST_CASE("exec: a command that cannot be executed is a clear retryable failure", "[exec]") {
+    SECTION("not in PATH") {
+        const outbox::Result result = run({"no-such-command-for-outbox-tests"});
+        CHECK(result.outcome == outbox::Outcome::retry);
+        CHECK(result.error ==
+              "cannot execute \"no-such-command-for-outbox-tests\": not found in PATH");
+    }
+    SECTION("no such file") {
+        const outbox::Result result = run({"/nonexistent/outbox/handler"});
+        CHECK(result.outcome == outbox::Outcome::retry);
+        CHECK(result.error ==
+              "cannot execute \"/nonexistent/outbox/handler\": No such file or directory");
+    }
+    SECTION("not executable") {
+        TempDir dir;
+        const std::string script = dir.file("script.sh");
+        std::ofstream(script) << "#!/bin/sh\nexit 0\n";
+        const outbox::Result result = run({script});
+        CHECK(result.outcome == outbox::Outcome::retry);
+        CHECK(result.error == "cannot execute \"" + script + "\": Permission denied");
+    }
+}
+
+TEST_CASE("exec: the child does not inherit the handler process's descriptors", "[exec]") {
+    TempDir dir;
+    const std::string out = dir.file("fds");
+    // A descriptor without close-on-exec, as a careless library might leave behind.
+    const int leaked = ::open("/dev/null", O_RDONLY);
+    REQUIRE(leaked > 2);
+    const outbox::Result result =
+        run({"sh", "-c", "ls /proc/self/fd > \"$1\"", "sh", out});
+    ::close(leaked);
+    REQUIRE(result.outcome == outbox::Outcome::success);
+    // ls lists 0, 1 and 2 and the descriptor it reads the directory through; a fifth entry
+    // would be the inherited one.
+    std::istringstream listing(read_file(out));
+    int count = 0;
+    for (std::string line; std::getline(listing, line);) {
+        ++count;
+    }
+    CHECK(count <= 4);
+}
+
+TEST_CASE("exec: the handler process keeps working after many runs", "[exec]") {
+    // Descriptor or child leaks would show up as a growing /proc/self/fd or lingering children.
+    auto count_fds = [] {
+        return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
+                             std::filesystem::directory_iterator());
+    };
+    const auto before = count_fds();
+    for (int i = 0; i < 20; ++i) {
+        REQUIRE(run({"sh", "-c", "cat >/dev/null; exit 1"}).outcome == outbox::Outcome::retry);
+    }
+    CHECK(count_fds() == before);
+    // No child of ours is left, zombie or not.
+    const pid_t waited = ::waitpid(-1, nullptr, WNOHANG);
+    const int wait_error = errno;
+    CHECK(waited == -1);
+    CHECK(wait_error == ECHILD);
+}
+
+TEST_CASE("exec: sanitize_error_text makes bytes storable", "[exec]") {
+    CHECK(outbox::sanitize_error_text("  plain text \n") == "plain text");
+    CHECK(outbox::sanitize_error_text("caf\xC3\xA9") == "caf\xC3\xA9");
+    // A multi-byte character cut at the front of a tail is dropped, not replaced.
+    CHECK(outbox::sanitize_error_text("\xA9 rest") == "rest");
+    CHECK(outbox::sanitize_error_text(std::string("a\0b", 3)) == "a\xEF\xBF\xBD" "b");
+    CHECK(outbox::sanitize_error_text("x\xFFy") == "x\xEF\xBF\xBDy");
+    CHECK(outbox::sanitize_error_text("x\xC3") == "x\xEF\xBF\xBD");       // truncated at the end
+    CHECK(outbox::sanitize_error_text("x\xED\xA0\x80") ==                  // a UTF-16 surrogate
+          "x\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+}

@@ -1,0 +1,524 @@
+// The handler process loop, run in a forked child and driven over a real socketpair by the test,
+// which plays the supervisor.
+#include "common/protocol.h"
+#include "worker/subscriber.h"
+#include "worker/worker_process.h"
+
+#include <catch2/catch.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace outbox;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr auto kDeadline = 10s;
+
+int64_t realtime_us() {
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME, &now);
+    return int64_t{now.tv_sec} * 1000000 + now.tv_nsec / 1000;
+}
+
+std::string event_json(const std::string& type, const std::string& id = "ob_1") {
+    return R"({"id": ")" + id + R"(", "eventLogId": "el_1", "eventKey": "key-1", )"
+           R"("tenantId": "tenant-a", "projectId": null, "eventType": ")" +
+           type + R"(", "payload": {"n": 12345678901234567890}, "metadata": null, )"
+           R"("correlationId": "corr-1", "createdAt": "2024-05-01T12:00:00Z", "attempt": 2})";
+}
+
+std::string event_frame(uint64_t seq, const std::string& type) {
+    return encode_event_frame(seq, 30000, event_json(type, "ob_" + std::to_string(seq)));
+}
+
+// A pipe whose ends close themselves; used to let a handler in the child wait for the test.
+struct Pipe {
+    int read_end = -1;
+    int write_end = -1;
+    Pipe() {
+        int fds[2];
+        REQUIRE(pipe2(fds, O_CLOEXEC) == 0);
+        read_end = fds[0];
+        write_end = fds[1];
+    }
+    ~Pipe() {
+        close_read();
+        close_write();
+    }
+    Pipe(const Pipe&) = delete;
+    Pipe& operator=(const Pipe&) = delete;
+    void close_read() {
+        if (read_end >= 0) {
+            ::close(read_end);
+            read_end = -1;
+        }
+    }
+    void close_write() {
+        if (write_end >= 0) {
+            ::close(write_end);
+            write_end = -1;
+        }
+    }
+};
+
+// Blocks until the pipe's write end is closed everywhere (end of file). In the child this is how a
+// handler holds an event "running" until the test lets it finish.
+void wait_for_eof(int fd) {
+    char byte;
+    for (;;) {
+        const ssize_t n = ::read(fd, &byte, 1);
+        if (n == 0 || (n < 0 && errno != EINTR)) {
+            return;
+        }
+    }
+}
+
+void write_byte(int fd) {
+    const char byte = 's';
+    while (::write(fd, &byte, 1) < 0 && errno == EINTR) {
+    }
+}
+
+// What the test reads from the child.
+struct Received {
+    enum class Kind { frame, eof, timeout, error } kind = Kind::timeout;
+    Frame frame;
+    std::string error;
+};
+
+// A handler process under test: forked on construction, killed and reaped on destruction if the
+// test did not see it exit, so that no child outlives a failed test.
+class WorkerUnderTest {
+public:
+    WorkerUnderTest(std::vector<Subscriber> subscribers, std::function<void()> child_setup = {}) {
+        int fds[2];
+        REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
+        // Output buffered now would be written a second time by the child when it flushes.
+        std::cout.flush();
+        std::fflush(nullptr);
+        pid_ = fork();
+        REQUIRE(pid_ >= 0);
+        if (pid_ == 0) {
+            // The child keeps only its own end: holding the test's end would hide its closing.
+            ::close(fds[0]);
+            if (child_setup) {
+                child_setup();
+            }
+            run_worker_process(fds[1], subscribers, WorkerProcessOptions{"handler[test]"});
+        }
+        ::close(fds[1]);
+        fd_ = fds[0];
+    }
+
+    ~WorkerUnderTest() {
+        close_channel();
+        if (pid_ > 0 && !reaped_) {
+            ::kill(pid_, SIGKILL);
+            int status = 0;
+            while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+            }
+        }
+    }
+
+    WorkerUnderTest(const WorkerUnderTest&) = delete;
+    WorkerUnderTest& operator=(const WorkerUnderTest&) = delete;
+
+    pid_t pid() const { return pid_; }
+
+    void send(const std::string& bytes) {
+        size_t written = 0;
+        while (written < bytes.size()) {
+            const ssize_t n = ::send(fd_, bytes.data() + written, bytes.size() - written,
+                                     MSG_NOSIGNAL);
+            if (n < 0 && errno == EINTR) {
+                continue;
+            }
+            REQUIRE(n > 0);
+            written += static_cast<size_t>(n);
+        }
+    }
+
+    void close_channel() {
+        if (fd_ >= 0) {
+            ::close(fd_);
+            fd_ = -1;
+        }
+    }
+
+    Received receive(std::chrono::milliseconds timeout = kDeadline) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        Received received;
+        for (;;) {
+            FrameDecoder::Next next = decoder_.next();
+            if (next.status == FrameDecoder::Status::frame) {
+                received.kind = Received::Kind::frame;
+                received.frame = std::move(next.frame);
+                return received;
+            }
+            if (next.status == FrameDecoder::Status::error) {
+                received.kind = Received::Kind::error;
+                received.error = next.error;
+                return received;
+            }
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            if (left.count() <= 0) {
+                received.kind = Received::Kind::timeout;
+                return received;
+            }
+            pollfd pfd{fd_, POLLIN, 0};
+            if (poll(&pfd, 1, static_cast<int>(left.count())) <= 0) {
+                continue;
+            }
+            char chunk[4096];
+            const ssize_t n = ::read(fd_, chunk, sizeof chunk);
+            if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+                received.kind = Received::Kind::eof;
+                return received;
+            }
+            if (n > 0) {
+                decoder_.feed(chunk, static_cast<size_t>(n));
+            }
+        }
+    }
+
+    ResultMsg receive_result() {
+        Received received = receive();
+        REQUIRE(received.kind == Received::Kind::frame);
+        const auto result = decode_result(received.frame);
+        INFO(result.error());
+        REQUIRE(result.ok());
+        return result.value();
+    }
+
+    void expect_hello() {
+        Received received = receive();
+        REQUIRE(received.kind == Received::Kind::frame);
+        const auto hello = decode_hello(received.frame);
+        REQUIRE(hello.ok());
+        CHECK(hello.value().pid == pid_);
+        CHECK(hello.value().protocol == kProtocolVersion);
+    }
+
+    // The child's wait status once it has exited, or nullopt at the deadline. Polls waitpid
+    // because a child's exit has no descriptor to wait on portably.
+    std::optional<int> wait_exit(std::chrono::milliseconds timeout = kDeadline) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        for (;;) {
+            int status = 0;
+            const pid_t done = waitpid(pid_, &status, WNOHANG);
+            if (done == pid_) {
+                reaped_ = true;
+                return status;
+            }
+            if (std::chrono::steady_clock::now() >= deadline) {
+                return std::nullopt;
+            }
+            std::this_thread::sleep_for(2ms);
+        }
+    }
+
+    void expect_exit_code(int code) {
+        const std::optional<int> status = wait_exit();
+        REQUIRE(status.has_value());
+        INFO("wait status " << *status);
+        REQUIRE(WIFEXITED(*status));
+        CHECK(WEXITSTATUS(*status) == code);
+    }
+
+private:
+    pid_t pid_ = -1;
+    int fd_ = -1;
+    bool reaped_ = false;
+    FrameDecoder decoder_;
+};
+
+Subscriber subscriber(std::string name, std::vector<std::string> patterns, Handler handler) {
+    Subscriber s;
+    s.name = std::move(name);
+    s.patterns = std::move(patterns);
+    s.timeout_ms = 30000;
+    s.handler = std::move(handler);
+    return s;
+}
+
+// The subscribers every test's handler process has.
+std::vector<Subscriber> standard_subscribers() {
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(subscriber("ok", {"ok.*"}, [](const Event&) { return Result::ok(); }));
+    subscribers.push_back(subscriber(
+        "busy", {"retry.*"}, [](const Event&) { return Result::retry("downstream busy", 1500); }));
+    subscribers.push_back(subscriber("thrower", {"throw.std"}, [](const Event&) -> Result {
+        throw std::runtime_error("boom");
+    }));
+    subscribers.push_back(
+        subscriber("int-thrower", {"throw.int"}, [](const Event&) -> Result { throw 42; }));
+    subscribers.push_back(subscriber("strict", {"perm.*"}, [](const Event&) {
+        return Result::permanent("payload rejected");
+    }));
+    // Reports what it received, so the test can check the decoded Event.
+    subscribers.push_back(subscriber("echo", {"echo"}, [](const Event& e) {
+        return Result::retry(e.id + "|" + e.event_log_id + "|" + e.event_key + "|" + e.tenant_id +
+                             "|" + e.project_id + "|" + e.event_type + "|" + e.payload_json + "|" +
+                             e.metadata_json + "|" + e.correlation_id + "|" + e.created_at + "|" +
+                             std::to_string(e.attempt));
+    }));
+    // Order and early stop: "first" runs for every chain.*, "second" fails chain.fail, "third"
+    // fails every chain.* it reaches.
+    subscribers.push_back(
+        subscriber("first", {"chain.*"}, [](const Event&) { return Result::ok(); }));
+    subscribers.push_back(subscriber("second", {"chain.fail"}, [](const Event&) {
+        return Result::retry("second failed");
+    }));
+    subscribers.push_back(subscriber("third", {"chain.*"}, [](const Event&) {
+        return Result::permanent("third ran");
+    }));
+    subscribers.push_back(subscriber("sleeper", {"sleep"}, [](const Event&) {
+        // The handler's own work, not synchronisation: it gives durationUs a known lower bound.
+        std::this_thread::sleep_for(30ms);
+        return Result::ok();
+    }));
+    return subscribers;
+}
+
+} // namespace
+
+TEST_CASE("handler process says HELLO and answers every kind of outcome", "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+
+    struct Case {
+        std::string type;
+        Outcome outcome;
+        std::string error;
+        long retry_after_ms;
+    };
+    const std::vector<Case> cases = {
+        {"ok.created", Outcome::success, "", 0},
+        {"retry.x", Outcome::retry, "subscriber busy: downstream busy", 1500},
+        {"throw.std", Outcome::retry, "subscriber thrower: boom", 0},
+        {"throw.int", Outcome::retry, "subscriber int-thrower: unknown exception", 0},
+        {"perm.x", Outcome::permanent, "subscriber strict: payload rejected", 0},
+        {"chain.fail", Outcome::retry, "subscriber second: second failed", 0},
+        {"chain.other", Outcome::permanent, "subscriber third: third ran", 0},
+        {"nobody.here", Outcome::retry,
+         "no subscriber matches event type nobody.here in this handler process", 0},
+    };
+    uint64_t seq = 100;
+    for (const Case& c : cases) {
+        INFO("event type " << c.type);
+        const int64_t before = realtime_us();
+        worker.send(event_frame(seq, c.type));
+        const ResultMsg result = worker.receive_result();
+        const int64_t after = realtime_us();
+        CHECK(result.seq == seq);
+        CHECK(result.outcome == c.outcome);
+        CHECK(result.error == c.error);
+        CHECK(result.retry_after_ms == c.retry_after_ms);
+        CHECK(result.started_at_us >= before);
+        CHECK(result.started_at_us <= after);
+        CHECK(result.duration_us >= 0);
+        CHECK(result.duration_us <= after - before);
+        ++seq;
+    }
+
+    worker.send(event_frame(1, "sleep"));
+    const ResultMsg slept = worker.receive_result();
+    CHECK(slept.outcome == Outcome::success);
+    CHECK(slept.duration_us >= 30000);
+
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+}
+
+TEST_CASE("handlers receive the decoded event", "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    worker.send(encode_event_frame(7, 1000, event_json("echo", "ob_77")));
+    const ResultMsg result = worker.receive_result();
+    CHECK(result.seq == 7);
+    CHECK(result.error == "subscriber echo: ob_77|el_1|key-1|tenant-a||echo|"
+                          "{\"n\": 12345678901234567890}|null|corr-1|2024-05-01T12:00:00Z|2");
+}
+
+TEST_CASE("pipelined events are answered in order", "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    // One write with several EVENTs, as a supervisor that pipelines sends them.
+    worker.send(event_frame(1, "ok.a") + event_frame(2, "perm.b") + event_frame(3, "ok.c") +
+                event_frame(4, "retry.d"));
+    const std::vector<std::pair<uint64_t, Outcome>> expected = {
+        {1, Outcome::success}, {2, Outcome::permanent}, {3, Outcome::success}, {4, Outcome::retry}};
+    for (const auto& [seq, outcome] : expected) {
+        const ResultMsg result = worker.receive_result();
+        CHECK(result.seq == seq);
+        CHECK(result.outcome == outcome);
+    }
+}
+
+TEST_CASE("a malformed event object fails that event permanently and nothing else",
+          "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    worker.send(encode_event_frame(5, 1000, R"({"id":"ob_5","attempt":1})"));
+    const ResultMsg bad = worker.receive_result();
+    CHECK(bad.seq == 5);
+    CHECK(bad.outcome == Outcome::permanent);
+    CHECK_THAT(bad.error, Catch::Contains("malformed event") && Catch::Contains("eventLogId"));
+
+    worker.send(event_frame(6, "ok.after"));
+    const ResultMsg good = worker.receive_result();
+    CHECK(good.seq == 6);
+    CHECK(good.outcome == Outcome::success);
+}
+
+TEST_CASE("QUIT ends the handler process with exit code 0", "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    worker.send(event_frame(1, "ok.x"));
+    CHECK(worker.receive_result().seq == 1);
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+}
+
+TEST_CASE("QUIT lets the running event finish and overtakes the queued ones",
+          "[worker_process]") {
+    Pipe gate;    // the handler of "hold" runs until the test closes the write end
+    Pipe started; // the handler of "hold" writes a byte here when it starts
+    std::vector<Subscriber> subscribers = standard_subscribers();
+    subscribers.push_back(subscriber("holder", {"hold"}, [&](const Event&) {
+        write_byte(started.write_end);
+        wait_for_eof(gate.read_end);
+        return Result::ok();
+    }));
+    WorkerUnderTest worker(subscribers, [&] {
+        gate.close_write();
+        started.close_read();
+    });
+    gate.close_read();
+    started.close_write();
+    worker.expect_hello();
+
+    worker.send(event_frame(1, "hold"));
+    pollfd pfd{started.read_end, POLLIN, 0};
+    REQUIRE(poll(&pfd, 1, 10000) == 1);
+
+    // Event 1 is running; event 2 and the QUIT queue up behind it in one write.
+    worker.send(event_frame(2, "ok.queued") + encode_quit());
+    gate.close_write();
+
+    const ResultMsg first = worker.receive_result();
+    CHECK(first.seq == 1);
+    CHECK(first.outcome == Outcome::success);
+    // Event 2 is never started, so it gets no RESULT: the channel ends right after event 1.
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+}
+
+TEST_CASE("a malformed frame from the supervisor is exit code 2", "[worker_process]") {
+    std::string garbage;
+    SECTION("length too large") { garbage = std::string("\x7f\xff\xff\xff", 4); }
+    SECTION("length too small") { garbage = std::string("\0\0\0\1Q", 5); }
+    SECTION("unknown type") { garbage = std::string("\0\0\0\3X{}", 7); }
+    SECTION("body not JSON") { garbage = std::string("\0\0\0\4E{{{", 8); }
+    SECTION("EVENT without seq") {
+        const std::string body = R"(E{"timeoutMs":5,"event":{}})";
+        garbage = std::string("\0\0\0", 3) + static_cast<char>(body.size()) + body;
+    }
+    SECTION("a frame only the handler process sends") {
+        garbage = encode_result(ResultMsg{1, Outcome::success, "", 0, 1, 1});
+    }
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    worker.send(garbage);
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitProtocolError);
+}
+
+TEST_CASE("closing the channel ends the handler process with exit code 0", "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    worker.close_channel();
+    worker.expect_exit_code(kWorkerExitOk);
+}
+
+TEST_CASE("a supervisor gone while an event runs is exit code 0, not SIGPIPE",
+          "[worker_process]") {
+    Pipe gate;
+    Pipe started;
+    std::vector<Subscriber> subscribers = standard_subscribers();
+    subscribers.push_back(subscriber("holder", {"hold"}, [&](const Event&) {
+        write_byte(started.write_end);
+        wait_for_eof(gate.read_end);
+        return Result::ok();
+    }));
+    WorkerUnderTest worker(subscribers, [&] {
+        gate.close_write();
+        started.close_read();
+    });
+    gate.close_read();
+    started.close_write();
+    worker.expect_hello();
+
+    worker.send(event_frame(1, "hold"));
+    pollfd pfd{started.read_end, POLLIN, 0};
+    REQUIRE(poll(&pfd, 1, 10000) == 1);
+    // The RESULT of the running event is written to a closed channel: EPIPE, which would be a
+    // SIGPIPE death if the process did not ignore the signal.
+    worker.close_channel();
+    gate.close_write();
+    worker.expect_exit_code(kWorkerExitOk);
+}
+
+TEST_CASE("dispatch_event runs matching subscribers in order", "[worker_process]") {
+    std::vector<std::string> calls;
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(subscriber("a", {"order.*"}, [&](const Event&) {
+        calls.push_back("a");
+        return Result::ok();
+    }));
+    subscribers.push_back(subscriber("b", {"invoice.*"}, [&](const Event&) {
+        calls.push_back("b");
+        return Result::ok();
+    }));
+    subscribers.push_back(subscriber("c", {"*"}, [&](const Event&) {
+        calls.push_back("c");
+        return Result::retry("", -5);
+    }));
+    subscribers.push_back(subscriber("d", {"*"}, [&](const Event&) {
+        calls.push_back("d");
+        return Result::ok();
+    }));
+    Event event;
+    event.event_type = "order.paid";
+    const Result result = dispatch_event(subscribers, event);
+    CHECK(calls == std::vector<std::string>{"a", "c"});
+    CHECK(result.outcome == Outcome::retry);
+    CHECK(result.error == "subscriber c: failed without an error message");
+    CHECK(result.retry_after_ms == 0);
+
+    calls.clear();
+    subscribers.erase(subscribers.begin() + 2);
+    CHECK(dispatch_event(subscribers, event).outcome == Outcome::success);
+    CHECK(calls == std::vector<std::string>{"a", "d"});
+}

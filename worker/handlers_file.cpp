@@ -1,0 +1,532 @@
+#include "worker/handlers_file.h"
+
+#include "common/json.h"
+#include "worker/exec_handler.h"
+#include "worker/http_handler.h"
+#include "worker/log_handler.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
+#include <map>
+#include <set>
+
+namespace outbox {
+
+namespace {
+
+// A validation failure inside one subscriber: the JSON field ("exec.command"; empty when the
+// problem is the subscriber as a whole) and what is wrong with it.
+struct FieldError {
+    std::string field;
+    std::string problem;
+};
+using Check = std::optional<FieldError>;
+
+FieldError field_error(std::string field, std::string problem) {
+    return {std::move(field), std::move(problem)};
+}
+
+std::string join_quoted(std::initializer_list<const char*> names) {
+    std::string out;
+    for (const char* name : names) {
+        if (!out.empty()) {
+            out += ", ";
+        }
+        out += '"';
+        out += name;
+        out += '"';
+    }
+    return out;
+}
+
+// Rejects keys outside `allowed` and keys that appear twice (cJSON keeps both and lookups would
+// silently use the first), so that a typo in the file is an error rather than a default.
+Check check_keys(const cJSON* object, const std::string& prefix,
+                 std::initializer_list<const char*> allowed) {
+    std::set<std::string> seen;
+    for (const cJSON* item = object->child; item != nullptr; item = item->next) {
+        const std::string key = item->string != nullptr ? item->string : "";
+        if (std::none_of(allowed.begin(), allowed.end(),
+                         [&](const char* name) { return key == name; })) {
+            return field_error(prefix + key, "unknown key; expected one of " + join_quoted(allowed));
+        }
+        if (!seen.insert(key).second) {
+            return field_error(prefix + key, "appears more than once");
+        }
+    }
+    return std::nullopt;
+}
+
+const cJSON* member(const cJSON* object, const char* key) {
+    return cJSON_GetObjectItemCaseSensitive(object, key);
+}
+
+bool is_nonempty_string(const cJSON* item) {
+    return cJSON_IsString(item) && item->valuestring != nullptr && item->valuestring[0] != '\0';
+}
+
+Check read_timeout(const cJSON* item, const std::string& field, std::optional<long>& out) {
+    if (item == nullptr) {
+        return std::nullopt;
+    }
+    const double value = cJSON_IsNumber(item) ? item->valuedouble : 0;
+    if (!cJSON_IsNumber(item) || !std::isfinite(value) || value != std::floor(value) ||
+        value < 1 || value > static_cast<double>(kMaxHandlerTimeoutMs)) {
+        return field_error(field, "must be an integer from 1 to " +
+                                      std::to_string(kMaxHandlerTimeoutMs) + " (milliseconds)");
+    }
+    out = static_cast<long>(value);
+    return std::nullopt;
+}
+
+Check read_event_types(const cJSON* item, std::vector<std::string>& out) {
+    if (item == nullptr) {
+        return field_error("eventTypes", "is required (event types or globs such as \"shop.*\")");
+    }
+    if (!cJSON_IsArray(item) || item->child == nullptr) {
+        return field_error("eventTypes", "must be a non-empty array of non-empty strings");
+    }
+    for (const cJSON* element = item->child; element != nullptr; element = element->next) {
+        if (!is_nonempty_string(element)) {
+            return field_error("eventTypes", "must be a non-empty array of non-empty strings");
+        }
+        out.emplace_back(element->valuestring);
+    }
+    return std::nullopt;
+}
+
+bool is_environment_name(std::string_view name) {
+    return !name.empty() && name.find('=') == std::string_view::npos;
+}
+
+Check read_exec(const cJSON* exec, ExecHandlerOptions& options, std::optional<long>& timeout) {
+    if (!cJSON_IsObject(exec)) {
+        return field_error("exec", "must be an object with \"command\"");
+    }
+    if (auto problem = check_keys(exec, "exec.", {"command", "env", "timeoutMs"})) {
+        return problem;
+    }
+    const cJSON* command = member(exec, "command");
+    if (!cJSON_IsArray(command) || command->child == nullptr) {
+        return field_error("exec.command", "must be a non-empty array of strings");
+    }
+    for (const cJSON* element = command->child; element != nullptr; element = element->next) {
+        if (!cJSON_IsString(element) || element->valuestring == nullptr) {
+            return field_error("exec.command", "must be a non-empty array of strings");
+        }
+        options.command.emplace_back(element->valuestring);
+    }
+    if (options.command.front().empty()) {
+        return field_error("exec.command", "the first element (the program) must not be empty");
+    }
+    if (const cJSON* env = member(exec, "env")) {
+        if (!cJSON_IsObject(env)) {
+            return field_error("exec.env", "must be an object of strings");
+        }
+        std::set<std::string> seen;
+        for (const cJSON* item = env->child; item != nullptr; item = item->next) {
+            const std::string name = item->string != nullptr ? item->string : "";
+            const std::string field = "exec.env." + name;
+            if (!is_environment_name(name)) {
+                return field_error(field, "is not a valid variable name (empty or containing \"=\")");
+            }
+            if (!seen.insert(name).second) {
+                return field_error(field, "appears more than once");
+            }
+            if (name == "OUTBOX_EVENT_ID" || name == "OUTBOX_EVENT_TYPE" || name == "OUTBOX_ATTEMPT") {
+                return field_error(field, "is set by the worker for each event");
+            }
+            if (!cJSON_IsString(item) || item->valuestring == nullptr) {
+                return field_error(field, "must be a string");
+            }
+            options.env.emplace_back(name, item->valuestring);
+        }
+    }
+    return read_timeout(member(exec, "timeoutMs"), "exec.timeoutMs", timeout);
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
+           });
+}
+
+// RFC 9110 token characters.
+bool is_header_name(std::string_view name) {
+    static constexpr std::string_view kSymbols = "!#$%&'*+-.^_`|~";
+    return !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) ||
+               kSymbols.find(c) != std::string_view::npos;
+    });
+}
+
+bool is_variable_name(std::string_view name) {
+    if (name.empty() || std::isdigit(static_cast<unsigned char>(name.front()))) {
+        return false;
+    }
+    return std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+    });
+}
+
+// Replaces every ${NAME} with the variable's value. Only "${" is special; a lone '$' is kept.
+Check expand_variables(std::string_view value, const std::string& field, const EnvLookup& env,
+                       std::string& out) {
+    std::size_t position = 0;
+    while (position < value.size()) {
+        const std::size_t start = value.find("${", position);
+        if (start == std::string_view::npos) {
+            out.append(value.substr(position));
+            break;
+        }
+        out.append(value.substr(position, start - position));
+        const std::size_t end = value.find('}', start + 2);
+        const std::string_view name =
+            end == std::string_view::npos ? std::string_view() : value.substr(start + 2, end - start - 2);
+        if (!is_variable_name(name)) {
+            return field_error(field, "has a malformed ${...} reference (expected ${NAME} with "
+                                      "letters, digits and underscores)");
+        }
+        std::optional<std::string> variable = env(std::string(name).c_str());
+        if (!variable) {
+            return field_error(field, "environment variable " + std::string(name) + " is not set");
+        }
+        out.append(*variable);
+        position = end + 1;
+    }
+    return std::nullopt;
+}
+
+Check read_http(const cJSON* http, const EnvLookup& env, HttpHandlerOptions& options,
+                std::optional<long>& timeout) {
+    if (!cJSON_IsObject(http)) {
+        return field_error("http", "must be an object with \"url\"");
+    }
+    if (auto problem = check_keys(http, "http.", {"url", "method", "headers", "timeoutMs"})) {
+        return problem;
+    }
+    const cJSON* url = member(http, "url");
+    if (url == nullptr) {
+        return field_error("http.url", "is required");
+    }
+    if (!is_nonempty_string(url)) {
+        return field_error("http.url", "must be a non-empty string");
+    }
+    options.url = url->valuestring;
+    if (auto problem = http_url_problem(options.url)) {
+        return field_error("http.url", *problem);
+    }
+    if (const cJSON* method = member(http, "method")) {
+        const std::string value = cJSON_IsString(method) && method->valuestring != nullptr
+                                       ? method->valuestring
+                                       : std::string();
+        if (value != "POST" && value != "PUT" && value != "PATCH") {
+            return field_error("http.method", "must be one of \"POST\", \"PUT\", \"PATCH\"");
+        }
+        options.method = value;
+    }
+    if (const cJSON* headers = member(http, "headers")) {
+        if (!cJSON_IsObject(headers)) {
+            return field_error("http.headers", "must be an object of strings");
+        }
+        for (const cJSON* item = headers->child; item != nullptr; item = item->next) {
+            const std::string name = item->string != nullptr ? item->string : "";
+            const std::string field = "http.headers." + name;
+            if (!is_header_name(name)) {
+                return field_error(field, "is not a valid header name");
+            }
+            for (const auto& [earlier, ignored] : options.headers) {
+                if (iequals(earlier, name)) {
+                    return field_error(field, "appears more than once (header names ignore case)");
+                }
+            }
+            for (const char* reserved : {"Idempotency-Key", "X-Outbox-Event-Type",
+                                         "X-Outbox-Attempt", "Content-Length", "Transfer-Encoding"}) {
+                if (iequals(name, reserved)) {
+                    return field_error(field, "is set by the worker");
+                }
+            }
+            if (!cJSON_IsString(item) || item->valuestring == nullptr) {
+                return field_error(field, "must be a string");
+            }
+            std::string value;
+            if (auto problem = expand_variables(item->valuestring, field, env, value)) {
+                return problem;
+            }
+            // Checked after expansion: a variable's value must not be able to add header lines.
+            if (value.find_first_of("\r\n") != std::string::npos) {
+                return field_error(field, "must not contain line breaks");
+            }
+            options.headers.emplace_back(name, std::move(value));
+        }
+    }
+    return read_timeout(member(http, "timeoutMs"), "http.timeoutMs", timeout);
+}
+
+Check read_log(const cJSON* log, LogLevel& level) {
+    if (cJSON_IsTrue(log)) {
+        return std::nullopt;
+    }
+    if (!cJSON_IsObject(log)) {
+        return field_error("log", "must be true or an object");
+    }
+    if (auto problem = check_keys(log, "log.", {"level"})) {
+        return problem;
+    }
+    if (const cJSON* item = member(log, "level")) {
+        const std::string value =
+            cJSON_IsString(item) && item->valuestring != nullptr ? item->valuestring : "";
+        if (value == "debug") {
+            level = LogLevel::debug;
+        } else if (value == "info") {
+            level = LogLevel::info;
+        } else if (value == "warn") {
+            level = LogLevel::warn;
+        } else if (value == "error") {
+            level = LogLevel::error;
+        } else {
+            return field_error("log.level", "must be one of \"debug\", \"info\", \"warn\", \"error\"");
+        }
+    }
+    return std::nullopt;
+}
+
+class HandlersParser {
+public:
+    HandlersParser(const std::string& origin, long default_timeout_ms, const EnvLookup& env)
+        : origin_(origin), default_timeout_ms_(default_timeout_ms), env_(env) {
+        const std::size_t slash = origin.find_last_of('/');
+        basename_ = slash == std::string::npos ? origin : origin.substr(slash + 1);
+        if (basename_.empty()) {
+            basename_ = "handlers";
+        }
+    }
+
+    HandlersFileResult parse(std::string_view text) {
+        const char* end = nullptr;
+        Json root(cJSON_ParseWithLengthOpts(text.data(), text.size(), &end, 0));
+        if (!root) {
+            return fail(invalid_json(text, end, "invalid JSON"));
+        }
+        // cJSON stops after the first value; anything but whitespace behind it is an error too.
+        std::size_t offset = end != nullptr ? static_cast<std::size_t>(end - text.data()) : text.size();
+        while (offset < text.size() && (text[offset] == ' ' || text[offset] == '\t' ||
+                                        text[offset] == '\r' || text[offset] == '\n')) {
+            ++offset;
+        }
+        if (offset < text.size()) {
+            return fail(invalid_json(text, text.data() + offset,
+                                     "invalid JSON: unexpected text after the end of the document"));
+        }
+
+        const cJSON* list = root.get();
+        if (cJSON_IsObject(list)) {
+            if (auto problem = check_keys(list, "", {"subscribers"})) {
+                return fail("\"" + problem->field + "\": " + problem->problem);
+            }
+            list = member(list, "subscribers");
+            if (list == nullptr) {
+                return fail("\"subscribers\": is required");
+            }
+            if (!cJSON_IsArray(list)) {
+                return fail("\"subscribers\": must be an array of subscribers");
+            }
+        } else if (!cJSON_IsArray(list)) {
+            return fail("must be a JSON array of subscribers or an object with \"subscribers\"");
+        }
+        if (list->child == nullptr) {
+            return fail("no subscribers: the list is empty");
+        }
+
+        std::vector<Subscriber> subscribers;
+        int index = 0;
+        for (const cJSON* item = list->child; item != nullptr; item = item->next, ++index) {
+            std::string name;
+            Subscriber subscriber;
+            if (auto problem = read_subscriber(item, index, subscriber, name)) {
+                std::string message = "subscriber " + std::to_string(index);
+                if (!name.empty()) {
+                    message += " (" + name + ")";
+                }
+                message += ": ";
+                if (!problem->field.empty()) {
+                    message += "\"" + problem->field + "\": ";
+                }
+                return fail(message + problem->problem);
+            }
+            subscribers.push_back(std::move(subscriber));
+        }
+        return {std::move(subscribers), {}};
+    }
+
+private:
+    HandlersFileResult fail(const std::string& problem) const {
+        return {std::nullopt, origin_ + ": " + problem};
+    }
+
+    static std::string invalid_json(std::string_view text, const char* where, const char* what) {
+        if (where == nullptr || where < text.data() || where > text.data() + text.size()) {
+            return what;
+        }
+        const std::size_t offset = static_cast<std::size_t>(where - text.data());
+        std::size_t line = 1, column = 1;
+        for (std::size_t i = 0; i < offset; ++i) {
+            if (text[i] == '\n') {
+                ++line;
+                column = 1;
+            } else {
+                ++column;
+            }
+        }
+        return std::string(what) + " at line " + std::to_string(line) + ", column " +
+               std::to_string(column) + " (byte offset " + std::to_string(offset) + ")";
+    }
+
+    // Fills `subscriber`; `name` is set as soon as the subscriber's own name is known to be valid,
+    // so that an error about a later field can name the subscriber.
+    Check read_subscriber(const cJSON* item, int index, Subscriber& subscriber, std::string& name) {
+        if (!cJSON_IsObject(item)) {
+            return field_error("", "must be an object");
+        }
+        if (const cJSON* given = member(item, "name"); is_nonempty_string(given)) {
+            name = given->valuestring;
+        }
+        if (auto problem = check_keys(item, "", {"name", "eventTypes", "timeoutMs", "exec", "http",
+                                                 "log"})) {
+            return problem;
+        }
+        if (const cJSON* given = member(item, "name")) {
+            if (!is_nonempty_string(given)) {
+                return field_error("name", "must be a non-empty string");
+            }
+            if (auto [it, inserted] = names_.try_emplace(name, index); !inserted) {
+                return field_error("name", "is already used by subscriber " +
+                                               std::to_string(it->second));
+            }
+        }
+        if (auto problem = read_event_types(member(item, "eventTypes"), subscriber.patterns)) {
+            return problem;
+        }
+        std::optional<long> subscriber_timeout;
+        if (auto problem = read_timeout(member(item, "timeoutMs"), "timeoutMs", subscriber_timeout)) {
+            return problem;
+        }
+
+        const char* kind = nullptr;
+        for (const char* candidate : {"exec", "http", "log"}) {
+            if (member(item, candidate) == nullptr) {
+                continue;
+            }
+            if (kind != nullptr) {
+                return field_error(candidate, "only one of \"exec\", \"http\" or \"log\" may be "
+                                              "given (this subscriber already has \"" +
+                                                  std::string(kind) + "\")");
+            }
+            kind = candidate;
+        }
+        if (kind == nullptr) {
+            return field_error("", "needs one of \"exec\", \"http\" or \"log\"");
+        }
+
+        // The kind's timeout is read before the handler is built, because the handler enforces
+        // the resolved timeout itself.
+        std::optional<long> kind_timeout;
+        const std::string kind_name = kind;
+        if (kind_name == "exec") {
+            ExecHandlerOptions options;
+            if (auto problem = read_exec(member(item, "exec"), options, kind_timeout)) {
+                return problem;
+            }
+            options.timeout_ms = resolve_timeout(subscriber_timeout, kind_timeout);
+            subscriber.timeout_ms = options.timeout_ms;
+            subscriber.handler = make_exec_handler(std::move(options));
+        } else if (kind_name == "http") {
+            HttpHandlerOptions options;
+            if (auto problem = read_http(member(item, "http"), env_, options, kind_timeout)) {
+                return problem;
+            }
+            options.timeout_ms = resolve_timeout(subscriber_timeout, kind_timeout);
+            subscriber.timeout_ms = options.timeout_ms;
+            subscriber.handler = make_http_handler(std::move(options));
+        } else {
+            LogLevel level = LogLevel::info;
+            if (auto problem = read_log(member(item, "log"), level)) {
+                return problem;
+            }
+            subscriber.timeout_ms = resolve_timeout(subscriber_timeout, std::nullopt);
+            subscriber.handler = make_log_handler(level);
+        }
+        subscriber.name = name.empty()
+                              ? basename_ + "#" + std::to_string(index) + " (" + kind_name + ")"
+                              : name;
+        return std::nullopt;
+    }
+
+    long resolve_timeout(std::optional<long> subscriber_timeout,
+                         std::optional<long> kind_timeout) const {
+        return subscriber_timeout.value_or(kind_timeout.value_or(default_timeout_ms_));
+    }
+
+    const std::string& origin_;
+    long default_timeout_ms_;
+    const EnvLookup& env_;
+    std::string basename_;
+    std::map<std::string, int> names_;
+};
+
+} // namespace
+
+HandlersFileResult parse_handlers_json(std::string_view text, const std::string& origin_name,
+                                       long default_timeout_ms, const EnvLookup& env) {
+    return HandlersParser(origin_name, default_timeout_ms, env).parse(text);
+}
+
+HandlersFileResult load_handlers_file(const std::string& path, long default_timeout_ms) {
+    auto failure = [&](const std::string& problem) {
+        return HandlersFileResult{std::nullopt, path + ": " + problem};
+    };
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return failure(std::string("cannot open: ") + std::strerror(errno));
+    }
+    std::string text;
+    struct stat info {};
+    if (::fstat(fd, &info) == 0 && S_ISDIR(info.st_mode)) {
+        ::close(fd);
+        return failure("cannot read: is a directory");
+    }
+    char buffer[65536];
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            const int error = errno;
+            ::close(fd);
+            return failure(std::string("cannot read: ") + std::strerror(error));
+        }
+        if (n == 0) {
+            break;
+        }
+        text.append(buffer, static_cast<std::size_t>(n));
+        if (text.size() > static_cast<std::size_t>(kMaxHandlersFileBytes)) {
+            ::close(fd);
+            return failure("is larger than " + std::to_string(kMaxHandlersFileBytes / 1024 / 1024) +
+                           " MiB");
+        }
+    }
+    ::close(fd);
+    return parse_handlers_json(text, path, default_timeout_ms);
+}
+
+} // namespace outbox

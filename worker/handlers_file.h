@@ -1,0 +1,75 @@
+// The handlers file (OUTBOX_HANDLERS, SPEC 4): subscribers configured without recompiling.
+//
+// The file is JSON, either a list of subscribers or an object holding that list:
+//
+//     [ {...}, {...} ]                    or                    { "subscribers": [ {...}, {...} ] }
+//
+// Each subscriber is an object with:
+//   "eventTypes"  required; a non-empty array of non-empty strings, exact event types or globs
+//                 with '*' ("shopify.*", "*").
+//   "name"        optional; a non-empty string, unique in the file, used in logs and metrics.
+//                 Default: "<file name>#<index> (<kind>)", for example "handlers.json#2 (exec)".
+//   "timeoutMs"   optional; an integer from 1 to 3600000. It wins over the kind's own timeoutMs,
+//                 which wins over OUTBOX_HANDLER_TIMEOUT_MS.
+// and exactly one kind:
+//   "exec": { "command": ["/usr/local/bin/sync", "--fast"],   required; argv, no shell
+//             "env": {"NAME": "value"},                        optional; added to the environment
+//             "timeoutMs": 5000 }                              optional
+//   "http": { "url": "https://hooks.example.com/outbox",       required; http:// or https://
+//             "method": "POST",                                optional; POST, PUT or PATCH
+//             "headers": {"Authorization": "Bearer ${TOKEN}"}, optional; see below
+//             "timeoutMs": 5000 }                              optional
+//   "log":  true  or  {}  or  { "level": "info" }              level: debug, info (default), warn,
+//                                                              error
+//
+// Header values may refer to environment variables as ${NAME}; they are expanded once, when the
+// file is loaded, and a variable that is not set is an error naming it. Exec "env" values are
+// taken literally. Unknown and repeated keys are errors at every level, so that a misspelt option
+// cannot be silently ignored. Headers the worker sets itself (Idempotency-Key,
+// X-Outbox-Event-Type, X-Outbox-Attempt, Content-Length, Transfer-Encoding) and the env variables
+// it sets (OUTBOX_EVENT_ID, OUTBOX_EVENT_TYPE, OUTBOX_ATTEMPT) cannot be configured.
+//
+// Errors are one line: the file, the 0-based subscriber index with its name when it has one, the
+// JSON field and the problem, for example
+//     /etc/outbox/handlers.json: subscriber 2 (billing): "exec.command": must be a non-empty array
+//     of strings
+//
+// Loading builds the handlers but starts nothing: no process, no connection, no libcurl state.
+// The supervisor may therefore load the file (at start, on SIGHUP, for check-config) and pass the
+// subscribers to handler processes through fork().
+#pragma once
+
+#include "common/config.h"
+#include "worker/subscriber.h"
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace outbox {
+
+// The longest timeoutMs a handlers file may set: one hour.
+constexpr long kMaxHandlerTimeoutMs = 3600000;
+
+// The largest handlers file read; anything bigger is surely not a handlers file.
+constexpr long kMaxHandlersFileBytes = 4L * 1024 * 1024;
+
+struct HandlersFileResult {
+    std::optional<std::vector<Subscriber>> subscribers; // set on success, in file order
+    std::string error;                                  // one line on failure
+};
+
+// Reads and validates the file at `path`. `default_timeout_ms` (OUTBOX_HANDLER_TIMEOUT_MS) is the
+// timeout of subscribers that set none. Errors start with `path`; default names use its basename.
+[[nodiscard]] HandlersFileResult load_handlers_file(const std::string& path,
+                                                    long default_timeout_ms);
+
+// The same on a JSON text, for tests and fuzzing; `origin_name` stands for the path in errors and
+// names. `env` resolves ${NAME} references in http header values.
+[[nodiscard]] HandlersFileResult parse_handlers_json(std::string_view text,
+                                                     const std::string& origin_name,
+                                                     long default_timeout_ms,
+                                                     const EnvLookup& env = process_environment());
+
+} // namespace outbox

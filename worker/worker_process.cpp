@@ -1,0 +1,314 @@
+#include "worker/worker_process.h"
+
+#include "common/protocol.h"
+#include "worker/event_decode.h"
+
+#include <spdlog/spdlog.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <exception>
+#include <iostream>
+#include <optional>
+#include <poll.h>
+#include <unistd.h>
+
+namespace outbox {
+
+namespace {
+
+constexpr size_t kReadChunk = 64 * 1024;
+
+int64_t realtime_us() {
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME, &now);
+    return int64_t{now.tv_sec} * 1000000 + now.tv_nsec / 1000;
+}
+
+int64_t monotonic_us() {
+    timespec now{};
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return int64_t{now.tv_sec} * 1000000 + now.tv_nsec / 1000;
+}
+
+[[noreturn]] void exit_worker(int code) {
+    // Handlers may have written to stdout through stdio or iostreams; _exit() would drop what is
+    // still buffered.
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(nullptr);
+    if (auto* logger = spdlog::default_logger_raw()) {
+        logger->flush();
+    }
+    _exit(code);
+}
+
+// Waits until `fd` is ready for `events`; used only when the channel is in non-blocking mode.
+void wait_for(int fd, short events) {
+    pollfd pfd{fd, events, 0};
+    while (poll(&pfd, 1, -1) < 0 && errno == EINTR) {
+    }
+}
+
+// The channel as the handler process sees it: frames in (with look-ahead) and frames out.
+class Channel {
+public:
+    Channel(int fd, const WorkerProcessOptions& options) : fd_(fd), options_(options) {}
+
+    void send(const std::string& frame) {
+        size_t written = 0;
+        while (written < frame.size()) {
+            const ssize_t n = ::write(fd_, frame.data() + written, frame.size() - written);
+            if (n >= 0) {
+                written += static_cast<size_t>(n);
+            } else if (errno == EINTR) {
+                continue;
+            } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                wait_for(fd_, POLLOUT);
+            } else if (errno == EPIPE || errno == ECONNRESET) {
+                // The supervisor is gone; its successor will find the event's lease expired.
+                spdlog::info("{}: supervisor closed the channel, exiting", options_.process_name);
+                exit_worker(kWorkerExitOk);
+            } else {
+                channel_failure("write", errno);
+            }
+        }
+    }
+
+    // The next frame, blocking until it is complete. Exits on end of file and on a protocol error.
+    Frame next_frame() {
+        for (;;) {
+            if (!queued_.empty()) {
+                Frame frame = std::move(queued_.front());
+                queued_.pop_front();
+                return frame;
+            }
+            if (pending_error_) {
+                protocol_failure(*pending_error_);
+            }
+            if (eof_) {
+                exit_on_eof();
+            }
+            FrameDecoder::Next next = decoder_.next();
+            if (next.status == FrameDecoder::Status::frame) {
+                return std::move(next.frame);
+            }
+            if (next.status == FrameDecoder::Status::error) {
+                protocol_failure(next.error);
+            }
+            read_some(/*block=*/true);
+        }
+    }
+
+    // Whether the supervisor has asked this process to stop by now (a QUIT queued behind the
+    // current frame, or the channel closed), reading whatever has arrived without blocking. An
+    // error found while looking ahead is kept for next_frame(): the frames before it are valid.
+    bool stop_requested() {
+        while (!eof_ && readable()) {
+            read_some(/*block=*/false);
+        }
+        while (!pending_error_) {
+            FrameDecoder::Next next = decoder_.next();
+            if (next.status == FrameDecoder::Status::frame) {
+                queued_.push_back(std::move(next.frame));
+            } else if (next.status == FrameDecoder::Status::error) {
+                pending_error_ = next.error;
+            } else {
+                break;
+            }
+        }
+        if (eof_) {
+            return true;
+        }
+        for (const Frame& frame : queued_) {
+            if (frame.type == MessageType::quit) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    [[noreturn]] void protocol_failure(const std::string& reason) {
+        spdlog::error("{}: protocol error on the channel from the supervisor: {}; exiting with "
+                      "code {}",
+                      options_.process_name, reason, kWorkerExitProtocolError);
+        exit_worker(kWorkerExitProtocolError);
+    }
+
+private:
+    bool readable() {
+        pollfd pfd{fd_, POLLIN, 0};
+        for (;;) {
+            const int ready = poll(&pfd, 1, 0);
+            if (ready >= 0) {
+                return ready > 0;
+            }
+            if (errno != EINTR) {
+                channel_failure("poll", errno);
+            }
+        }
+    }
+
+    void read_some(bool block) {
+        char chunk[kReadChunk];
+        for (;;) {
+            const ssize_t n = ::read(fd_, chunk, sizeof chunk);
+            if (n > 0) {
+                decoder_.feed(chunk, static_cast<size_t>(n));
+                return;
+            }
+            if (n == 0) {
+                eof_ = true;
+                return;
+            }
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                if (!block) {
+                    return;
+                }
+                wait_for(fd_, POLLIN);
+                continue;
+            }
+            if (errno == ECONNRESET) {
+                eof_ = true;
+                return;
+            }
+            channel_failure("read", errno);
+        }
+    }
+
+    [[noreturn]] void exit_on_eof() {
+        spdlog::info("{}: the supervisor closed the channel, exiting", options_.process_name);
+        exit_worker(kWorkerExitOk);
+    }
+
+    [[noreturn]] void channel_failure(const char* operation, int error) {
+        // An unusable channel is not something a respawn right now would fix either.
+        spdlog::error("{}: {} on the channel failed: {}; exiting with code {}",
+                      options_.process_name, operation, std::strerror(error),
+                      kWorkerExitProtocolError);
+        exit_worker(kWorkerExitProtocolError);
+    }
+
+    int fd_;
+    const WorkerProcessOptions& options_;
+    FrameDecoder decoder_;
+    std::deque<Frame> queued_;
+    std::optional<std::string> pending_error_;
+    bool eof_ = false;
+};
+
+ResultMsg run_event(const EventMsg& message, const std::vector<Subscriber>& subscribers,
+                    const WorkerProcessOptions& options) {
+    ResultMsg result;
+    result.seq = message.seq;
+    result.started_at_us = realtime_us();
+    const int64_t start = monotonic_us();
+
+    Decoded<Event> event = decode_event_object(message.event, message.event_json);
+    Result outcome;
+    if (!event) {
+        // The envelope was fine, so the channel can be trusted; only this event is unusable, and
+        // since it would be just as unusable next time, it fails permanently.
+        spdlog::error("{}: malformed event in EVENT seq {}: {}", options.process_name, message.seq,
+                      event.error());
+        outcome = Result::permanent("malformed event from the supervisor: " + event.error());
+    } else {
+        outcome = dispatch_event(subscribers, event.value());
+    }
+
+    result.duration_us = monotonic_us() - start;
+    result.outcome = outcome.outcome;
+    result.error = std::move(outcome.error);
+    result.retry_after_ms = outcome.outcome == Outcome::success ? 0 : outcome.retry_after_ms;
+    if (event) {
+        spdlog::debug("{}: event {} ({}) attempt {}: {} in {} us", options.process_name,
+                      event.value().id, event.value().event_type, event.value().attempt,
+                      outcome_name(result.outcome), result.duration_us);
+    }
+    return result;
+}
+
+} // namespace
+
+Result dispatch_event(const std::vector<Subscriber>& subscribers, const Event& event) {
+    bool matched = false;
+    for (const Subscriber& subscriber : subscribers) {
+        if (!subscriber.matches(event.event_type)) {
+            continue;
+        }
+        matched = true;
+        Result result;
+        try {
+            result = subscriber.handler(event);
+        } catch (const std::exception& e) {
+            result = Result::retry(e.what());
+        } catch (...) {
+            result = Result::retry("unknown exception");
+        }
+        if (result.outcome == Outcome::success) {
+            continue;
+        }
+        if (result.error.empty()) {
+            result.error = "failed without an error message";
+        }
+        result.error = "subscriber " + subscriber.name + ": " + result.error;
+        if (result.retry_after_ms < 0) {
+            result.retry_after_ms = 0;
+        }
+        return result;
+    }
+    if (!matched) {
+        return Result::retry("no subscriber matches event type " + event.event_type +
+                             " in this handler process");
+    }
+    return Result::ok();
+}
+
+void run_worker_process(int channel_fd, const std::vector<Subscriber>& subscribers,
+                        const WorkerProcessOptions& options) {
+    // A write to a closed channel must be an EPIPE we can handle, not a signal that kills the
+    // process and looks like a crash to whoever reaps it.
+    std::signal(SIGPIPE, SIG_IGN);
+
+    Channel channel(channel_fd, options);
+    HelloMsg hello;
+    hello.pid = static_cast<long>(getpid());
+    channel.send(encode_hello(hello));
+
+    for (;;) {
+        const Frame frame = channel.next_frame();
+        switch (frame.type) {
+        case MessageType::quit:
+            spdlog::debug("{}: QUIT received, exiting", options.process_name);
+            exit_worker(kWorkerExitOk);
+        case MessageType::event: {
+            const Decoded<EventMsg> message = decode_event(frame);
+            if (!message) {
+                channel.protocol_failure(message.error());
+            }
+            // The supervisor may have pipelined more frames; a QUIT among them overtakes this
+            // event, which has not started and is therefore returned to due without a charge.
+            if (channel.stop_requested()) {
+                spdlog::debug("{}: stopping before EVENT seq {}", options.process_name,
+                              message.value().seq);
+                exit_worker(kWorkerExitOk);
+            }
+            channel.send(encode_result(run_event(message.value(), subscribers, options)));
+            break;
+        }
+        case MessageType::hello:
+        case MessageType::result:
+            channel.protocol_failure(std::string("unexpected ") + message_type_name(frame.type) +
+                                     " frame from the supervisor");
+        }
+    }
+}
+
+} // namespace outbox
