@@ -3,9 +3,29 @@
 #include "common/log.h"
 #include "common/migrations.h"
 
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
+#include <cstring>
 
 namespace outbox::cli {
+
+namespace {
+
+// Server notices ("relation ... already exists, skipping" while migrating) would otherwise be
+// printed by libpq straight to stderr, unformatted. They become log lines: warnings stay visible,
+// the rest is for LOG_LEVEL=debug.
+void log_notice(void*, const PGresult* notice) {
+    const char* severity = PQresultErrorField(notice, PG_DIAG_SEVERITY_NONLOCALIZED);
+    std::string message = one_line(PQresultErrorMessage(notice));
+    if (severity != nullptr && std::strcmp(severity, "WARNING") == 0) {
+        spdlog::warn("postgres: {}", message);
+    } else {
+        spdlog::debug("postgres: {}", message);
+    }
+}
+
+} // namespace
 
 const std::vector<CommandInfo>& commands() {
     static const std::vector<CommandInfo> all = {
@@ -72,6 +92,7 @@ std::optional<Session> open_session(const char* command, SchemaNeed need, int& e
         exit_code = kExitFailure;
         return std::nullopt;
     }
+    PQsetNoticeReceiver(conn.get(), log_notice, nullptr);
     if (need == SchemaNeed::current) {
         int version = schema_version(conn.get(), error);
         if (!error.empty()) {

@@ -1,4 +1,5 @@
 # Turns sql/migrations/NNN_name.sql into a C++ table of {version, name, sql}; run at build time.
+string(REPLACE "|" ";" FILES "${FILES}")
 set(content "// Generated from sql/migrations by cmake/embed_migrations.cmake. Do not edit.\n")
 string(APPEND content "#include \"common/migrations.h\"\nnamespace outbox {\n")
 string(APPEND content "const std::vector<Migration>& embedded_migrations() {\n")

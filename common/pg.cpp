@@ -1,5 +1,7 @@
 #include "common/pg.h"
 
+#include <spdlog/spdlog.h>
+
 #include <regex>
 
 namespace outbox {
@@ -37,11 +39,29 @@ std::string PgResult::sqlstate() const {
     return code ? code : "";
 }
 
+void install_notice_logger(PGconn* conn) {
+    // Server notices (for example "trigger ... does not exist, skipping" from an idempotent
+    // migration) go to the log at debug level instead of raw lines on stderr.
+    PQsetNoticeProcessor(
+        conn,
+        [](void*, const char* message) {
+            std::string m = message;
+            while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) {
+                m.pop_back();
+            }
+            spdlog::debug("postgres: {}", m);
+        },
+        nullptr);
+}
+
 PgConn pg_connect(const std::string& conninfo, std::string& error) {
     PgConn conn(PQconnectdb(conninfo.c_str()));
     if (!conn) {
         error = "out of memory";
         return nullptr;
+    }
+    if (PQstatus(conn.get()) == CONNECTION_OK) {
+        install_notice_logger(conn.get());
     }
     if (PQstatus(conn.get()) != CONNECTION_OK) {
         error = PQerrorMessage(conn.get());

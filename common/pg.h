@@ -67,6 +67,9 @@ private:
 // libpq never repeats the password.
 PgConn pg_connect(const std::string& conninfo, std::string& error);
 
+// Routes the server's NOTICE messages on this connection to the log (debug level).
+void install_notice_logger(PGconn* conn);
+
 PgResult pg_exec(PGconn* conn, const char* sql);
 inline PgResult pg_exec(PGconn* conn, const std::string& sql) { return pg_exec(conn, sql.c_str()); }
 

@@ -60,8 +60,9 @@ Decoded<int64_t> integer_member(const cJSON* object, const char* key, int64_t mi
     // NAN fails every comparison below, so a non-number is rejected with the same message.
     if (!(std::floor(value) == value && value >= static_cast<double>(min) &&
           value <= static_cast<double>(max) && std::fabs(value) <= kMaxExactInteger)) {
-        return Decoded<int64_t>::failure(std::string("field \"") + key + "\" must be an integer in [" +
-                                         std::to_string(min) + ", " + std::to_string(max) + "]");
+        return Decoded<int64_t>::failure(std::string("field \"") + key +
+                                         "\" must be an integer in [" + std::to_string(min) + ", " +
+                                         std::to_string(max) + "]");
     }
     return Decoded<int64_t>::success(static_cast<int64_t>(value));
 }
@@ -93,7 +94,9 @@ Decoded<T> wrong_type(MessageType expected, const Frame& frame) {
 // Length of the valid UTF-8 sequence at text[i], or 0 when the bytes there are not one (overlong
 // forms, surrogates and code points above U+10FFFF included, following RFC 3629).
 size_t utf8_sequence_length(std::string_view text, size_t i) {
-    const auto byte = [&](size_t k) { return static_cast<unsigned char>(text[k]); };
+    const auto byte = [&](size_t k) {
+        return static_cast<unsigned char>(text[k]);
+    };
     const unsigned char lead = byte(i);
     size_t length = 0;
     unsigned char second_min = 0x80;
@@ -274,8 +277,9 @@ FrameDecoder::Next FrameDecoder::next() {
                                 (uint32_t{bytes[2]} << 8) | uint32_t{bytes[3]};
         // Checked before any of the body arrives, so a bogus length never makes us buffer it.
         if (length < kMinFrameBody || length > kMaxFrameBody) {
-            return fail("frame length " + std::to_string(length) + " is outside the allowed range [" +
-                        std::to_string(kMinFrameBody) + ", " + std::to_string(kMaxFrameBody) + "]");
+            return fail("frame length " + std::to_string(length) +
+                        " is outside the allowed range [" + std::to_string(kMinFrameBody) + ", " +
+                        std::to_string(kMaxFrameBody) + "]");
         }
         if (available > kFrameHeaderSize && !is_known_type(static_cast<char>(bytes[4]))) {
             char code[8];
@@ -283,7 +287,8 @@ FrameDecoder::Next FrameDecoder::next() {
             return fail(std::string("unknown message type byte ") + code);
         }
         if (available - kFrameHeaderSize >= length) {
-            const std::string_view body(buffer_.data() + offset_ + kFrameHeaderSize + 1, length - 1);
+            const std::string_view body(buffer_.data() + offset_ + kFrameHeaderSize + 1,
+                                        length - 1);
             Next next;
             next.status = Status::frame;
             next.frame.type = static_cast<MessageType>(bytes[4]);
@@ -332,7 +337,9 @@ std::string encode_result(const ResultMsg& result) {
     return frame_bytes(MessageType::result, body);
 }
 
-std::string encode_quit() { return frame_bytes(MessageType::quit, "{}"); }
+std::string encode_quit() {
+    return frame_bytes(MessageType::quit, "{}");
+}
 
 std::string encode_event(const EventMsg& event) {
     return encode_event_frame(event.seq, event.timeout_ms, event.event_json);
@@ -413,7 +420,8 @@ Decoded<EventMsg> decode_event(const Frame& frame) {
     const auto event_text = json_member_text(frame.body, "event");
     if (!event_text) {
         // cJSON found the member, so the scanner must too; if not, the two disagree about the text.
-        return message_error<EventMsg>(frame.type, "field \"event\" could not be located in the body");
+        return message_error<EventMsg>(frame.type,
+                                       "field \"event\" could not be located in the body");
     }
     EventMsg message;
     message.seq = static_cast<uint64_t>(seq.value());

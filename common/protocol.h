@@ -57,8 +57,8 @@ struct HelloMsg {
 };
 
 struct EventMsg {
-    uint64_t seq = 0;       // chosen by the supervisor, echoed in the RESULT
-    long timeout_ms = 0;    // enforced by the supervisor, which kills the process; informational here
+    uint64_t seq = 0;    // chosen by the supervisor, echoed in the RESULT
+    long timeout_ms = 0; // enforced by the supervisor, which kills the process; informational here
     std::string event_json; // the event object of SPEC 2, verbatim as the supervisor sent it
     // The same object parsed, borrowed from the Frame it was decoded from and valid only while
     // that Frame lives; nullptr in a message built for encoding (encoders use event_json).
@@ -84,7 +84,7 @@ struct QuitMsg {};
 // a broken invariant and aborts.
 template <typename T>
 class [[nodiscard]] Decoded {
-public:
+  public:
     static Decoded success(T value) {
         Decoded decoded;
         decoded.value_.emplace(std::move(value));
@@ -110,7 +110,7 @@ public:
     // Empty when ok().
     const std::string& error() const { return error_; }
 
-private:
+  private:
     Decoded() = default;
     void check_ok() const {
         if (!value_) {
@@ -136,7 +136,7 @@ struct Frame {
 // the type byte, and that the body is a JSON object; message fields are checked by decode_*().
 // After an error it stays failed, ignores further input, and the owner closes the channel.
 class FrameDecoder {
-public:
+  public:
     enum class Status { need_more, frame, error };
     struct Next {
         Status status = Status::need_more;
@@ -151,11 +151,12 @@ public:
     // Bytes received but not yet returned as frames.
     size_t buffered() const { return buffer_.size() - offset_; }
 
-private:
+  private:
     Next fail(std::string reason);
 
-    // Frames are consumed by advancing offset_; the consumed prefix is erased only when it is at
-    // least half of the buffer, so that many small frames in one read cost linear time.
+    // Frames are consumed by advancing offset_; the consumed prefix is erased only when no complete
+    // frame is left, so that at most one partial frame moves and many small frames in one read
+    // cost linear time.
     std::string buffer_;
     size_t offset_ = 0;
     bool failed_ = false;
@@ -169,9 +170,9 @@ std::string encode_quit();
 std::string encode_event(const EventMsg& event);
 
 // The supervisor holds the event object as JSON text straight from PostgreSQL, so the EVENT frame
-// is built by concatenation, without parsing it. Precondition: event_fits_in_frame(event_json.size())
-// and event_json is one JSON object; an oversized event must instead be failed permanently by the
-// caller (the process aborts if the size precondition is broken).
+// is built by concatenation, without parsing it. Preconditions: event_json is one JSON object, and
+// event_fits_in_frame(event_json.size()); the process aborts when the size does not fit. An
+// oversized event must instead be failed permanently by the caller, with a clear error.
 std::string encode_event_frame(uint64_t seq, long timeout_ms, std::string_view event_json);
 // Whether an event object of this many bytes fits in an EVENT frame whatever seq and timeout are.
 bool event_fits_in_frame(size_t event_json_size);
@@ -194,6 +195,7 @@ std::string bounded_error(std::string_view error, size_t max_bytes = kMaxErrorBy
 // member is absent (or the text is not an object). The first member wins when a key repeats, as in
 // cJSON_GetObjectItemCaseSensitive. Used to hand on payloads without a cJSON round trip, which
 // would reformat numbers beyond double precision. Precondition: object_text is valid JSON.
-std::optional<std::string_view> json_member_text(std::string_view object_text, std::string_view key);
+std::optional<std::string_view> json_member_text(std::string_view object_text,
+                                                 std::string_view key);
 
 } // namespace outbox

@@ -8,17 +8,69 @@
 // nothing else.
 #include <outbox/outbox.h>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// Appends "<outbox id> <pid>" to $EXAMPLE_RECORD_FILE, one line per delivery, with a single
+// O_APPEND write so that lines of concurrent handler processes never interleave. Tests use it to
+// count deliveries exactly.
+void record_delivery(const outbox::Event& event) {
+    const char* path = std::getenv("EXAMPLE_RECORD_FILE");
+    if (path == nullptr) {
+        return;
+    }
+    std::string line = event.id + " " + std::to_string(getpid()) + "\n";
+    int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        throw std::runtime_error(std::string("cannot open EXAMPLE_RECORD_FILE: ") + std::strerror(errno));
+    }
+    ssize_t n = ::write(fd, line.data(), line.size());
+    ::close(fd);
+    if (n != static_cast<ssize_t>(line.size())) {
+        throw std::runtime_error("short write to EXAMPLE_RECORD_FILE");
+    }
+}
+
+} // namespace
 
 int main(int argc, char** argv) {
     outbox::Worker worker;
 
     worker.subscribe({{"example.ok", "shopify.*"}, [](const outbox::Event& event) {
-                          std::fprintf(stderr, "example-app: handled %s (%s) attempt %d\n", event.id.c_str(),
-                                       event.event_type.c_str(), event.attempt);
+                          record_delivery(event);
                           return outbox::Result::ok();
+                      }});
+    // Takes a while, so that tests can stop or kill an instance while events are running.
+    worker.subscribe({{"example.slow"}, [](const outbox::Event& event) {
+                          std::this_thread::sleep_for(std::chrono::milliseconds(300));
+                          record_delivery(event);
+                          return outbox::Result::ok();
+                      }});
+    worker.subscribe({{"example.hang"},
+                      [](const outbox::Event&) -> outbox::Result {
+                          for (;;) {
+                              pause();
+                          }
+                      },
+                      500});
+    worker.subscribe({{"example.abort"}, [](const outbox::Event&) -> outbox::Result { std::abort(); }});
+    worker.subscribe({{"example.exit3"}, [](const outbox::Event&) -> outbox::Result { _exit(3); }});
+    // Allocates 256 MiB: fails under OUTBOX_WORKER_MEMORY_MB=64 (std::bad_alloc, a retryable failure).
+    worker.subscribe({{"example.hog"}, [](const outbox::Event&) {
+                          std::vector<char> big(256u << 20, 1);
+                          return big[12345] == 1 ? outbox::Result::ok() : outbox::Result::retry("unreachable");
                       }});
     worker.subscribe({{"example.fail"}, [](const outbox::Event&) {
                           return outbox::Result::retry("the downstream service is unavailable");

@@ -80,6 +80,7 @@ void DbConnection::continue_connect() {
         watch_socket(UV_READABLE);
         return;
     }
+    install_notice_logger(conn_);
     if (PQsetnonblocking(conn_, 1) != 0) {
         fail_connection("cannot make the connection non-blocking");
         return;

@@ -353,9 +353,7 @@ struct HttpServer::Connection {
         }
     }
 
-    void arm_timer(std::uint64_t timeout_ms) {
-        uv_timer_start(&timer, on_timer, timeout_ms, 0);
-    }
+    void arm_timer(std::uint64_t timeout_ms) { uv_timer_start(&timer, on_timer, timeout_ms, 0); }
 
     static void on_timer(uv_timer_t* handle) noexcept {
         auto* connection = static_cast<Connection*>(handle->data);
@@ -485,9 +483,8 @@ struct HttpServer::Connection {
             status = error == HPE_HEADER_OVERFLOW ? 431 : 400;
         }
         spdlog::debug("HTTP request rejected with {}: {}", status,
-                      status == 400 || error == HPE_HEADER_OVERFLOW
-                          ? http_errno_description(error)
-                          : http_reason_phrase(status));
+                      status == 400 || error == HPE_HEADER_OVERFLOW ? http_errno_description(error)
+                                                                    : http_reason_phrase(status));
         send(serialize_response(http_status_response(status), false, false, false));
         finish();
     }
@@ -618,8 +615,8 @@ struct HttpServer::Connection {
         }
         http_parser_url parts;
         http_parser_url_init(&parts);
-        if (http_parser_parse_url(url.data(), url.size(), method == HTTP_CONNECT ? 1 : 0,
-                                  &parts) != 0) {
+        if (http_parser_parse_url(url.data(), url.size(), method == HTTP_CONNECT ? 1 : 0, &parts) !=
+            0) {
             return false;
         }
         if ((parts.field_set & (1U << UF_PATH)) != 0) {
@@ -641,8 +638,8 @@ struct HttpServer::Connection {
             spdlog::error("HTTP handler for {} {} failed: {}", request.method, request.path,
                           e.what());
         } catch (...) {
-            spdlog::error("HTTP handler for {} {} failed with an unknown exception",
-                          request.method, request.path);
+            spdlog::error("HTTP handler for {} {} failed with an unknown exception", request.method,
+                          request.path);
         }
         return http_status_response(500);
     }
@@ -943,15 +940,29 @@ void HttpServer::accept_one() {
     connection->start_reading();
 }
 
-void HttpServer::forget(Connection* connection) { connections_.erase(connection); }
+void HttpServer::forget(Connection* connection) {
+    connections_.erase(connection);
+}
 
 void HttpServer::handle_closed() {
     --open_handles_;
-    if (closing_ && open_handles_ == 0 && !on_closed_.empty()) {
-        std::vector<std::function<void()>> callbacks = std::move(on_closed_);
-        on_closed_.clear();
-        for (auto& callback : callbacks) {
+    if (closing_ && open_handles_ == 0) {
+        run_closed_callbacks();
+    }
+}
+
+void HttpServer::run_closed_callbacks() {
+    // A callback may close() again and so add to the list; each runs once.
+    std::vector<std::function<void()>> callbacks = std::move(on_closed_);
+    on_closed_.clear();
+    for (auto& callback : callbacks) {
+        // This usually runs inside a libuv close callback, which an exception must not cross.
+        try {
             callback();
+        } catch (const std::exception& e) {
+            spdlog::error("HTTP server close callback failed: {}", e.what());
+        } catch (...) {
+            spdlog::error("HTTP server close callback failed with an unknown exception");
         }
     }
 }
@@ -971,12 +982,8 @@ void HttpServer::close(std::function<void()> on_closed) {
             connection->close_now();
         }
     }
-    if (open_handles_ == 0 && !on_closed_.empty()) {
-        std::vector<std::function<void()>> callbacks = std::move(on_closed_);
-        on_closed_.clear();
-        for (auto& callback : callbacks) {
-            callback();
-        }
+    if (open_handles_ == 0) {
+        run_closed_callbacks();
     }
 }
 

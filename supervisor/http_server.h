@@ -92,13 +92,13 @@ struct HttpServerLimits {
 // another method 405 with `Allow: GET, HEAD`. A HEAD request calls the GET route (the server
 // drops the body). The router is a plain value: build it, then move it into the server's handler.
 class HttpRouter {
-public:
+  public:
     using Route = std::function<HttpResponse(const HttpRequest&)>;
 
     void get(std::string path, Route route);
     HttpResponse dispatch(const HttpRequest& request) const;
 
-private:
+  private:
     std::vector<std::pair<std::string, Route>> routes_;
 };
 
@@ -110,7 +110,7 @@ private:
 // detaches from it; the handles are then freed by the loop's next run, without a callback.
 // The handler must not destroy the server; it may call close().
 class HttpServer {
-public:
+  public:
     using Handler = std::function<HttpResponse(const HttpRequest&)>;
 
     // The handler runs on the loop thread, once per request, in request order per connection.
@@ -141,7 +141,7 @@ public:
     // when none is open. Calling it again adds a callback.
     void close(std::function<void()> on_closed);
 
-private:
+  private:
     struct Link;
     struct Listener;
     struct RefusedSocket;
@@ -151,6 +151,7 @@ private:
     static void on_connection(uv_stream_t* listener, int status);
     void accept_one();
     void handle_closed();
+    void run_closed_callbacks();
     void forget(Connection* connection);
 
     uv_loop_t* loop_;

@@ -153,9 +153,8 @@ void add_to_array(cJSON* array, Json item) {
 } // namespace
 
 const std::vector<double>& default_latency_buckets() {
-    static const std::vector<double> buckets = {0.001, 0.0025, 0.005, 0.01, 0.025,
-                                                0.05,  0.1,    0.25,  0.5,  1,
-                                                2.5,   5,      10,    30,   60};
+    static const std::vector<double> buckets = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                0.5,   1,      2.5,   5,    10,    30,   60};
     return buckets;
 }
 
@@ -182,7 +181,9 @@ void GaugeSeries::inc(double amount) {
     value_ += amount;
 }
 
-void GaugeSeries::dec(double amount) { inc(-amount); }
+void GaugeSeries::dec(double amount) {
+    inc(-amount);
+}
 
 void GaugeSeries::set_function(std::function<double()> function) {
     function_ = std::move(function);
@@ -245,8 +246,8 @@ MetricFamily::MetricFamily(std::string name, std::string help, MetricType type,
         if (type_ == MetricType::histogram && label == "le") {
             metrics_invariant_failed("histogram label named le", name_);
         }
-        if (std::find(label_names_.begin(), label_names_.begin() + static_cast<long>(i),
-                      label) != label_names_.begin() + static_cast<long>(i)) {
+        if (std::find(label_names_.begin(), label_names_.begin() + static_cast<long>(i), label) !=
+            label_names_.begin() + static_cast<long>(i)) {
             metrics_invariant_failed("duplicate label name", name_ + " " + label);
         }
     }
@@ -320,8 +321,8 @@ std::string MetricFamily::render_labels(const LabelValues& values, std::string_v
 Json MetricFamily::labels_json(const LabelValues& values) const {
     Json labels = new_json_object();
     for (std::size_t i = 0; i < values.size(); ++i) {
-        check_json(cJSON_AddStringToObject(labels.get(), label_names_[i].c_str(),
-                                           values[i].c_str()));
+        check_json(
+            cJSON_AddStringToObject(labels.get(), label_names_[i].c_str(), values[i].c_str()));
     }
     return labels;
 }
@@ -353,8 +354,8 @@ void render_sample(std::string& out, const std::string& name, std::string_view s
 
 Counter::Counter(std::string name, std::string help, std::vector<std::string> label_names,
                  std::size_t max_series)
-    : MetricFamily(std::move(name), std::move(help), MetricType::counter,
-                   std::move(label_names), max_series) {}
+    : MetricFamily(std::move(name), std::move(help), MetricType::counter, std::move(label_names),
+                   max_series) {}
 
 CounterSeries& Counter::with(LabelValues values) {
     LabelValues key = admit(std::move(values), series_.size(),
@@ -412,11 +413,12 @@ Json Gauge::render_json() const {
 
 Histogram::Histogram(std::string name, std::string help, std::vector<std::string> label_names,
                      std::vector<double> upper_bounds, std::size_t max_series)
-    : MetricFamily(std::move(name), std::move(help), MetricType::histogram,
-                   std::move(label_names), max_series),
+    : MetricFamily(std::move(name), std::move(help), MetricType::histogram, std::move(label_names),
+                   max_series),
       upper_bounds_(std::move(upper_bounds)) {
     for (std::size_t i = 0; i < upper_bounds_.size(); ++i) {
-        if (!std::isfinite(upper_bounds_[i]) || (i > 0 && upper_bounds_[i] <= upper_bounds_[i - 1])) {
+        if (!std::isfinite(upper_bounds_[i]) ||
+            (i > 0 && upper_bounds_[i] <= upper_bounds_[i - 1])) {
             metrics_invariant_failed("histogram buckets must be finite and strictly increasing",
                                      this->name());
         }
@@ -489,8 +491,7 @@ Family& MetricsRegistry::register_family(const std::string& name, const std::str
     if (it != families_.end()) {
         MetricFamily& existing = *it->second;
         if (existing.type() != type || existing.label_names() != label_names) {
-            metrics_invariant_failed("metric registered twice with another type or labels",
-                                     name);
+            metrics_invariant_failed("metric registered twice with another type or labels", name);
         }
         return static_cast<Family&>(existing);
     }

@@ -60,17 +60,17 @@ using LabelValues = std::vector<std::string>;
 enum class MetricType { counter, gauge, histogram };
 
 class CounterSeries {
-public:
+  public:
     // `amount` must be finite and >= 0: a counter only goes up.
     void inc(double amount = 1);
     double value() const { return value_; }
 
-private:
+  private:
     double value_ = 0;
 };
 
 class GaugeSeries {
-public:
+  public:
     void set(double value);
     void inc(double amount = 1);
     void dec(double amount = 1);
@@ -80,13 +80,13 @@ public:
     void set_function(std::function<double()> function);
     double value() const;
 
-private:
+  private:
     double value_ = 0;
     std::function<double()> function_;
 };
 
 class HistogramSeries {
-public:
+  public:
     explicit HistogramSeries(const std::vector<double>* upper_bounds);
 
     // A NaN observation is dropped (it would poison the sum); anything else lands in the first
@@ -98,7 +98,7 @@ public:
     // Cumulative counts, one per upper bound and a last one for +Inf (equal to count()).
     std::vector<std::uint64_t> cumulative_counts() const;
 
-private:
+  private:
     const std::vector<double>* upper_bounds_;
     std::vector<std::uint64_t> bucket_counts_; // per bucket, not cumulative; +Inf last
     std::uint64_t count_ = 0;
@@ -107,7 +107,7 @@ private:
 
 // What every family shares: its name, help, type, label names and the cardinality cap.
 class MetricFamily {
-public:
+  public:
     MetricFamily(std::string name, std::string help, MetricType type,
                  std::vector<std::string> label_names, std::size_t max_series);
     virtual ~MetricFamily() = default;
@@ -125,7 +125,7 @@ public:
     // This family as a JSON object: {"type", "help", "series": [{"labels": {...}, ...}]}.
     virtual Json render_json() const = 0;
 
-protected:
+  protected:
     // The key under which `values` are recorded: checked for arity, truncated, and replaced by
     // the overflow key when the family is full and does not know them yet.
     LabelValues admit(LabelValues values, std::size_t current_series,
@@ -136,7 +136,7 @@ protected:
                               std::string_view extra_value = {}) const;
     Json labels_json(const LabelValues& values) const;
 
-private:
+  private:
     std::string name_;
     std::string help_;
     MetricType type_;
@@ -146,7 +146,7 @@ private:
 };
 
 class Counter final : public MetricFamily {
-public:
+  public:
     Counter(std::string name, std::string help, std::vector<std::string> label_names,
             std::size_t max_series);
 
@@ -157,12 +157,12 @@ public:
     void render_prometheus(std::string& out) const override;
     Json render_json() const override;
 
-private:
+  private:
     std::map<LabelValues, CounterSeries> series_;
 };
 
 class Gauge final : public MetricFamily {
-public:
+  public:
     Gauge(std::string name, std::string help, std::vector<std::string> label_names,
           std::size_t max_series);
 
@@ -176,12 +176,12 @@ public:
     void render_prometheus(std::string& out) const override;
     Json render_json() const override;
 
-private:
+  private:
     std::map<LabelValues, GaugeSeries> series_;
 };
 
 class Histogram final : public MetricFamily {
-public:
+  public:
     Histogram(std::string name, std::string help, std::vector<std::string> label_names,
               std::vector<double> upper_bounds, std::size_t max_series);
 
@@ -193,13 +193,13 @@ public:
     void render_prometheus(std::string& out) const override;
     Json render_json() const override;
 
-private:
+  private:
     std::vector<double> upper_bounds_;
     std::map<LabelValues, HistogramSeries> series_;
 };
 
 class MetricsRegistry {
-public:
+  public:
     static constexpr std::size_t kDefaultMaxSeriesPerFamily = 1000;
 
     explicit MetricsRegistry(std::size_t max_series_per_family = kDefaultMaxSeriesPerFamily);
@@ -223,7 +223,7 @@ public:
     // {"<family name>": <MetricFamily::render_json()>, ...}, in the same order.
     Json render_json() const;
 
-private:
+  private:
     template <typename Family, typename... Extra>
     Family& register_family(const std::string& name, const std::string& help, MetricType type,
                             std::vector<std::string> label_names, Extra&&... extra);

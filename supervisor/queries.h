@@ -201,8 +201,8 @@ DELETE FROM "Outbox" o USING old WHERE o."id" = old."id"
 // One instance at a time runs retention: a transaction-level advisory lock taken without waiting.
 inline constexpr const char* kRetentionLockKey = "4242061701";
 
-inline constexpr const char* kSchemaVersion =
-    "SELECT CASE WHEN to_regclass('outbox_worker_schema') IS NULL THEN -1 "
-    "ELSE (SELECT COALESCE(max(version), 0) FROM outbox_worker_schema) END";
+// Two steps, because a statement naming a table that does not exist fails as it is parsed.
+inline constexpr const char* kSchemaTableExists = "SELECT to_regclass('outbox_worker_schema') IS NOT NULL";
+inline constexpr const char* kSchemaVersion = "SELECT COALESCE(max(version), 0) FROM outbox_worker_schema";
 
 } // namespace outbox::sql

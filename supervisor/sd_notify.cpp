@@ -43,7 +43,8 @@ std::string notify_address(std::string_view socket) {
     address.sun_family = AF_UNIX;
     // A path needs room for its terminating NUL; an abstract name is counted by the address
     // length instead and may fill the whole array.
-    std::size_t limit = socket.front() == '/' ? sizeof address.sun_path - 1 : sizeof address.sun_path;
+    std::size_t limit =
+        socket.front() == '/' ? sizeof address.sun_path - 1 : sizeof address.sun_path;
     if (socket.size() > limit) {
         return {};
     }
@@ -81,14 +82,12 @@ SystemdNotifier::SystemdNotifier(std::string_view notify_socket, std::string_vie
     }
     address_ = notify_address(notify_socket);
     if (address_.empty()) {
-        spdlog::debug("systemd notifications disabled: unusable NOTIFY_SOCKET '{}'",
-                      notify_socket);
+        spdlog::debug("systemd notifications disabled: unusable NOTIFY_SOCKET '{}'", notify_socket);
         return;
     }
     fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd_ < 0) {
-        spdlog::debug("systemd notifications disabled: socket() failed: {}",
-                      std::strerror(errno));
+        spdlog::debug("systemd notifications disabled: socket() failed: {}", std::strerror(errno));
     }
 }
 
@@ -116,7 +115,9 @@ bool SystemdNotifier::notify(std::string_view message) {
     return false;
 }
 
-void SystemdNotifier::ready() { notify("READY=1"); }
+void SystemdNotifier::ready() {
+    notify("READY=1");
+}
 
 void SystemdNotifier::status(std::string_view text) {
     std::string message = "STATUS=";
@@ -126,8 +127,12 @@ void SystemdNotifier::status(std::string_view text) {
     notify(message);
 }
 
-void SystemdNotifier::stopping() { notify("STOPPING=1"); }
+void SystemdNotifier::stopping() {
+    notify("STOPPING=1");
+}
 
-void SystemdNotifier::watchdog() { notify("WATCHDOG=1"); }
+void SystemdNotifier::watchdog() {
+    notify("WATCHDOG=1");
+}
 
 } // namespace outbox

@@ -28,7 +28,7 @@
 namespace outbox {
 
 class SystemdNotifier {
-public:
+  public:
     // Reads NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID from the environment.
     SystemdNotifier();
     // The same from explicit values (an empty string stands for an unset variable).
@@ -61,7 +61,7 @@ public:
     // process, or the send failed).
     bool notify(std::string_view message);
 
-private:
+  private:
     int fd_ = -1;
     pid_t owner_pid_;
     std::string address_; // sockaddr_un bytes, length included

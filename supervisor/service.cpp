@@ -55,6 +55,7 @@ constexpr int kSweepBatch = 500;
 // ran, another instance could have swept and re-claimed it.
 constexpr long kLeaseSafetyMs = 1000;
 constexpr long kFinalFlushGraceMs = 5000;
+constexpr long kRetryWakeSlackMs = 20;
 
 int64_t wall_clock_us() {
     return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -132,6 +133,7 @@ private:
     void start_handles();
     void on_claim_connected();
     void check_schema();
+    void on_schema_version(int version);
     void maybe_report_ready();
     void on_signal(int signum);
     void begin_drain();
@@ -404,24 +406,41 @@ void Supervisor::on_claim_connected() {
 }
 
 void Supervisor::check_schema() {
-    claim_db_->query(sql::kSchemaVersion, {}, [this](QueryResult&& r) {
-        if (!r.ok()) {
-            if (!r.lost) {
-                spdlog::error("cannot read the schema version: {}", r.error());
+    claim_db_->query(sql::kSchemaTableExists, {}, [this](QueryResult&& exists) {
+        if (!exists.ok()) {
+            if (!exists.lost) {
+                spdlog::error("cannot read the schema version: {}", exists.error());
             }
             return; // retried on the next connect
         }
-        int version = std::stoi(r.result.value(0, 0));
-        int needed = latest_migration_version();
-        if (version < needed) {
-            fatal_error_ = version < 0 ? "the database has no outbox-worker schema: run `outbox-worker migrate` first"
-                                       : "the database schema is at version " + std::to_string(version) +
-                                             ", this outbox-worker needs " + std::to_string(needed) +
-                                             ": run `outbox-worker migrate` first";
-            exit_code_ = kExitFailure;
-            finish();
+        if (exists.result.view(0, 0) != "t") {
+            on_schema_version(-1);
             return;
         }
+        claim_db_->query(sql::kSchemaVersion, {}, [this](QueryResult&& r) {
+            if (!r.ok()) {
+                if (!r.lost) {
+                    spdlog::error("cannot read the schema version: {}", r.error());
+                }
+                return;
+            }
+            on_schema_version(std::stoi(r.result.value(0, 0)));
+        });
+    });
+}
+
+void Supervisor::on_schema_version(int version) {
+    int needed = latest_migration_version();
+    if (version < needed) {
+        fatal_error_ = version < 0 ? "the database has no outbox-worker schema: run `outbox-worker migrate` first"
+                                   : "the database schema is at version " + std::to_string(version) +
+                                         ", this outbox-worker needs " + std::to_string(needed) +
+                                         ": run `outbox-worker migrate` first";
+        exit_code_ = kExitFailure;
+        finish();
+        return;
+    }
+    {
         schema_ok_ = true;
         PoolOptions opts;
         opts.workers = config_.workers;
@@ -452,7 +471,7 @@ void Supervisor::check_schema() {
         pool_->start();
         refresh_counts();
         wake();
-    });
+    }
 }
 
 void Supervisor::maybe_report_ready() {
@@ -663,7 +682,6 @@ void Supervisor::on_failed(uint64_t seq, const std::string& error, bool permanen
     spdlog::info("event {} ({}) failed attempt {}/{}: {}; retrying in {} ms", d.id, d.event_type, attempt,
                  d.max_retries, why, delay);
     pending_results_.push_back({seq, kKindRetry, std::move(why), delay});
-    schedule_wake_at(uv_now(&loop_) + static_cast<uint64_t>(delay));
 }
 
 void Supervisor::on_returned(std::vector<uint64_t> seqs) {
@@ -770,6 +788,9 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
                 break;
             case kKindRetry:
                 telemetry_.event_retried(d.event_type);
+                // nextRetryAt was computed from the database's clock as this statement ran; wake
+                // a little after it so the claim finds the event due.
+                schedule_wake_at(uv_now(&loop_) + static_cast<uint64_t>(p.delay_ms) + kRetryWakeSlackMs);
                 break;
             default:
                 telemetry_.event_dead_lettered(d.event_type);
@@ -840,7 +861,7 @@ void Supervisor::renew_leases() {
 }
 
 void Supervisor::sweep_expired_leases() {
-    if (draining_ || !claim_db_->connected()) {
+    if (draining_ || !schema_ok_ || !claim_db_->connected()) {
         return;
     }
     claim_db_->query(sql::kSweepExpiredLeases, {std::to_string(config_.lease_ms), std::to_string(kSweepBatch)},
@@ -909,7 +930,7 @@ void Supervisor::release(std::vector<uint64_t> seqs) {
 }
 
 void Supervisor::refresh_counts() {
-    if (!claim_db_->connected() || finishing_) {
+    if (!schema_ok_ || !claim_db_->connected() || finishing_) {
         return;
     }
     claim_db_->query(sql::kStatusCounts, {like_patterns_}, [this](QueryResult&& r) {
@@ -938,7 +959,7 @@ void Supervisor::refresh_counts() {
 }
 
 void Supervisor::run_retention() {
-    if (draining_ || !claim_db_->connected()) {
+    if (draining_ || !schema_ok_ || !claim_db_->connected()) {
         return;
     }
     claim_db_->query(sql::kRetentionBatch, {std::to_string(config_.retention_hours), std::to_string(kRetentionBatch)},

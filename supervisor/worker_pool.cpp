@@ -23,6 +23,7 @@ namespace {
 constexpr long kRespawnBrakeInitialMs = 100;
 constexpr long kRespawnBrakeMaxMs = 30000;
 constexpr int kChildChannelFd = 3;
+constexpr uint64_t kChannelCloseGraceMs = 1000;
 
 std::string describe_status(pid_t pid, int status) {
     if (WIFSIGNALED(status)) {
@@ -75,6 +76,7 @@ struct WorkerPool::Slot {
     long events_done = 0;
     bool killed = false;
     bool stopped_by_supervisor = false; // killed while draining: its events are not charged
+    bool channel_closed = false;        // EOF seen; waiting for the exit status
     RestartReason kill_reason = RestartReason::crashed;
     std::string kill_error;
     uint64_t head_started_ms = 0;
@@ -112,10 +114,22 @@ void WorkerPool::spawn(int index) {
         return;
     }
     pid_t parent = getpid();
+    // Block every signal across fork(): a signal arriving in the child before its handlers are
+    // reset would run libuv's handler there, which writes to the supervisor's signal pipe (and,
+    // once that descriptor number is reused, into whatever the handler opened).
+    sigset_t all_signals, previous_mask;
+    sigfillset(&all_signals);
+    sigprocmask(SIG_SETMASK, &all_signals, &previous_mask);
     // Handler processes are forked without exec: they inherit the registered handlers (code
     // subscribers are closures in this address space). The supervisor is single-threaded, so the
     // child's copy of every lock is consistent.
-    pid_t pid = fork();
+    // _Fork (glibc 2.34) rather than fork: no pthread_atfork handlers run. libuv's child handler
+    // would re-create its signal-lock pipe in the child, and the child of the child would then
+    // close that pipe's descriptor numbers, whatever they had become by then.
+    pid_t pid = _Fork();
+    if (pid != 0) {
+        sigprocmask(SIG_SETMASK, &previous_mask, nullptr);
+    }
     if (pid < 0) {
         spdlog::error("cannot fork handler process {}: {}", index, std::strerror(errno));
         ::close(fds[0]);
@@ -131,16 +145,21 @@ void WorkerPool::spawn(int index) {
             _exit(kWorkerExitOk);
         }
         // Signal dispositions and the mask come from the supervisor's loop (libuv's handlers).
-        // Ctrl-C reaches the whole foreground process group: the supervisor decides how the
-        // service stops, so SIGINT and SIGHUP are ignored here; SIGTERM keeps its default.
-        sigset_t all;
-        sigemptyset(&all);
-        sigprocmask(SIG_SETMASK, &all, nullptr);
-        for (int sig : {SIGTERM, SIGCHLD, SIGQUIT, SIGUSR1, SIGUSR2, SIGPIPE}) {
-            signal(sig, SIG_DFL);
+        // Stop signals sent to the whole process group (Ctrl-C in a terminal, `timeout`, a
+        // process manager that kills the group) must not cut running events short: the
+        // supervisor decides when handler processes stop (QUIT, then SIGKILL after the shutdown
+        // timeout), and they die with it through PR_SET_PDEATHSIG.
+        struct sigaction default_action {};
+        default_action.sa_handler = SIG_DFL;
+        for (int sig = 1; sig < NSIG; ++sig) {
+            sigaction(sig, &default_action, nullptr);
         }
         signal(SIGINT, SIG_IGN);
+        signal(SIGTERM, SIG_IGN);
         signal(SIGHUP, SIG_IGN);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, nullptr);
         // Keep only stdio and the channel (SPEC 6): no database socket, no listening socket.
         if (dup2(fds[1], kChildChannelFd) < 0) {
             _exit(kWorkerExitSetupError);
@@ -204,11 +223,16 @@ void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf)
         // is gone, and let the exit path attribute the running event.
         close_channel(slot);
         if (slot.state != SlotState::dead && !slot.killed) {
-            if (slot.state == SlotState::quitting && slot.pipeline.empty()) {
-                return; // a clean QUIT: the exit status arrives with SIGCHLD
+            // Usually the process is exiting and SIGCHLD, with its real exit status, follows
+            // within milliseconds. If it is still alive after a grace period, it closed the
+            // channel but kept running (a handler closed descriptor 3): then it is killed.
+            slot.channel_closed = true;
+            if (slot.timer != nullptr) {
+                uv_timer_stop(slot.timer);
+                uv_timer_start(
+                    slot.timer, [](uv_timer_t* t) { auto* s = static_cast<Slot*>(t->data); s->pool->on_timeout(*s); },
+                    kChannelCloseGraceMs, 0);
             }
-            kill_slot(slot, RestartReason::crashed,
-                      "handler process " + std::to_string(slot.pid) + " closed its channel");
         }
         return;
     }
@@ -353,6 +377,11 @@ bool WorkerPool::dispatch(uint64_t seq, std::string_view event_json, long timeou
             static_cast<int>(slot->pipeline.size()) >= options_.pipeline_depth) {
             continue;
         }
+        // A process due for recycling takes no more than its quota.
+        if (options_.max_events_per_process > 0 &&
+            slot->events_done + static_cast<long>(slot->pipeline.size()) >= options_.max_events_per_process) {
+            continue;
+        }
         if (best == nullptr || slot->pipeline.size() < best->pipeline.size()) {
             best = slot.get();
         }
@@ -369,7 +398,7 @@ bool WorkerPool::dispatch(uint64_t seq, std::string_view event_json, long timeou
 }
 
 void WorkerPool::arm_timeout(Slot& slot) {
-    if (slot.timer == nullptr) {
+    if (slot.timer == nullptr || slot.channel_closed) {
         return;
     }
     uv_timer_stop(slot.timer);
@@ -388,7 +417,15 @@ void WorkerPool::arm_timeout(Slot& slot) {
 }
 
 void WorkerPool::on_timeout(Slot& slot) {
-    if (slot.pipeline.empty() || slot.killed) {
+    if (slot.killed) {
+        return;
+    }
+    if (slot.channel_closed) {
+        kill_slot(slot, RestartReason::crashed,
+                  "handler process " + std::to_string(slot.pid) + " closed its channel");
+        return;
+    }
+    if (slot.pipeline.empty()) {
         return;
     }
     long timeout = slot.pipeline.front().timeout_ms;

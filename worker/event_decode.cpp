@@ -81,8 +81,9 @@ Decoded<Event> decode_event_object(const cJSON* object, std::string_view text) {
     event.payload_json = member_json(payload, text, "payload");
 
     const cJSON* metadata = cJSON_GetObjectItemCaseSensitive(object, "metadata");
-    event.metadata_json =
-        metadata == nullptr || cJSON_IsNull(metadata) ? "null" : member_json(metadata, text, "metadata");
+    event.metadata_json = metadata == nullptr || cJSON_IsNull(metadata)
+                              ? "null"
+                              : member_json(metadata, text, "metadata");
 
     const cJSON* attempt = cJSON_GetObjectItemCaseSensitive(object, "attempt");
     if (attempt == nullptr) {

@@ -28,7 +28,7 @@ using Clock = std::chrono::steady_clock;
 
 // An owned file descriptor.
 class Fd {
-public:
+  public:
     Fd() = default;
     explicit Fd(int fd) : fd_(fd) {}
     ~Fd() { reset(); }
@@ -52,7 +52,7 @@ public:
         }
     }
 
-private:
+  private:
     int fd_ = -1;
 };
 
@@ -287,7 +287,7 @@ bool child_has_exited(pid_t pid) {
 
 // Keeps the last bytes of a stream without letting the buffer grow with it.
 class TailBuffer {
-public:
+  public:
     explicit TailBuffer(std::size_t limit) : limit_(limit) {}
     void append(const char* data, std::size_t size) {
         bytes_.append(data, size);
@@ -300,7 +300,7 @@ public:
         return view.size() > limit_ ? view.substr(view.size() - limit_) : view;
     }
 
-private:
+  private:
     std::size_t limit_;
     std::string bytes_;
 };
@@ -368,7 +368,10 @@ Result run_exec_handler(const ExecHandlerOptions& options, const Event& event) {
     plan.argv = argv.data();
     plan.envp = envp.data();
 
-    const pid_t pid = ::fork();
+    // _Fork, not fork: fork() runs the pthread_atfork handlers inherited from the supervisor's
+    // libraries, and libuv's child handler closes and re-creates its signal-lock pipe by
+    // descriptor number, which in this process are the pipes just made for the command.
+    const pid_t pid = ::_Fork();
     if (pid < 0) {
         return Result::retry(std::string("exec handler cannot fork: ") + std::strerror(errno));
     }
@@ -594,7 +597,9 @@ std::string sanitize_error_text(std::string_view bytes) {
             ++i;
         }
     }
-    const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+    const auto is_space = [](char c) {
+        return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+    };
     std::size_t begin = 0;
     while (begin < out.size() && is_space(out[begin])) {
         ++begin;

@@ -28,9 +28,9 @@ namespace outbox {
 
 // What the handlers file says about one exec subscriber, already validated.
 struct ExecHandlerOptions {
-    std::vector<std::string> command;                        // argv; command[0] is not empty
-    std::vector<std::pair<std::string, std::string>> env;     // added to the environment, in order
-    long timeout_ms = 30000;                                  // the whole run, stdin included
+    std::vector<std::string> command;                     // argv; command[0] is not empty
+    std::vector<std::pair<std::string, std::string>> env; // added to the environment, in order
+    long timeout_ms = 30000;                              // the whole run, stdin included
 };
 
 // How much of the command's stderr becomes the error text.
@@ -57,13 +57,13 @@ std::string sanitize_error_text(std::string_view bytes);
 // of killing the handler process, whatever the process's SIGPIPE disposition is. The http handler
 // shares it (libcurl with CURLOPT_NOSIGNAL leaves SIGPIPE to the caller).
 class ScopedSigpipeBlock {
-public:
+  public:
     ScopedSigpipeBlock();
     ~ScopedSigpipeBlock();
     ScopedSigpipeBlock(const ScopedSigpipeBlock&) = delete;
     ScopedSigpipeBlock& operator=(const ScopedSigpipeBlock&) = delete;
 
-private:
+  private:
     sigset_t previous_mask_;
     bool was_pending_ = false;
 };

@@ -56,7 +56,8 @@ Check check_keys(const cJSON* object, const std::string& prefix,
         const std::string key = item->string != nullptr ? item->string : "";
         if (std::none_of(allowed.begin(), allowed.end(),
                          [&](const char* name) { return key == name; })) {
-            return field_error(prefix + key, "unknown key; expected one of " + join_quoted(allowed));
+            return field_error(prefix + key,
+                               "unknown key; expected one of " + join_quoted(allowed));
         }
         if (!seen.insert(key).second) {
             return field_error(prefix + key, "appears more than once");
@@ -78,8 +79,8 @@ Check read_timeout(const cJSON* item, const std::string& field, std::optional<lo
         return std::nullopt;
     }
     const double value = cJSON_IsNumber(item) ? item->valuedouble : 0;
-    if (!cJSON_IsNumber(item) || !std::isfinite(value) || value != std::floor(value) ||
-        value < 1 || value > static_cast<double>(kMaxHandlerTimeoutMs)) {
+    if (!cJSON_IsNumber(item) || !std::isfinite(value) || value != std::floor(value) || value < 1 ||
+        value > static_cast<double>(kMaxHandlerTimeoutMs)) {
         return field_error(field, "must be an integer from 1 to " +
                                       std::to_string(kMaxHandlerTimeoutMs) + " (milliseconds)");
     }
@@ -136,12 +137,14 @@ Check read_exec(const cJSON* exec, ExecHandlerOptions& options, std::optional<lo
             const std::string name = item->string != nullptr ? item->string : "";
             const std::string field = "exec.env." + name;
             if (!is_environment_name(name)) {
-                return field_error(field, "is not a valid variable name (empty or containing \"=\")");
+                return field_error(field,
+                                   "is not a valid variable name (empty or containing \"=\")");
             }
             if (!seen.insert(name).second) {
                 return field_error(field, "appears more than once");
             }
-            if (name == "OUTBOX_EVENT_ID" || name == "OUTBOX_EVENT_TYPE" || name == "OUTBOX_ATTEMPT") {
+            if (name == "OUTBOX_EVENT_ID" || name == "OUTBOX_EVENT_TYPE" ||
+                name == "OUTBOX_ATTEMPT") {
                 return field_error(field, "is set by the worker for each event");
             }
             if (!cJSON_IsString(item) || item->valuestring == nullptr) {
@@ -190,8 +193,9 @@ Check expand_variables(std::string_view value, const std::string& field, const E
         }
         out.append(value.substr(position, start - position));
         const std::size_t end = value.find('}', start + 2);
-        const std::string_view name =
-            end == std::string_view::npos ? std::string_view() : value.substr(start + 2, end - start - 2);
+        const std::string_view name = end == std::string_view::npos
+                                          ? std::string_view()
+                                          : value.substr(start + 2, end - start - 2);
         if (!is_variable_name(name)) {
             return field_error(field, "has a malformed ${...} reference (expected ${NAME} with "
                                       "letters, digits and underscores)");
@@ -227,8 +231,8 @@ Check read_http(const cJSON* http, const EnvLookup& env, HttpHandlerOptions& opt
     }
     if (const cJSON* method = member(http, "method")) {
         const std::string value = cJSON_IsString(method) && method->valuestring != nullptr
-                                       ? method->valuestring
-                                       : std::string();
+                                      ? method->valuestring
+                                      : std::string();
         if (value != "POST" && value != "PUT" && value != "PATCH") {
             return field_error("http.method", "must be one of \"POST\", \"PUT\", \"PATCH\"");
         }
@@ -249,8 +253,9 @@ Check read_http(const cJSON* http, const EnvLookup& env, HttpHandlerOptions& opt
                     return field_error(field, "appears more than once (header names ignore case)");
                 }
             }
-            for (const char* reserved : {"Idempotency-Key", "X-Outbox-Event-Type",
-                                         "X-Outbox-Attempt", "Content-Length", "Transfer-Encoding"}) {
+            for (const char* reserved :
+                 {"Idempotency-Key", "X-Outbox-Event-Type", "X-Outbox-Attempt", "Content-Length",
+                  "Transfer-Encoding"}) {
                 if (iequals(name, reserved)) {
                     return field_error(field, "is set by the worker");
                 }
@@ -294,14 +299,15 @@ Check read_log(const cJSON* log, LogLevel& level) {
         } else if (value == "error") {
             level = LogLevel::error;
         } else {
-            return field_error("log.level", "must be one of \"debug\", \"info\", \"warn\", \"error\"");
+            return field_error("log.level",
+                               "must be one of \"debug\", \"info\", \"warn\", \"error\"");
         }
     }
     return std::nullopt;
 }
 
 class HandlersParser {
-public:
+  public:
     HandlersParser(const std::string& origin, long default_timeout_ms, const EnvLookup& env)
         : origin_(origin), default_timeout_ms_(default_timeout_ms), env_(env) {
         const std::size_t slash = origin.find_last_of('/');
@@ -318,14 +324,16 @@ public:
             return fail(invalid_json(text, end, "invalid JSON"));
         }
         // cJSON stops after the first value; anything but whitespace behind it is an error too.
-        std::size_t offset = end != nullptr ? static_cast<std::size_t>(end - text.data()) : text.size();
+        std::size_t offset =
+            end != nullptr ? static_cast<std::size_t>(end - text.data()) : text.size();
         while (offset < text.size() && (text[offset] == ' ' || text[offset] == '\t' ||
                                         text[offset] == '\r' || text[offset] == '\n')) {
             ++offset;
         }
         if (offset < text.size()) {
-            return fail(invalid_json(text, text.data() + offset,
-                                     "invalid JSON: unexpected text after the end of the document"));
+            return fail(
+                invalid_json(text, text.data() + offset,
+                             "invalid JSON: unexpected text after the end of the document"));
         }
 
         const cJSON* list = root.get();
@@ -368,7 +376,7 @@ public:
         return {std::move(subscribers), {}};
     }
 
-private:
+  private:
     HandlersFileResult fail(const std::string& problem) const {
         return {std::nullopt, origin_ + ": " + problem};
     }
@@ -400,8 +408,8 @@ private:
         if (const cJSON* given = member(item, "name"); is_nonempty_string(given)) {
             name = given->valuestring;
         }
-        if (auto problem = check_keys(item, "", {"name", "eventTypes", "timeoutMs", "exec", "http",
-                                                 "log"})) {
+        if (auto problem =
+                check_keys(item, "", {"name", "eventTypes", "timeoutMs", "exec", "http", "log"})) {
             return problem;
         }
         if (const cJSON* given = member(item, "name")) {
@@ -409,15 +417,16 @@ private:
                 return field_error("name", "must be a non-empty string");
             }
             if (auto [it, inserted] = names_.try_emplace(name, index); !inserted) {
-                return field_error("name", "is already used by subscriber " +
-                                               std::to_string(it->second));
+                return field_error("name",
+                                   "is already used by subscriber " + std::to_string(it->second));
             }
         }
         if (auto problem = read_event_types(member(item, "eventTypes"), subscriber.patterns)) {
             return problem;
         }
         std::optional<long> subscriber_timeout;
-        if (auto problem = read_timeout(member(item, "timeoutMs"), "timeoutMs", subscriber_timeout)) {
+        if (auto problem =
+                read_timeout(member(item, "timeoutMs"), "timeoutMs", subscriber_timeout)) {
             return problem;
         }
 
@@ -465,9 +474,8 @@ private:
             subscriber.timeout_ms = resolve_timeout(subscriber_timeout, std::nullopt);
             subscriber.handler = make_log_handler(level);
         }
-        subscriber.name = name.empty()
-                              ? basename_ + "#" + std::to_string(index) + " (" + kind_name + ")"
-                              : name;
+        subscriber.name =
+            name.empty() ? basename_ + "#" + std::to_string(index) + " (" + kind_name + ")" : name;
         return std::nullopt;
     }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <memory>
 #include <mutex>
 
@@ -21,7 +22,9 @@ bool iequals(std::string_view a, std::string_view b) {
 }
 
 std::string_view trim(std::string_view text) {
-    const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; };
+    const auto is_space = [](char c) {
+        return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+    };
     while (!text.empty() && is_space(text.front())) {
         text.remove_prefix(1);
     }
@@ -101,8 +104,8 @@ std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user)
     auto* response = static_cast<Response*>(user);
     const std::size_t bytes = size * count;
     if (response->body_start.size() < kHttpErrorBodyBytes) {
-        response->body_start.append(data,
-                                    std::min(bytes, kHttpErrorBodyBytes - response->body_start.size()));
+        response->body_start.append(
+            data, std::min(bytes, kHttpErrorBodyBytes - response->body_start.size()));
     }
     return bytes;
 }
@@ -127,7 +130,7 @@ std::size_t on_header(char* data, std::size_t size, std::size_t count, void* use
 // One http subscriber inside a handler process. It lives on the heap, shared by the copies of its
 // Handler, and never moves, so libcurl may keep pointers to its members between requests.
 class HttpDelivery {
-public:
+  public:
     explicit HttpDelivery(HttpHandlerOptions options)
         : options_(std::move(options)), display_url_(redact_url(options_.url)) {
         for (const auto& [name, value] : options_.headers) {
@@ -192,7 +195,7 @@ public:
                              parse_retry_after_ms(response_.retry_after, std::time(nullptr)));
     }
 
-private:
+  private:
     // Everything that is the same for every request is set once, on the handle's creation.
     std::optional<std::string> create_handle() {
         std::unique_ptr<CURL, CurlEasyDeleter> easy(curl_easy_init());
@@ -273,9 +276,18 @@ private:
     std::string transfer_error(CURLcode code) const {
         std::string detail = error_buffer_[0] != '\0' ? std::string(error_buffer_)
                                                       : std::string(curl_easy_strerror(code));
+        // libcurl's text says "Couldn't connect to server" whether the port was closed, the host
+        // unreachable or the network down; the system's error tells them apart.
+        long os_error = 0;
+        if (curl_easy_getinfo(easy_.get(), CURLINFO_OS_ERRNO, &os_error) == CURLE_OK &&
+            os_error != 0) {
+            detail += " (";
+            detail += std::strerror(static_cast<int>(os_error));
+            detail += ")";
+        }
         if (code == CURLE_OPERATION_TIMEDOUT) {
-            return "timed out after " + std::to_string(options_.timeout_ms) + " ms: " +
-                   options_.method + " " + display_url_ + " (" + detail + ")";
+            return "timed out after " + std::to_string(options_.timeout_ms) +
+                   " ms: " + options_.method + " " + display_url_ + " (" + detail + ")";
         }
         return options_.method + " " + display_url_ + " failed: " + detail;
     }
@@ -292,7 +304,9 @@ private:
 
 Handler make_http_handler(HttpHandlerOptions options) {
     auto delivery = std::make_shared<HttpDelivery>(std::move(options));
-    return [delivery](const Event& event) { return delivery->deliver(event); };
+    return [delivery](const Event& event) {
+        return delivery->deliver(event);
+    };
 }
 
 Outcome classify_http_status(long status) {
@@ -342,8 +356,7 @@ long parse_retry_after_ms(std::string_view value, std::time_t now) {
         return 0;
     }
     constexpr long kMaxSeconds = kHttpMaxRetryAfterMs / 1000;
-    if (std::all_of(value.begin(), value.end(),
-                    [](char c) { return c >= '0' && c <= '9'; })) {
+    if (std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; })) {
         long seconds = 0;
         for (char c : value) {
             seconds = std::min(kMaxSeconds, seconds * 10 + (c - '0'));

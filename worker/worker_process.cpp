@@ -10,10 +10,8 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <deque>
 #include <exception>
 #include <iostream>
-#include <optional>
 #include <poll.h>
 #include <unistd.h>
 
@@ -54,9 +52,9 @@ void wait_for(int fd, short events) {
     }
 }
 
-// The channel as the handler process sees it: frames in (with look-ahead) and frames out.
+// The channel as the handler process sees it: frames in, frames out.
 class Channel {
-public:
+  public:
     Channel(int fd, const WorkerProcessOptions& options) : fd_(fd), options_(options) {}
 
     void send(const std::string& frame) {
@@ -71,7 +69,8 @@ public:
                 wait_for(fd_, POLLOUT);
             } else if (errno == EPIPE || errno == ECONNRESET) {
                 // The supervisor is gone; its successor will find the event's lease expired.
-                spdlog::info("{}: supervisor closed the channel, exiting", options_.process_name);
+                spdlog::info("{}: the supervisor closed the channel, exiting",
+                             options_.process_name);
                 exit_worker(kWorkerExitOk);
             } else {
                 channel_failure("write", errno);
@@ -82,17 +81,6 @@ public:
     // The next frame, blocking until it is complete. Exits on end of file and on a protocol error.
     Frame next_frame() {
         for (;;) {
-            if (!queued_.empty()) {
-                Frame frame = std::move(queued_.front());
-                queued_.pop_front();
-                return frame;
-            }
-            if (pending_error_) {
-                protocol_failure(*pending_error_);
-            }
-            if (eof_) {
-                exit_on_eof();
-            }
             FrameDecoder::Next next = decoder_.next();
             if (next.status == FrameDecoder::Status::frame) {
                 return std::move(next.frame);
@@ -100,36 +88,8 @@ public:
             if (next.status == FrameDecoder::Status::error) {
                 protocol_failure(next.error);
             }
-            read_some(/*block=*/true);
+            read_some();
         }
-    }
-
-    // Whether the supervisor has asked this process to stop by now (a QUIT queued behind the
-    // current frame, or the channel closed), reading whatever has arrived without blocking. An
-    // error found while looking ahead is kept for next_frame(): the frames before it are valid.
-    bool stop_requested() {
-        while (!eof_ && readable()) {
-            read_some(/*block=*/false);
-        }
-        while (!pending_error_) {
-            FrameDecoder::Next next = decoder_.next();
-            if (next.status == FrameDecoder::Status::frame) {
-                queued_.push_back(std::move(next.frame));
-            } else if (next.status == FrameDecoder::Status::error) {
-                pending_error_ = next.error;
-            } else {
-                break;
-            }
-        }
-        if (eof_) {
-            return true;
-        }
-        for (const Frame& frame : queued_) {
-            if (frame.type == MessageType::quit) {
-                return true;
-            }
-        }
-        return false;
     }
 
     [[noreturn]] void protocol_failure(const std::string& reason) {
@@ -139,21 +99,8 @@ public:
         exit_worker(kWorkerExitProtocolError);
     }
 
-private:
-    bool readable() {
-        pollfd pfd{fd_, POLLIN, 0};
-        for (;;) {
-            const int ready = poll(&pfd, 1, 0);
-            if (ready >= 0) {
-                return ready > 0;
-            }
-            if (errno != EINTR) {
-                channel_failure("poll", errno);
-            }
-        }
-    }
-
-    void read_some(bool block) {
+  private:
+    void read_some() {
         char chunk[kReadChunk];
         for (;;) {
             const ssize_t n = ::read(fd_, chunk, sizeof chunk);
@@ -161,31 +108,20 @@ private:
                 decoder_.feed(chunk, static_cast<size_t>(n));
                 return;
             }
-            if (n == 0) {
-                eof_ = true;
-                return;
+            if (n == 0 || (n < 0 && errno == ECONNRESET)) {
+                spdlog::info("{}: the supervisor closed the channel, exiting",
+                             options_.process_name);
+                exit_worker(kWorkerExitOk);
             }
             if (errno == EINTR) {
                 continue;
             }
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                if (!block) {
-                    return;
-                }
                 wait_for(fd_, POLLIN);
                 continue;
             }
-            if (errno == ECONNRESET) {
-                eof_ = true;
-                return;
-            }
             channel_failure("read", errno);
         }
-    }
-
-    [[noreturn]] void exit_on_eof() {
-        spdlog::info("{}: the supervisor closed the channel, exiting", options_.process_name);
-        exit_worker(kWorkerExitOk);
     }
 
     [[noreturn]] void channel_failure(const char* operation, int error) {
@@ -199,9 +135,6 @@ private:
     int fd_;
     const WorkerProcessOptions& options_;
     FrameDecoder decoder_;
-    std::deque<Frame> queued_;
-    std::optional<std::string> pending_error_;
-    bool eof_ = false;
 };
 
 ResultMsg run_event(const EventMsg& message, const std::vector<Subscriber>& subscribers,
@@ -286,19 +219,13 @@ void run_worker_process(int channel_fd, const std::vector<Subscriber>& subscribe
         const Frame frame = channel.next_frame();
         switch (frame.type) {
         case MessageType::quit:
+            // Frames are handled in order, so every EVENT sent before the QUIT has been answered.
             spdlog::debug("{}: QUIT received, exiting", options.process_name);
             exit_worker(kWorkerExitOk);
         case MessageType::event: {
             const Decoded<EventMsg> message = decode_event(frame);
             if (!message) {
                 channel.protocol_failure(message.error());
-            }
-            // The supervisor may have pipelined more frames; a QUIT among them overtakes this
-            // event, which has not started and is therefore returned to due without a charge.
-            if (channel.stop_requested()) {
-                spdlog::debug("{}: stopping before EVENT seq {}", options.process_name,
-                              message.value().seq);
-                exit_worker(kWorkerExitOk);
             }
             channel.send(encode_result(run_event(message.value(), subscribers, options)));
             break;

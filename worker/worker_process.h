@@ -1,9 +1,11 @@
 // The handler process: the child side of one channel (docs/protocol.md).
 //
-// The forking code (supervisor/pool.cpp) prepares the process before calling run_worker_process:
-// it closes every descriptor but the channel and stdio, sets the parent-death signal, resets
-// signal handlers and applies resource limits. Nothing of that is done here, so that this loop
-// stays testable in a plain forked child.
+// The forking code (supervisor/worker_pool.cpp) prepares the process before calling
+// run_worker_process: it closes every descriptor but the channel and stdio, sets the parent-death
+// signal, resets signal handlers and applies resource limits. Nothing of that is done here, so that
+// this loop stays testable in a plain forked child. The forking code should also flush stdio before
+// fork(): this process flushes stdio when it exits, which would write the parent's buffered output
+// twice.
 #pragma once
 
 #include "worker/subscriber.h"
@@ -18,11 +20,11 @@ struct WorkerProcessOptions {
     std::string process_name; // prefixes this process's log lines, e.g. "handler[3]"
 };
 
-// Runs the handler process on `channel_fd` (its end of the socketpair, blocking mode) and never
-// returns. It ignores SIGPIPE, sends HELLO, then handles EVENT frames strictly in order, answering
-// each with a RESULT. Before starting an event it looks at what else has arrived: a QUIT (or the
-// supervisor closing the channel) queued behind it means the event is not started and the process
-// exits, so that a draining supervisor can return unstarted events uncharged.
+// Runs the handler process on `channel_fd` (its end of the socketpair) and never returns. It
+// ignores SIGPIPE, sends HELLO, then handles frames strictly in the order they arrive: each EVENT
+// is run and answered with a RESULT before the next frame is looked at, so a QUIT takes effect
+// after every EVENT sent before it has been answered. The supervisor relies on that order to know
+// which event was running when the process died (docs/protocol.md, "Crash attribution").
 //
 // Exits with kWorkerExitOk on QUIT, on end of file, and when a write finds the supervisor gone
 // (EPIPE, ECONNRESET); with kWorkerExitProtocolError on a malformed or unexpected frame and on an

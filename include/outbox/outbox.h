@@ -68,6 +68,11 @@ struct Result {
 using Handler = std::function<Result(const Event&)>;
 
 struct Subscription {
+    Subscription(std::vector<std::string> event_types, Handler handler_fn, long timeout_ms = 0,
+                 std::string subscriber_name = {})
+        : eventTypes(std::move(event_types)), handler(std::move(handler_fn)), timeoutMs(timeout_ms),
+          name(std::move(subscriber_name)) {}
+
     std::vector<std::string> eventTypes; // exact names or globs with '*': "shopify.*", "*"
     Handler handler;
     long timeoutMs = 0;                  // 0: OUTBOX_HANDLER_TIMEOUT_MS

@@ -45,7 +45,7 @@ outbox::Result run(std::vector<std::string> command, long timeout_ms = 10000,
 
 // A private directory for files the commands write, removed with everything in it.
 class TempDir {
-public:
+  public:
     TempDir() {
         std::string pattern =
             (std::filesystem::temp_directory_path() / "exec-handler-test-XXXXXX").string();
@@ -61,7 +61,7 @@ public:
 
     std::string file(const std::string& name) const { return (path_ / name).string(); }
 
-private:
+  private:
     std::filesystem::path path_;
 };
 
@@ -85,11 +85,35 @@ bool wait_for(Condition condition, std::chrono::milliseconds limit = 5000ms) {
     return true;
 }
 
-bool process_gone(pid_t pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
+bool process_gone(pid_t pid) {
+    return ::kill(pid, 0) == -1 && errno == ESRCH;
+}
 
-// A descendant killed with its group is reparented and reaped by init, which takes a moment; the
-// group is gone once no member (not even a zombie) is left.
-bool process_group_gone(pid_t pgid) { return ::kill(-pgid, 0) == -1 && errno == ESRCH; }
+// Whether any process of group `pgid` is still alive. Zombies do not count: a descendant killed
+// with its group is reparented to init, and when init reaps it is none of the handler's business
+// (some container inits take seconds).
+bool process_group_alive(pid_t pgid) {
+    for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
+        const std::string name = entry.path().filename().string();
+        if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) {
+            continue;
+        }
+        // /proc/<pid>/stat: "pid (comm) state ppid pgrp ..."; comm may contain anything, so the
+        // fields are read after its last parenthesis.
+        const std::string stat = read_file(entry.path().string() + "/stat");
+        const auto close = stat.rfind(')');
+        if (close == std::string::npos) {
+            continue; // the process ended while the directory was being listed
+        }
+        std::istringstream fields(stat.substr(close + 1));
+        char state = 0;
+        long ppid = 0, pgrp = 0;
+        if (fields >> state >> ppid >> pgrp && pgrp == pgid && state != 'Z' && state != 'X') {
+            return true;
+        }
+    }
+    return false;
+}
 
 pid_t read_pid(const std::string& path) {
     const std::string text = read_file(path);
@@ -126,12 +150,13 @@ TEST_CASE("exec: an exit code without stderr output is named alone", "[exec]") {
 }
 
 TEST_CASE("exec: only the last 2 KiB of a long stderr are kept", "[exec]") {
-    const outbox::Result result = run(
-        {"sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; echo ' END' >&2; exit 1"});
+    const outbox::Result result =
+        run({"sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; echo ' END' >&2; exit 1"});
     REQUIRE(result.outcome == outbox::Outcome::retry);
     REQUIRE(result.error.starts_with("exit code 1: xxx"));
     CHECK(result.error.ends_with("xxx END"));
-    CHECK(result.error.size() <= std::string("exit code 1: ").size() + outbox::kExecStderrTailBytes);
+    CHECK(result.error.size() <=
+          std::string("exit code 1: ").size() + outbox::kExecStderrTailBytes);
 }
 
 TEST_CASE("exec: a command killed by a signal is retryable and names the signal", "[exec]") {
@@ -145,8 +170,8 @@ TEST_CASE("exec: a hanging command times out promptly and leaves no process", "[
     const std::string pid_file = dir.file("pid");
     // The shell, and a background sleep in its process group, both outlive the timeout.
     const auto started = Clock::now();
-    const outbox::Result result = run(
-        {"sh", "-c", "sleep 30 & echo $$ > \"$1\"; wait", "sh", pid_file}, 300);
+    const outbox::Result result =
+        run({"sh", "-c", "sleep 30 & echo $$ > \"$1\"; wait", "sh", pid_file}, 300);
     const auto elapsed = Clock::now() - started;
 
     CHECK(result.outcome == outbox::Outcome::retry);
@@ -157,7 +182,7 @@ TEST_CASE("exec: a hanging command times out promptly and leaves no process", "[
     REQUIRE(wait_for([&] { return !read_file(pid_file).empty(); }));
     const pid_t pid = read_pid(pid_file);
     CHECK(process_gone(pid)); // reaped by the handler, not just killed
-    CHECK(wait_for([&] { return process_group_gone(pid); }));
+    CHECK(wait_for([&] { return !process_group_alive(pid); }));
 }
 
 TEST_CASE("exec: background processes do not outlive a successful command", "[exec]") {
@@ -168,7 +193,7 @@ TEST_CASE("exec: background processes do not outlive a successful command", "[ex
     CHECK(result.outcome == outbox::Outcome::success);
     const pid_t pid = read_pid(pid_file);
     CHECK(process_gone(pid));
-    CHECK(wait_for([&] { return process_group_gone(pid); }));
+    CHECK(wait_for([&] { return !process_group_alive(pid); }));
 }
 
 TEST_CASE("exec: the event JSON arrives on stdin, complete", "[exec]") {
@@ -209,12 +234,12 @@ TEST_CASE("exec: the environment is inherited, extended and carries the event", 
     TempDir dir;
     const std::string out = dir.file("env");
     REQUIRE(::setenv("EXEC_HANDLER_TEST_INHERITED", "from-parent", 1) == 0);
-    const outbox::Result result = run(
-        {"sh", "-c",
-         "printf '%s|%s|%s|%s|%s' \"$EXEC_HANDLER_TEST_INHERITED\" \"$GREETING\" "
-         "\"$OUTBOX_EVENT_ID\" \"$OUTBOX_EVENT_TYPE\" \"$OUTBOX_ATTEMPT\" > \"$1\"",
-         "sh", out},
-        10000, {{"GREETING", "hello world"}, {"EXEC_HANDLER_TEST_INHERITED", "overridden"}});
+    const outbox::Result result =
+        run({"sh", "-c",
+             "printf '%s|%s|%s|%s|%s' \"$EXEC_HANDLER_TEST_INHERITED\" \"$GREETING\" "
+             "\"$OUTBOX_EVENT_ID\" \"$OUTBOX_EVENT_TYPE\" \"$OUTBOX_ATTEMPT\" > \"$1\"",
+             "sh", out},
+            10000, {{"GREETING", "hello world"}, {"EXEC_HANDLER_TEST_INHERITED", "overridden"}});
     ::unsetenv("EXEC_HANDLER_TEST_INHERITED");
     REQUIRE(result.outcome == outbox::Outcome::success);
     CHECK(read_file(out) == "overridden|hello world|ob_1|order.created|3");
@@ -266,8 +291,7 @@ TEST_CASE("exec: the child does not inherit the handler process's descriptors", 
     // A descriptor without close-on-exec, as a careless library might leave behind.
     const int leaked = ::open("/dev/null", O_RDONLY);
     REQUIRE(leaked > 2);
-    const outbox::Result result =
-        run({"sh", "-c", "ls /proc/self/fd > \"$1\"", "sh", out});
+    const outbox::Result result = run({"sh", "-c", "ls /proc/self/fd > \"$1\"", "sh", out});
     ::close(leaked);
     REQUIRE(result.outcome == outbox::Outcome::success);
     // ls lists 0, 1 and 2 and the descriptor it reads the directory through; a fifth entry
@@ -303,9 +327,10 @@ TEST_CASE("exec: sanitize_error_text makes bytes storable", "[exec]") {
     CHECK(outbox::sanitize_error_text("caf\xC3\xA9") == "caf\xC3\xA9");
     // A multi-byte character cut at the front of a tail is dropped, not replaced.
     CHECK(outbox::sanitize_error_text("\xA9 rest") == "rest");
-    CHECK(outbox::sanitize_error_text(std::string("a\0b", 3)) == "a\xEF\xBF\xBD" "b");
+    CHECK(outbox::sanitize_error_text(std::string("a\0b", 3)) == "a\xEF\xBF\xBD"
+                                                                 "b");
     CHECK(outbox::sanitize_error_text("x\xFFy") == "x\xEF\xBF\xBDy");
-    CHECK(outbox::sanitize_error_text("x\xC3") == "x\xEF\xBF\xBD");       // truncated at the end
-    CHECK(outbox::sanitize_error_text("x\xED\xA0\x80") ==                  // a UTF-16 surrogate
+    CHECK(outbox::sanitize_error_text("x\xC3") == "x\xEF\xBF\xBD"); // truncated at the end
+    CHECK(outbox::sanitize_error_text("x\xED\xA0\x80") ==           // a UTF-16 surrogate
           "x\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
 }

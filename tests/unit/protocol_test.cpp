@@ -435,8 +435,9 @@ TEST_CASE("RESULT errors are bounded at a UTF-8 boundary", "[protocol]") {
         CHECK(bounded_error("a\xff"
                             "b") == "a" + replacement + "b");
         CHECK(bounded_error(std::string("a\0b", 3)) == "a" + replacement + "b");
-        CHECK(bounded_error("\xc0\xaf") == replacement + replacement);        // overlong '/'
-        CHECK(bounded_error("\xed\xa0\x80") == replacement + replacement + replacement); // surrogate
+        CHECK(bounded_error("\xc0\xaf") == replacement + replacement); // overlong '/'
+        CHECK(bounded_error("\xed\xa0\x80") ==
+              replacement + replacement + replacement);                       // surrogate
         CHECK(bounded_error("x\xe2\x82") == "x" + replacement + replacement); // cut short
         CHECK(bounded_error(std::string(kMaxErrorBytes, 'z')) == std::string(kMaxErrorBytes, 'z'));
     }

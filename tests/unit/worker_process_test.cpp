@@ -39,9 +39,11 @@ int64_t realtime_us() {
 }
 
 std::string event_json(const std::string& type, const std::string& id = "ob_1") {
-    return R"({"id": ")" + id + R"(", "eventLogId": "el_1", "eventKey": "key-1", )"
+    return R"({"id": ")" + id +
+           R"(", "eventLogId": "el_1", "eventKey": "key-1", )"
            R"("tenantId": "tenant-a", "projectId": null, "eventType": ")" +
-           type + R"(", "payload": {"n": 12345678901234567890}, "metadata": null, )"
+           type +
+           R"(", "payload": {"n": 12345678901234567890}, "metadata": null, )"
            R"("correlationId": "corr-1", "createdAt": "2024-05-01T12:00:00Z", "attempt": 2})";
 }
 
@@ -107,7 +109,7 @@ struct Received {
 // A handler process under test: forked on construction, killed and reaped on destruction if the
 // test did not see it exit, so that no child outlives a failed test.
 class WorkerUnderTest {
-public:
+  public:
     WorkerUnderTest(std::vector<Subscriber> subscribers, std::function<void()> child_setup = {}) {
         int fds[2];
         REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) == 0);
@@ -146,8 +148,8 @@ public:
     void send(const std::string& bytes) {
         size_t written = 0;
         while (written < bytes.size()) {
-            const ssize_t n = ::send(fd_, bytes.data() + written, bytes.size() - written,
-                                     MSG_NOSIGNAL);
+            const ssize_t n =
+                ::send(fd_, bytes.data() + written, bytes.size() - written, MSG_NOSIGNAL);
             if (n < 0 && errno == EINTR) {
                 continue;
             }
@@ -244,7 +246,7 @@ public:
         CHECK(WEXITSTATUS(*status) == code);
     }
 
-private:
+  private:
     pid_t pid_ = -1;
     int fd_ = -1;
     bool reaped_ = false;
@@ -271,9 +273,8 @@ std::vector<Subscriber> standard_subscribers() {
     }));
     subscribers.push_back(
         subscriber("int-thrower", {"throw.int"}, [](const Event&) -> Result { throw 42; }));
-    subscribers.push_back(subscriber("strict", {"perm.*"}, [](const Event&) {
-        return Result::permanent("payload rejected");
-    }));
+    subscribers.push_back(subscriber(
+        "strict", {"perm.*"}, [](const Event&) { return Result::permanent("payload rejected"); }));
     // Reports what it received, so the test can check the decoded Event.
     subscribers.push_back(subscriber("echo", {"echo"}, [](const Event& e) {
         return Result::retry(e.id + "|" + e.event_log_id + "|" + e.event_key + "|" + e.tenant_id +
@@ -285,12 +286,10 @@ std::vector<Subscriber> standard_subscribers() {
     // fails every chain.* it reaches.
     subscribers.push_back(
         subscriber("first", {"chain.*"}, [](const Event&) { return Result::ok(); }));
-    subscribers.push_back(subscriber("second", {"chain.fail"}, [](const Event&) {
-        return Result::retry("second failed");
-    }));
-    subscribers.push_back(subscriber("third", {"chain.*"}, [](const Event&) {
-        return Result::permanent("third ran");
-    }));
+    subscribers.push_back(subscriber("second", {"chain.fail"},
+                                     [](const Event&) { return Result::retry("second failed"); }));
+    subscribers.push_back(subscriber("third", {"chain.*"},
+                                     [](const Event&) { return Result::permanent("third ran"); }));
     subscribers.push_back(subscriber("sleeper", {"sleep"}, [](const Event&) {
         // The handler's own work, not synchronisation: it gives durationUs a known lower bound.
         std::this_thread::sleep_for(30ms);
@@ -401,8 +400,7 @@ TEST_CASE("QUIT ends the handler process with exit code 0", "[worker_process]") 
     worker.expect_exit_code(kWorkerExitOk);
 }
 
-TEST_CASE("QUIT lets the running event finish and overtakes the queued ones",
-          "[worker_process]") {
+TEST_CASE("QUIT takes effect after every event sent before it", "[worker_process]") {
     Pipe gate;    // the handler of "hold" runs until the test closes the write end
     Pipe started; // the handler of "hold" writes a byte here when it starts
     std::vector<Subscriber> subscribers = standard_subscribers();
@@ -423,24 +421,38 @@ TEST_CASE("QUIT lets the running event finish and overtakes the queued ones",
     pollfd pfd{started.read_end, POLLIN, 0};
     REQUIRE(poll(&pfd, 1, 10000) == 1);
 
-    // Event 1 is running; event 2 and the QUIT queue up behind it in one write.
-    worker.send(event_frame(2, "ok.queued") + encode_quit());
+    // Event 1 is running; events 2 and 3 and the QUIT queue up behind it in one write. The
+    // supervisor counts on the queued events being run and answered before the process exits.
+    worker.send(event_frame(2, "ok.queued") + event_frame(3, "perm.queued") + encode_quit());
     gate.close_write();
 
     const ResultMsg first = worker.receive_result();
     CHECK(first.seq == 1);
     CHECK(first.outcome == Outcome::success);
-    // Event 2 is never started, so it gets no RESULT: the channel ends right after event 1.
+    const ResultMsg second = worker.receive_result();
+    CHECK(second.seq == 2);
+    CHECK(second.outcome == Outcome::success);
+    const ResultMsg third = worker.receive_result();
+    CHECK(third.seq == 3);
+    CHECK(third.outcome == Outcome::permanent);
     CHECK(worker.receive().kind == Received::Kind::eof);
     worker.expect_exit_code(kWorkerExitOk);
 }
 
 TEST_CASE("a malformed frame from the supervisor is exit code 2", "[worker_process]") {
     std::string garbage;
-    SECTION("length too large") { garbage = std::string("\x7f\xff\xff\xff", 4); }
-    SECTION("length too small") { garbage = std::string("\0\0\0\1Q", 5); }
-    SECTION("unknown type") { garbage = std::string("\0\0\0\3X{}", 7); }
-    SECTION("body not JSON") { garbage = std::string("\0\0\0\4E{{{", 8); }
+    SECTION("length too large") {
+        garbage = std::string("\x7f\xff\xff\xff", 4);
+    }
+    SECTION("length too small") {
+        garbage = std::string("\0\0\0\1Q", 5);
+    }
+    SECTION("unknown type") {
+        garbage = std::string("\0\0\0\3X{}", 7);
+    }
+    SECTION("body not JSON") {
+        garbage = std::string("\0\0\0\4E{{{", 8);
+    }
     SECTION("EVENT without seq") {
         const std::string body = R"(E{"timeoutMs":5,"event":{}})";
         garbage = std::string("\0\0\0", 3) + static_cast<char>(body.size()) + body;
@@ -462,8 +474,7 @@ TEST_CASE("closing the channel ends the handler process with exit code 0", "[wor
     worker.expect_exit_code(kWorkerExitOk);
 }
 
-TEST_CASE("a supervisor gone while an event runs is exit code 0, not SIGPIPE",
-          "[worker_process]") {
+TEST_CASE("a supervisor gone while an event runs is exit code 0, not SIGPIPE", "[worker_process]") {
     Pipe gate;
     Pipe started;
     std::vector<Subscriber> subscribers = standard_subscribers();

@@ -1,0 +1,410 @@
+// The engine end to end: the real binary (or the example application linking the library) against
+// a real PostgreSQL, with real handler processes. Every test waits on database conditions with
+// deadlines and ends with a clean stop: exit 0 and nothing left PROCESSING.
+#include "tests/integration/engine_support.h"
+
+#include <algorithm>
+#include <fstream>
+#include <thread>
+
+using namespace outbox::test;
+
+namespace {
+
+const std::string kCompleted = R"(SELECT count(*) FROM "Outbox" WHERE status = 'COMPLETED')";
+const std::string kProcessing = R"(SELECT count(*) FROM "Outbox" WHERE status = 'PROCESSING')";
+
+void stop_cleanly(Service& service, const TestDatabase& db) {
+    auto status = service.stop();
+    REQUIRE(status.has_value());
+    INFO(service.log());
+    CHECK(status->exited_with(0));
+    CHECK(db.count(kProcessing) == 0);
+}
+
+} // namespace
+
+TEST_CASE("events are delivered and completed", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["order.*"], "log": {"level": "debug"}}])");
+    write_events(db, "order.created", 200);
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+    REQUIRE(service.wait_ready());
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, kCompleted, 200));
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "processedAt" IS NULL OR "lastError" IS NOT NULL
+                      OR "retryCount" <> 0)") == 0);
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("the handler receives the event object of SPEC 2", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string out = temp_path("event.json");
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["shape.*"],
+        "exec": {"command": ["sh", "-c", "cat > )" + out + R"("]}}])");
+    db.exec(R"(SELECT * FROM outbox_write_event('key-1', 'tenant-9', 'shape.checked', '{"x": [1, 2]}'::jsonb,
+                'project-3', '{"source": "test"}'::jsonb, 'corr-7', 5))");
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+    REQUIRE(wait_for_count(db, kCompleted, 1));
+    std::string text = read_text_file(out);
+    INFO(text);
+    for (const char* needle : {R"("eventKey" : "key-1")", R"("tenantId" : "tenant-9")", R"("projectId" : "project-3")",
+                               R"("eventType" : "shape.checked")", R"("correlationId" : "corr-7")",
+                               R"("attempt" : 1)", R"("source": "test")"}) {
+        CHECK(text.find(needle) != std::string::npos);
+    }
+    std::string id = db.scalar(R"(SELECT id FROM "Outbox")");
+    std::string log_id = db.scalar(R"(SELECT id FROM "EventLog")");
+    CHECK(text.find("\"id\" : \"" + id + "\"") != std::string::npos);
+    CHECK(text.find("\"eventLogId\" : \"" + log_id + "\"") != std::string::npos);
+    // createdAt in ISO 8601 UTC.
+    CHECK(text.find("Z\"") != std::string::npos);
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("retries follow the backoff and end in the dead-letter queue", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string stamps = temp_path("attempts.txt");
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["flaky.*"],
+        "exec": {"command": ["sh", "-c", "date +%s%N >> )" + stamps + R"(; echo 'downstream said no' >&2; exit 1"]}}])");
+    write_events(db, "flaky.call", 1, 4);
+    Service service(db, {{"OUTBOX_HANDLERS", handlers},
+                         {"OUTBOX_INITIAL_DELAY_MS", "300"},
+                         {"OUTBOX_BACKOFF_MULTIPLIER", "2"},
+                         {"OUTBOX_MAX_DELAY_MS", "60000"}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+    CHECK(db.scalar(R"(SELECT status FROM "Outbox")") == "FAILED");
+    CHECK(db.scalar(R"(SELECT "retryCount" FROM "Outbox")") == "4");
+    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox")").find("downstream said no") != std::string::npos);
+    CHECK(db.scalar(R"(SELECT "retryCount" FROM "DlqEventLog")") == "4");
+    CHECK(db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")").find("exit code 1") != std::string::npos);
+    CHECK(db.scalar(R"(SELECT "originalId" FROM "DlqEventLog")") == db.scalar(R"(SELECT id FROM "Outbox")"));
+
+    // Attempts 1..4: the waits between them are 300, 600 and 1200 ms (jitter 0). Each must be at
+    // least the delay and not much longer; the upper bound allows for a loaded machine.
+    std::vector<long long> ns;
+    std::ifstream in(stamps);
+    for (long long v; in >> v;) {
+        ns.push_back(v);
+    }
+    REQUIRE(ns.size() == 4);
+    long expected[] = {300, 600, 1200};
+    for (size_t i = 0; i < 3; ++i) {
+        long gap_ms = static_cast<long>((ns[i + 1] - ns[i]) / 1000000);
+        INFO("gap " << i << " = " << gap_ms << " ms, expected " << expected[i]);
+        CHECK(gap_ms >= expected[i]);
+        CHECK(gap_ms <= expected[i] + 700);
+    }
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("a permanent failure goes straight to the DLQ, and a DLQ retry delivers it again", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string mark = temp_path("mark");
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["once.*"],
+        "exec": {"command": ["sh", "-c", "test -f )" + mark + " || { touch " + mark +
+                                               R"(; echo 'invalid payload' >&2; exit 65; }"]}}])");
+    write_events(db, "once.tried", 1, 5);
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+    CHECK(db.scalar(R"(SELECT "retryCount" FROM "DlqEventLog")") == "1");
+    CHECK(db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")").find("invalid payload") != std::string::npos);
+
+    std::string dlq_id = db.scalar(R"(SELECT id FROM "DlqEventLog")");
+    auto retried = run_process(OUTBOX_BINARY, command({"dlq", "retry", dlq_id}, {{"DATABASE_URL", db.url()}}));
+    INFO(retried.err);
+    REQUIRE(retried.status.exited_with(0));
+    REQUIRE(wait_for_count(db, kCompleted, 1, 30s));
+    CHECK(db.count(R"(SELECT count(*) FROM "DlqEventLog")") == 0);
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox")") == 2);
+
+    auto unknown = run_process(OUTBOX_BINARY, command({"dlq", "retry", "no-such-id"}, {{"DATABASE_URL", db.url()}}));
+    CHECK(unknown.status.exited_with(1));
+    CHECK(unknown.err.find("no-such-id") != std::string::npos);
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("a crashing handler process costs only its own event", "[engine]") {
+    struct Case {
+        const char* type;
+        const char* expected_error;
+    };
+    auto c = GENERATE(Case{"example.crash", "SIGSEGV"}, Case{"example.abort", "SIGABRT"},
+                      Case{"example.exit3", "exited with code 3"});
+    TestDatabase db;
+    db.migrate();
+    std::string record = temp_path("deliveries.txt");
+    write_events(db, "example.ok", 100);
+    write_events(db, c.type, 1, 2);
+    Service service(db, {{"EXAMPLE_RECORD_FILE", record}}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+    REQUIRE(wait_for_count(db, kCompleted, 100));
+    std::string error = db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = ')" + std::string(c.type) + "'");
+    INFO(error);
+    CHECK(error.find(c.expected_error) != std::string::npos);
+    CHECK(db.scalar(R"(SELECT "retryCount" FROM "Outbox" WHERE "eventType" = ')" + std::string(c.type) + "'") == "2");
+    // No other event was charged, and each was delivered exactly once.
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'example.ok' AND "retryCount" <> 0)") == 0);
+    Deliveries d = read_deliveries(record);
+    CHECK(d.ids.size() == 100);
+    CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 100);
+    // The service kept running and replaced the process.
+    CHECK(service.process().is_running());
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("a hanging handler is killed at its timeout", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    SECTION("a C++ handler that never returns") {
+        write_events(db, "example.hang", 1, 1);
+        write_events(db, "example.ok", 20);
+        Service service(db, {}, OUTBOX_EXAMPLE_APP);
+        INFO(service.log());
+        REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+        CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'example.hang')") ==
+              "timed out after 500 ms");
+        REQUIRE(wait_for_count(db, kCompleted, 20));
+        stop_cleanly(service, db);
+    }
+    SECTION("an exec command that never exits") {
+        std::string handlers = write_handlers_file(
+            R"([{"eventTypes": ["slow.*"], "exec": {"command": ["sleep", "30"], "timeoutMs": 400}}])");
+        write_events(db, "slow.job", 1, 1);
+        Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+        INFO(service.log());
+        REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+        CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox")").find("timed out after 400 ms") != std::string::npos);
+        stop_cleanly(service, db);
+    }
+}
+
+TEST_CASE("handler processes are recycled after OUTBOX_WORKER_MAX_EVENTS", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string record = temp_path("deliveries.txt");
+    write_events(db, "example.ok", 60);
+    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_WORKER_MAX_EVENTS", "10"}}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, kCompleted, 60));
+    Deliveries d = read_deliveries(record);
+    CHECK(d.ids.size() == 60);
+    // 60 events at 10 per process: at least 6 distinct processes ran them.
+    CHECK(d.pids.size() >= 6);
+    stop_cleanly(service, db);
+}
+
+#if !defined(__SANITIZE_ADDRESS__)
+TEST_CASE("OUTBOX_WORKER_MEMORY_MB limits a handler process's address space", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    write_events(db, "example.hog", 1, 1);
+    write_events(db, "example.ok", 5);
+    Service service(db, {{"OUTBOX_WORKER_MEMORY_MB", "64"}}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'example.hog')").find("bad_alloc") !=
+          std::string::npos);
+    REQUIRE(wait_for_count(db, kCompleted, 5));
+    stop_cleanly(service, db);
+}
+#endif
+
+TEST_CASE("events of types nobody here subscribes to are left alone", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["mine.*"], "log": {}}])");
+    write_events(db, "mine.a", 10);
+    write_events(db, "theirs.b", 10);
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, kCompleted, 10));
+    REQUIRE(wait_until([&] { return service.log().find("theirs.b") != std::string::npos; }, 20s));
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'theirs.b' AND status = 'PENDING'
+                      AND "retryCount" = 0 AND "leaseOwner" IS NULL)") == 10);
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("several instances share 5,000 events, each delivered exactly once", "[engine][multi]") {
+    int instances = GENERATE(2, 3);
+    TestDatabase db;
+    db.migrate();
+    std::string record = temp_path("deliveries.txt");
+    write_events(db, "example.ok", 5000);
+    std::vector<std::unique_ptr<Service>> services;
+    for (int i = 0; i < instances; ++i) {
+        services.push_back(std::make_unique<Service>(
+            db, EnvMap{{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_BATCH_SIZE", "50"},
+                       {"OUTBOX_INSTANCE_ID", "instance-" + std::to_string(i)}},
+            OUTBOX_EXAMPLE_APP));
+    }
+    REQUIRE(wait_for_count(db, kCompleted, 5000, 120s));
+    Deliveries d = read_deliveries(record);
+    CHECK(d.ids.size() == 5000);
+    CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 5000);
+    // Every instance took part (the claim is shared, not hoarded by the first one up).
+    CHECK(db.count(R"(SELECT count(DISTINCT "leaseOwner") FROM "Outbox")") == instances);
+    for (auto& s : services) {
+        stop_cleanly(*s, db);
+    }
+}
+
+TEST_CASE("events of an instance killed with SIGKILL are delivered by another after the lease", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string record = temp_path("deliveries.txt");
+    write_events(db, "example.slow", 40);
+    EnvMap env{{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "2000"}, {"OUTBOX_BATCH_SIZE", "10"}};
+    auto victim = std::make_unique<Service>(db, env, OUTBOX_EXAMPLE_APP);
+    REQUIRE(wait_until([&] { return db.count(kProcessing) > 0; }, 20s));
+    pid_t victim_pid = victim->process().pid();
+    victim->process().send_signal(SIGKILL);
+    REQUIRE(victim->process().wait_exit(10s));
+    // Its handler processes die with it (PR_SET_PDEATHSIG).
+    CHECK(wait_until([&] {
+        return run_process("/usr/bin/pgrep", command({"-P", std::to_string(victim_pid)})).status.exited_with(1);
+    }, 10s));
+    long held = db.count(kProcessing);
+    CHECK(held > 0);
+
+    Service rescuer(db, env, OUTBOX_EXAMPLE_APP);
+    INFO(rescuer.log());
+    REQUIRE(wait_for_count(db, kCompleted, 40, 60s));
+    // The held events were charged one attempt ("lease expired"; success cleared lastError since).
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "retryCount" = 1)") == held);
+    CHECK(rescuer.log().find("lease sweep") != std::string::npos);
+    Deliveries d = read_deliveries(record);
+    CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 40);
+    stop_cleanly(rescuer, db);
+}
+
+TEST_CASE("SIGTERM lets running events finish and releases the rest uncharged", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    write_events(db, "example.slow", 200);
+    Service service(db, {{"OUTBOX_BATCH_SIZE", "20"}}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_until([&] { return db.count(kCompleted) >= 2; }, 30s));
+    auto status = service.stop();
+    REQUIRE(status.has_value());
+    CHECK(status->exited_with(0));
+    CHECK(db.count(kProcessing) == 0);
+    // Nothing was charged: every event is either completed or pending with no attempt used.
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "retryCount" <> 0 OR status NOT IN ('COMPLETED', 'PENDING'))") ==
+          0);
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE status = 'PENDING' AND "leaseOwner" IS NOT NULL)") == 0);
+}
+
+TEST_CASE("a second SIGTERM stops at once, still leaving nothing PROCESSING", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    write_events(db, "example.hang", 2, 3);
+    Service service(db, {{"OUTBOX_SHUTDOWN_TIMEOUT_MS", "60000"}}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_until([&] { return db.count(kProcessing) == 2; }, 20s));
+    service.process().send_signal(SIGTERM);
+    REQUIRE(wait_until([&] { return service.log().find("draining") != std::string::npos; }, 10s));
+    service.process().send_signal(SIGTERM);
+    auto status = service.process().wait_exit(20s);
+    REQUIRE(status.has_value());
+    CHECK(status->exited_with(0));
+    CHECK(db.count(kProcessing) == 0);
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE status = 'PENDING' AND "retryCount" = 0)") == 2);
+}
+
+TEST_CASE("an event committed to an idle service starts at once, not at the next poll", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["*"], "log": {}}])");
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_POLL_INTERVAL_MS", "600000"}});
+    REQUIRE(service.wait_ready());
+    INFO(service.log());
+    write_events(db, "ping.now", 1);
+    // The poll interval is ten minutes: only the LISTEN/NOTIFY wake-up can complete it in time.
+    CHECK(wait_for_count(db, kCompleted, 1, 10s));
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("an oversized event fails permanently with a clear error", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["*"], "log": {}}])");
+    db.exec(R"(SELECT * FROM outbox_write_event('big', 't', 'big.event',
+               jsonb_build_object('blob', repeat('x', 17 * 1024 * 1024))))");
+    write_events(db, "small.event", 3);
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'big.event')").find("too large") !=
+          std::string::npos);
+    REQUIRE(wait_for_count(db, kCompleted, 3));
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("the service rides out a lost database connection", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    std::string record = temp_path("deliveries.txt");
+    write_events(db, "example.slow", 30);
+    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "3000"}}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_until([&] { return db.count(kCompleted) >= 3; }, 30s));
+    // Cut every connection of the service, twice, while events are running.
+    for (int i = 0; i < 2; ++i) {
+        db.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND application_name LIKE 'outbox-worker%'");
+        REQUIRE(wait_until([&] { return service.log().find("re-established") != std::string::npos; }, 20s));
+    }
+    REQUIRE(wait_for_count(db, kCompleted, 30, 90s));
+    Deliveries d = read_deliveries(record);
+    CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 30);
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("a database created by the existing application is served after migrate", "[engine]") {
+    TestDatabase db;
+    db.create_calibr_tables_like_the_application();
+    db.exec(R"(INSERT INTO "EventLog" (id, "eventKey", "tenantId", "eventType", payload)
+               VALUES ('cl_evt_1', 'legacy-1', 'tenant-a', 'legacy.thing', '{"v": 1}'))");
+    db.exec(R"(INSERT INTO "Outbox" (id, "eventLogId", "tenantId", "eventType", payload, "updatedAt")
+               VALUES ('cl_obx_1', 'cl_evt_1', 'tenant-a', 'legacy.thing', '{"v": 1}', now()))");
+    std::string handlers = write_handlers_file(R"([{"eventTypes": ["legacy.*"], "log": {}}])");
+    {
+        // Without migrate, run refuses and says what to do.
+        auto refused = run_process(OUTBOX_BINARY,
+                                   command({"run"}, {{"DATABASE_URL", db.url()},
+                                                     {"OUTBOX_HANDLERS", handlers},
+                                                     {"OUTBOX_HTTP_PORT", "0"}}),
+                                   30s);
+        CHECK(refused.status.exited_with(1));
+        CHECK(refused.err.find("outbox-worker migrate") != std::string::npos);
+    }
+    db.migrate();
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, kCompleted, 1, 30s));
+    // The application keeps inserting the way it always did, and those rows are served too.
+    db.exec(R"(INSERT INTO "EventLog" (id, "eventKey", "tenantId", "eventType", payload)
+               VALUES ('cl_evt_2', 'legacy-2', 'tenant-a', 'legacy.thing', '{"v": 2}'))");
+    db.exec(R"(INSERT INTO "Outbox" (id, "eventLogId", "tenantId", "eventType", payload, "updatedAt")
+               VALUES ('cl_obx_2', 'cl_evt_2', 'tenant-a', 'legacy.thing', '{"v": 2}', now()))");
+    REQUIRE(wait_for_count(db, kCompleted, 2, 30s));
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("run refuses to start without any handler", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    auto r = run_process(OUTBOX_BINARY, command({"run"}, {{"DATABASE_URL", db.url()},
+                                                                    {"OUTBOX_HANDLERS", std::nullopt},
+                                                                    {"OUTBOX_HTTP_PORT", "0"}}));
+    CHECK(r.status.exited_with(78));
+    CHECK(r.err.find("OUTBOX_HANDLERS") != std::string::npos);
+}

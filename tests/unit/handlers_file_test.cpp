@@ -1,0 +1,398 @@
+// Loading and validating the handlers file: every rule is checked through the exact error it
+// produces, so that an operator reading the message finds the field to fix.
+#include "worker/handlers_file.h"
+
+#include <catch2/catch.hpp>
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+namespace {
+
+constexpr long kDefaultTimeoutMs = 30000;
+
+outbox::EnvLookup fake_environment(std::map<std::string, std::string> variables = {}) {
+    return [variables = std::move(variables)](const char* name) -> std::optional<std::string> {
+        auto it = variables.find(name);
+        if (it == variables.end()) {
+            return std::nullopt;
+        }
+        return it->second;
+    };
+}
+
+outbox::HandlersFileResult parse(const std::string& json,
+                                 const outbox::EnvLookup& env = fake_environment()) {
+    return outbox::parse_handlers_json(json, "conf/handlers.json", kDefaultTimeoutMs, env);
+}
+
+std::vector<outbox::Subscriber> parse_ok(const std::string& json,
+                                         const outbox::EnvLookup& env = fake_environment()) {
+    outbox::HandlersFileResult result = parse(json, env);
+    INFO(result.error);
+    REQUIRE(result.subscribers.has_value());
+    CHECK(result.error.empty());
+    return std::move(*result.subscribers);
+}
+
+std::string parse_error(const std::string& json,
+                        const outbox::EnvLookup& env = fake_environment()) {
+    outbox::HandlersFileResult result = parse(json, env);
+    REQUIRE_FALSE(result.subscribers.has_value());
+    REQUIRE_FALSE(result.error.empty());
+    return result.error;
+}
+
+// The error for one subscriber `body` (the inside of its object) as the only list element, with
+// the common prefix checked and removed: what remains is `"field": problem`.
+std::string subscriber_error(const std::string& body,
+                             const outbox::EnvLookup& env = fake_environment()) {
+    const std::string error = parse_error("[{" + body + "}]", env);
+    const std::string prefix = "conf/handlers.json: subscriber 0: ";
+    REQUIRE(error.starts_with(prefix));
+    return error.substr(prefix.size());
+}
+
+const std::string kTypes = R"("eventTypes": ["order.*"])";
+
+outbox::Event make_event() {
+    outbox::Event event;
+    event.id = "ob_1";
+    event.event_type = "order.created";
+    event.json = "{}";
+    return event;
+}
+
+} // namespace
+
+TEST_CASE("handlers file: a list of subscribers of every kind", "[handlers_file]") {
+    const auto subscribers = parse_ok(R"([
+        {"eventTypes": ["order.created", "shop.*"], "exec": {"command": ["/bin/true"]}},
+        {"name": "billing", "eventTypes": ["*"], "http": {"url": "https://example.com/hook"}},
+        {"eventTypes": ["demo"], "log": true},
+        {"eventTypes": ["demo"], "log": {}},
+        {"eventTypes": ["demo"], "log": {"level": "debug"}}
+    ])");
+    REQUIRE(subscribers.size() == 5);
+    CHECK(subscribers[0].name == "handlers.json#0 (exec)");
+    CHECK(subscribers[0].patterns == std::vector<std::string>{"order.created", "shop.*"});
+    CHECK(subscribers[0].matches("shop.updated"));
+    CHECK_FALSE(subscribers[0].matches("order.deleted"));
+    CHECK(subscribers[1].name == "billing");
+    CHECK(subscribers[2].name == "handlers.json#2 (log)");
+    for (const auto& subscriber : subscribers) {
+        CHECK(subscriber.timeout_ms == kDefaultTimeoutMs);
+        CHECK(static_cast<bool>(subscriber.handler));
+    }
+}
+
+TEST_CASE("handlers file: an object with a subscribers list", "[handlers_file]") {
+    const auto subscribers =
+        parse_ok(R"({"subscribers": [{"eventTypes": ["a"], "log": {"level": "warn"}}]})");
+    REQUIRE(subscribers.size() == 1);
+    CHECK(subscribers[0].name == "handlers.json#0 (log)");
+}
+
+TEST_CASE("handlers file: timeouts resolve subscriber, then kind, then default",
+          "[handlers_file]") {
+    const auto subscribers = parse_ok(R"([
+        {"eventTypes": ["a"], "timeoutMs": 1000, "exec": {"command": ["true"], "timeoutMs": 2000}},
+        {"eventTypes": ["a"], "exec": {"command": ["true"], "timeoutMs": 2000}},
+        {"eventTypes": ["a"], "http": {"url": "http://localhost/", "timeoutMs": 4000}},
+        {"eventTypes": ["a"], "timeoutMs": 3600000, "log": true},
+        {"eventTypes": ["a"], "exec": {"command": ["true"]}}
+    ])");
+    REQUIRE(subscribers.size() == 5);
+    CHECK(subscribers[0].timeout_ms == 1000);
+    CHECK(subscribers[1].timeout_ms == 2000);
+    CHECK(subscribers[2].timeout_ms == 4000);
+    CHECK(subscribers[3].timeout_ms == 3600000);
+    CHECK(subscribers[4].timeout_ms == kDefaultTimeoutMs);
+}
+
+TEST_CASE("handlers file: the handler enforces the resolved timeout", "[handlers_file]") {
+    const auto subscribers = parse_ok(R"([
+        {"eventTypes": ["a"], "timeoutMs": 200, "exec": {"command": ["sleep", "30"], "timeoutMs": 20000}}
+    ])");
+    const outbox::Result result = subscribers.at(0).handler(make_event());
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK(result.error == "timed out after 200 ms");
+}
+
+TEST_CASE("handlers file: exec handlers run with their configured env", "[handlers_file]") {
+    const auto subscribers = parse_ok(R"([
+        {"eventTypes": ["a"], "exec": {"command": ["sh", "-c", "test \"$MODE\" = strict || exit 9"],
+                                       "env": {"MODE": "strict"}}},
+        {"eventTypes": ["a"], "exec": {"command": ["sh", "-c", "exit 65"]}}
+    ])");
+    CHECK(subscribers.at(0).handler(make_event()).outcome == outbox::Outcome::success);
+    CHECK(subscribers.at(1).handler(make_event()).outcome == outbox::Outcome::permanent);
+}
+
+TEST_CASE("handlers file: log handlers succeed", "[handlers_file]") {
+    const auto subscribers = parse_ok(R"([{"eventTypes": ["a"], "log": {"level": "error"}}])");
+    CHECK(subscribers.at(0).handler(make_event()).outcome == outbox::Outcome::success);
+}
+
+TEST_CASE("handlers file: the error names file, index, name, field and problem",
+          "[handlers_file]") {
+    const std::string error = parse_error(R"([
+        {"eventTypes": ["a"], "log": true},
+        {"eventTypes": ["a"], "log": true},
+        {"name": "billing", "eventTypes": ["a"], "exec": {"command": []}}
+    ])");
+    CHECK(
+        error ==
+        R"(conf/handlers.json: subscriber 2 (billing): "exec.command": must be a non-empty array of strings)");
+}
+
+TEST_CASE("handlers file: document-level errors", "[handlers_file]") {
+    SECTION("invalid JSON names the line and column") {
+        CHECK(parse_error("[\n  {\"eventTypes\": [\"a\"],\n   \"log\": tru }\n]") ==
+              "conf/handlers.json: invalid JSON at line 3, column 11 (byte offset 36)");
+    }
+    SECTION("text after the document") {
+        CHECK(parse_error(R"([{"eventTypes": ["a"], "log": true}] x)") ==
+              "conf/handlers.json: invalid JSON: unexpected text after the end of the document "
+              "at line 1, column 38 (byte offset 37)");
+    }
+    SECTION("empty text") {
+        CHECK(parse_error("").starts_with("conf/handlers.json: invalid JSON"));
+    }
+    SECTION("neither a list nor an object") {
+        CHECK(parse_error("42") == "conf/handlers.json: must be a JSON array of subscribers or an "
+                                   "object with \"subscribers\"");
+    }
+    SECTION("an empty list") {
+        CHECK(parse_error("[]") == "conf/handlers.json: no subscribers: the list is empty");
+        CHECK(parse_error(R"({"subscribers": []})") ==
+              "conf/handlers.json: no subscribers: the list is empty");
+    }
+    SECTION("an object without subscribers") {
+        CHECK(parse_error("{}") == "conf/handlers.json: \"subscribers\": is required");
+    }
+    SECTION("subscribers is not a list") {
+        CHECK(parse_error(R"({"subscribers": {}})") ==
+              "conf/handlers.json: \"subscribers\": must be an array of subscribers");
+    }
+    SECTION("an unknown top-level key") {
+        CHECK(parse_error(R"({"subscribers": [], "subscriber": []})") ==
+              "conf/handlers.json: \"subscriber\": unknown key; expected one of \"subscribers\"");
+    }
+    SECTION("a repeated top-level key") {
+        CHECK(parse_error(R"({"subscribers": [], "subscribers": []})") ==
+              "conf/handlers.json: \"subscribers\": appears more than once");
+    }
+}
+
+TEST_CASE("handlers file: subscriber-level rules", "[handlers_file]") {
+    SECTION("a subscriber must be an object") {
+        CHECK(parse_error("[1]") == "conf/handlers.json: subscriber 0: must be an object");
+    }
+    SECTION("unknown keys are rejected") {
+        CHECK(
+            subscriber_error(R"("evenTypes": ["a"], "log": true)") ==
+            R"("evenTypes": unknown key; expected one of "name", "eventTypes", "timeoutMs", "exec", "http", "log")");
+    }
+    SECTION("repeated keys are rejected") {
+        CHECK(subscriber_error(kTypes + R"(, "log": true, "eventTypes": ["b"])") ==
+              R"("eventTypes": appears more than once)");
+    }
+    SECTION("eventTypes is required") {
+        CHECK(subscriber_error(R"("log": true)") ==
+              R"("eventTypes": is required (event types or globs such as "shop.*"))");
+    }
+    SECTION("eventTypes must be a non-empty array of non-empty strings") {
+        const std::string expected =
+            R"("eventTypes": must be a non-empty array of non-empty strings)";
+        CHECK(subscriber_error(R"("eventTypes": [], "log": true)") == expected);
+        CHECK(subscriber_error(R"("eventTypes": "order.*", "log": true)") == expected);
+        CHECK(subscriber_error(R"("eventTypes": ["a", ""], "log": true)") == expected);
+        CHECK(subscriber_error(R"("eventTypes": ["a", 7], "log": true)") == expected);
+    }
+    SECTION("name must be a non-empty string") {
+        CHECK(subscriber_error(kTypes + R"(, "name": "", "log": true)") ==
+              R"("name": must be a non-empty string)");
+        CHECK(subscriber_error(kTypes + R"(, "name": 3, "log": true)") ==
+              R"("name": must be a non-empty string)");
+    }
+    SECTION("names are unique") {
+        CHECK(parse_error(R"([{"name": "x", "eventTypes": ["a"], "log": true},
+                              {"name": "x", "eventTypes": ["b"], "log": true}])") ==
+              R"(conf/handlers.json: subscriber 1 (x): "name": is already used by subscriber 0)");
+    }
+    SECTION("timeoutMs must be an integer from 1 to 3600000") {
+        const std::string expected =
+            R"("timeoutMs": must be an integer from 1 to 3600000 (milliseconds))";
+        for (const char* value : {"0", "-5", "1.5", "\"100\"", "3600001", "1e400", "true"}) {
+            INFO(value);
+            CHECK(subscriber_error(kTypes + R"(, "log": true, "timeoutMs": )" + value) == expected);
+        }
+    }
+    SECTION("a kind is required") {
+        CHECK(subscriber_error(kTypes) == R"(needs one of "exec", "http" or "log")");
+    }
+    SECTION("only one kind is allowed") {
+        CHECK(
+            subscriber_error(kTypes + R"(, "exec": {"command": ["true"]}, "log": true)") ==
+            R"("log": only one of "exec", "http" or "log" may be given (this subscriber already has "exec"))");
+    }
+    SECTION("a named subscriber is named in its errors") {
+        CHECK(
+            parse_error(R"([{"name": "audit", "eventTypes": []}])") ==
+            R"(conf/handlers.json: subscriber 0 (audit): "eventTypes": must be a non-empty array of non-empty strings)");
+    }
+}
+
+TEST_CASE("handlers file: exec rules", "[handlers_file]") {
+    auto exec_error = [](const std::string& exec) {
+        return subscriber_error(kTypes + R"(, "exec": )" + exec);
+    };
+    CHECK(exec_error(R"(["true"])") == R"("exec": must be an object with "command")");
+    CHECK(exec_error(R"({"cmd": ["true"]})") ==
+          R"("exec.cmd": unknown key; expected one of "command", "env", "timeoutMs")");
+    const std::string bad_command = R"("exec.command": must be a non-empty array of strings)";
+    CHECK(exec_error(R"({})") == bad_command);
+    CHECK(exec_error(R"({"command": []})") == bad_command);
+    CHECK(exec_error(R"({"command": "/bin/true"})") == bad_command);
+    CHECK(exec_error(R"({"command": ["/bin/echo", 1]})") == bad_command);
+    CHECK(exec_error(R"({"command": ["", "x"]})") ==
+          R"("exec.command": the first element (the program) must not be empty)");
+    CHECK(exec_error(R"({"command": ["true"], "env": ["A=1"]})") ==
+          R"("exec.env": must be an object of strings)");
+    CHECK(exec_error(R"({"command": ["true"], "env": {"PORT": 8080}})") ==
+          R"("exec.env.PORT": must be a string)");
+    CHECK(exec_error(R"({"command": ["true"], "env": {"A=B": "1"}})") ==
+          R"("exec.env.A=B": is not a valid variable name (empty or containing "="))");
+    CHECK(exec_error(R"({"command": ["true"], "env": {"": "1"}})") ==
+          R"("exec.env.": is not a valid variable name (empty or containing "="))");
+    CHECK(exec_error(R"({"command": ["true"], "env": {"A": "1", "A": "2"}})") ==
+          R"("exec.env.A": appears more than once)");
+    CHECK(exec_error(R"({"command": ["true"], "env": {"OUTBOX_EVENT_ID": "x"}})") ==
+          R"("exec.env.OUTBOX_EVENT_ID": is set by the worker for each event)");
+    CHECK(exec_error(R"({"command": ["true"], "timeoutMs": 0})") ==
+          R"("exec.timeoutMs": must be an integer from 1 to 3600000 (milliseconds))");
+}
+
+TEST_CASE("handlers file: http rules", "[handlers_file]") {
+    auto http_error = [](const std::string& http,
+                         const outbox::EnvLookup& env = fake_environment()) {
+        return subscriber_error(kTypes + R"(, "http": )" + http, env);
+    };
+    CHECK(http_error(R"("https://example.com")") == R"("http": must be an object with "url")");
+    CHECK(http_error(R"({"url": "https://example.com", "verb": "POST"})") ==
+          R"("http.verb": unknown key; expected one of "url", "method", "headers", "timeoutMs")");
+    CHECK(http_error(R"({})") == R"("http.url": is required)");
+    CHECK(http_error(R"({"url": 5})") == R"("http.url": must be a non-empty string)");
+    CHECK(http_error(R"({"url": "ftp://example.com/x"})") ==
+          R"("http.url": must start with http:// or https://)");
+    CHECK(http_error(R"({"url": "example.com/hook"})") == R"("http.url": is not a valid URL)");
+    CHECK(http_error(R"({"url": "http://exa mple.com/"})") == R"("http.url": is not a valid URL)");
+    CHECK(http_error(R"({"url": "https://example.com", "method": "GET"})") ==
+          R"("http.method": must be one of "POST", "PUT", "PATCH")");
+    CHECK(http_error(R"({"url": "https://example.com", "method": "post"})") ==
+          R"("http.method": must be one of "POST", "PUT", "PATCH")");
+    CHECK(http_error(R"({"url": "https://example.com", "headers": ["X: 1"]})") ==
+          R"("http.headers": must be an object of strings)");
+    CHECK(http_error(R"({"url": "https://example.com", "headers": {"X-Count": 1}})") ==
+          R"("http.headers.X-Count": must be a string)");
+    CHECK(http_error(R"({"url": "https://example.com", "headers": {"Bad Name": "1"}})") ==
+          R"("http.headers.Bad Name": is not a valid header name)");
+    CHECK(http_error(R"({"url": "https://example.com", "headers": {"X-A": "1", "x-a": "2"}})") ==
+          R"("http.headers.x-a": appears more than once (header names ignore case))");
+    CHECK(http_error(R"({"url": "https://example.com", "headers": {"idempotency-key": "k"}})") ==
+          R"("http.headers.idempotency-key": is set by the worker)");
+    CHECK(http_error(R"({"url": "https://example.com", "timeoutMs": 3600001})") ==
+          R"("http.timeoutMs": must be an integer from 1 to 3600000 (milliseconds))");
+}
+
+TEST_CASE("handlers file: ${VAR} in http headers", "[handlers_file]") {
+    auto http_error = [](const std::string& headers, const outbox::EnvLookup& env) {
+        return subscriber_error(kTypes + R"(, "http": {"url": "https://example.com", "headers": )" +
+                                    headers + "}",
+                                env);
+    };
+    SECTION("an unset variable is an error naming it") {
+        CHECK(http_error(R"({"Authorization": "Bearer ${API_TOKEN}"})", fake_environment()) ==
+              R"("http.headers.Authorization": environment variable API_TOKEN is not set)");
+    }
+    SECTION("a malformed reference is an error") {
+        const std::string expected =
+            R"("http.headers.Authorization": has a malformed ${...} reference (expected ${NAME} with letters, digits and underscores))";
+        CHECK(http_error(R"({"Authorization": "Bearer ${API_TOKEN"})", fake_environment()) ==
+              expected);
+        CHECK(http_error(R"({"Authorization": "Bearer ${}"})", fake_environment()) == expected);
+        CHECK(http_error(R"({"Authorization": "Bearer ${1X}"})", fake_environment()) == expected);
+    }
+    SECTION("a value must not smuggle in header lines") {
+        CHECK(http_error(R"({"X-Token": "${TOKEN}"})",
+                         fake_environment({{"TOKEN", "a\r\nX-Evil: 1"}})) ==
+              R"("http.headers.X-Token": must not contain line breaks)");
+    }
+    SECTION("set variables expand, a lone $ stays") {
+        const auto subscribers = parse_ok(
+            "[{" + kTypes +
+                R"(, "http": {"url": "https://example.com", "headers": {"X-Price": "$5 ${A}${B}"}}}])",
+            fake_environment({{"A", "x"}, {"B", ""}}));
+        CHECK(subscribers.size() == 1);
+    }
+}
+
+TEST_CASE("handlers file: log rules", "[handlers_file]") {
+    CHECK(subscriber_error(kTypes + R"(, "log": false)") == R"("log": must be true or an object)");
+    CHECK(subscriber_error(kTypes + R"(, "log": "info")") == R"("log": must be true or an object)");
+    CHECK(subscriber_error(kTypes + R"(, "log": {"level": "verbose"})") ==
+          R"("log.level": must be one of "debug", "info", "warn", "error")");
+    CHECK(subscriber_error(kTypes + R"(, "log": {"lvl": "info"})") ==
+          R"("log.lvl": unknown key; expected one of "level")");
+}
+
+TEST_CASE("handlers file: reading the file", "[handlers_file]") {
+    char pattern[] = "/tmp/handlers-file-test-XXXXXX";
+    REQUIRE(::mkdtemp(pattern) != nullptr);
+    const std::filesystem::path dir = pattern;
+    struct Cleanup {
+        std::filesystem::path dir;
+        ~Cleanup() {
+            std::error_code ignored;
+            std::filesystem::remove_all(dir, ignored);
+        }
+    } cleanup{dir};
+
+    SECTION("a valid file; default names use its basename") {
+        const std::string path = (dir / "prod-handlers.json").string();
+        std::ofstream(path) << R"({"subscribers": [{"eventTypes": ["a"], "log": true}]})";
+        outbox::HandlersFileResult result = outbox::load_handlers_file(path, 1234);
+        REQUIRE(result.subscribers.has_value());
+        CHECK(result.subscribers->at(0).name == "prod-handlers.json#0 (log)");
+        CHECK(result.subscribers->at(0).timeout_ms == 1234);
+    }
+    SECTION("a missing file") {
+        const std::string path = (dir / "missing.json").string();
+        outbox::HandlersFileResult result = outbox::load_handlers_file(path, 1000);
+        CHECK_FALSE(result.subscribers.has_value());
+        CHECK(result.error == path + ": cannot open: No such file or directory");
+    }
+    SECTION("a directory") {
+        outbox::HandlersFileResult result = outbox::load_handlers_file(dir.string(), 1000);
+        CHECK_FALSE(result.subscribers.has_value());
+        CHECK(result.error == dir.string() + ": cannot read: is a directory");
+    }
+    SECTION("an empty file") {
+        const std::string path = (dir / "empty.json").string();
+        std::ofstream{path};
+        outbox::HandlersFileResult result = outbox::load_handlers_file(path, 1000);
+        CHECK_FALSE(result.subscribers.has_value());
+        CHECK(result.error.starts_with(path + ": invalid JSON"));
+    }
+    SECTION("errors start with the path") {
+        const std::string path = (dir / "bad.json").string();
+        std::ofstream(path) << R"([{"eventTypes": ["a"]}])";
+        outbox::HandlersFileResult result = outbox::load_handlers_file(path, 1000);
+        CHECK(result.error == path + R"(: subscriber 0: needs one of "exec", "http" or "log")");
+    }
+}
