@@ -123,19 +123,19 @@ pid_t read_pid(const std::string& path) {
 
 } // namespace
 
-TEST_CASE("exec: exit 0 is success", "[exec]") {
+TEST_CASE("exec: exit 0 is success", "[exec_handler]") {
     const outbox::Result result = run({"true"});
     CHECK(result.outcome == outbox::Outcome::success);
     CHECK(result.error.empty());
 }
 
-TEST_CASE("exec: exit 65 is a permanent failure carrying the stderr tail", "[exec]") {
+TEST_CASE("exec: exit 65 is a permanent failure carrying the stderr tail", "[exec_handler]") {
     const outbox::Result result = run({"sh", "-c", "echo 'bad payload' >&2; exit 65"});
     CHECK(result.outcome == outbox::Outcome::permanent);
     CHECK(result.error == "exit code 65: bad payload");
 }
 
-TEST_CASE("exec: another exit code is retryable with the stderr tail", "[exec]") {
+TEST_CASE("exec: another exit code is retryable with the stderr tail", "[exec_handler]") {
     const outbox::Result result =
         run({"sh", "-c", "echo 'first line' >&2; echo 'upstream down' >&2; exit 3"});
     CHECK(result.outcome == outbox::Outcome::retry);
@@ -143,13 +143,13 @@ TEST_CASE("exec: another exit code is retryable with the stderr tail", "[exec]")
     CHECK(result.retry_after_ms == 0);
 }
 
-TEST_CASE("exec: an exit code without stderr output is named alone", "[exec]") {
+TEST_CASE("exec: an exit code without stderr output is named alone", "[exec_handler]") {
     const outbox::Result result = run({"sh", "-c", "exit 7"});
     CHECK(result.outcome == outbox::Outcome::retry);
     CHECK(result.error == "exit code 7");
 }
 
-TEST_CASE("exec: only the last 2 KiB of a long stderr are kept", "[exec]") {
+TEST_CASE("exec: only the last 2 KiB of a long stderr are kept", "[exec_handler]") {
     const outbox::Result result =
         run({"sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; echo ' END' >&2; exit 1"});
     REQUIRE(result.outcome == outbox::Outcome::retry);
@@ -159,13 +159,13 @@ TEST_CASE("exec: only the last 2 KiB of a long stderr are kept", "[exec]") {
           std::string("exit code 1: ").size() + outbox::kExecStderrTailBytes);
 }
 
-TEST_CASE("exec: a command killed by a signal is retryable and names the signal", "[exec]") {
+TEST_CASE("exec: a command killed by a signal is retryable and names the signal", "[exec_handler]") {
     const outbox::Result result = run({"sh", "-c", "echo 'about to crash' >&2; kill -SEGV $$"});
     CHECK(result.outcome == outbox::Outcome::retry);
     CHECK(result.error == "killed by signal 11 (SIGSEGV): about to crash");
 }
 
-TEST_CASE("exec: a hanging command times out promptly and leaves no process", "[exec]") {
+TEST_CASE("exec: a hanging command times out promptly and leaves no process", "[exec_handler]") {
     TempDir dir;
     const std::string pid_file = dir.file("pid");
     // The shell, and a background sleep in its process group, both outlive the timeout.
@@ -185,7 +185,7 @@ TEST_CASE("exec: a hanging command times out promptly and leaves no process", "[
     CHECK(wait_for([&] { return !process_group_alive(pid); }));
 }
 
-TEST_CASE("exec: background processes do not outlive a successful command", "[exec]") {
+TEST_CASE("exec: background processes do not outlive a successful command", "[exec_handler]") {
     TempDir dir;
     const std::string pid_file = dir.file("pid");
     const outbox::Result result =
@@ -196,7 +196,7 @@ TEST_CASE("exec: background processes do not outlive a successful command", "[ex
     CHECK(wait_for([&] { return !process_group_alive(pid); }));
 }
 
-TEST_CASE("exec: the event JSON arrives on stdin, complete", "[exec]") {
+TEST_CASE("exec: the event JSON arrives on stdin, complete", "[exec_handler]") {
     TempDir dir;
     const std::string out = dir.file("stdin");
     const outbox::Event event = make_event(R"({"id":"ob_1","payload":{"sku":"A-1","qty":2}})");
@@ -205,7 +205,7 @@ TEST_CASE("exec: the event JSON arrives on stdin, complete", "[exec]") {
     CHECK(read_file(out) == event.json);
 }
 
-TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec]") {
+TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec_handler]") {
     TempDir dir;
     const std::string out = dir.file("stdin");
     const outbox::Event event = make_event("\"" + std::string(1024 * 1024, 'p') + "\"");
@@ -214,7 +214,7 @@ TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec]") {
     CHECK(read_file(out).size() == event.json.size());
 }
 
-TEST_CASE("exec: a command that ignores a 1 MiB stdin does not deadlock", "[exec]") {
+TEST_CASE("exec: a command that ignores a 1 MiB stdin does not deadlock", "[exec_handler]") {
     const outbox::Event event = make_event("\"" + std::string(1024 * 1024, 'p') + "\"");
     const auto started = Clock::now();
     SECTION("it exits at once") {
@@ -230,7 +230,7 @@ TEST_CASE("exec: a command that ignores a 1 MiB stdin does not deadlock", "[exec
     CHECK(Clock::now() - started < 3000ms);
 }
 
-TEST_CASE("exec: the environment is inherited, extended and carries the event", "[exec]") {
+TEST_CASE("exec: the environment is inherited, extended and carries the event", "[exec_handler]") {
     TempDir dir;
     const std::string out = dir.file("env");
     REQUIRE(::setenv("EXEC_HANDLER_TEST_INHERITED", "from-parent", 1) == 0);
@@ -245,7 +245,7 @@ TEST_CASE("exec: the environment is inherited, extended and carries the event", 
     CHECK(read_file(out) == "overridden|hello world|ob_1|order.created|3");
 }
 
-TEST_CASE("exec: the command's stdout goes to the handler process's stderr", "[exec]") {
+TEST_CASE("exec: the command's stdout goes to the handler process's stderr", "[exec_handler]") {
     TempDir dir;
     const std::string captured = dir.file("stderr");
     const int saved_stderr = ::dup(2);
@@ -262,7 +262,7 @@ TEST_CASE("exec: the command's stdout goes to the handler process's stderr", "[e
     CHECK(read_file(captured) == "progress report\n");
 }
 
-TEST_CASE("exec: a command that cannot be executed is a clear retryable failure", "[exec]") {
+TEST_CASE("exec: a command that cannot be executed is a clear retryable failure", "[exec_handler]") {
     SECTION("not in PATH") {
         const outbox::Result result = run({"no-such-command-for-outbox-tests"});
         CHECK(result.outcome == outbox::Outcome::retry);
@@ -285,7 +285,7 @@ TEST_CASE("exec: a command that cannot be executed is a clear retryable failure"
     }
 }
 
-TEST_CASE("exec: the child does not inherit the handler process's descriptors", "[exec]") {
+TEST_CASE("exec: the child does not inherit the handler process's descriptors", "[exec_handler]") {
     TempDir dir;
     const std::string out = dir.file("fds");
     // A descriptor without close-on-exec, as a careless library might leave behind.
@@ -304,7 +304,7 @@ TEST_CASE("exec: the child does not inherit the handler process's descriptors", 
     CHECK(count <= 4);
 }
 
-TEST_CASE("exec: the handler process keeps working after many runs", "[exec]") {
+TEST_CASE("exec: the handler process keeps working after many runs", "[exec_handler]") {
     // Descriptor or child leaks would show up as a growing /proc/self/fd or lingering children.
     auto count_fds = [] {
         return std::distance(std::filesystem::directory_iterator("/proc/self/fd"),
@@ -322,7 +322,7 @@ TEST_CASE("exec: the handler process keeps working after many runs", "[exec]") {
     CHECK(wait_error == ECHILD);
 }
 
-TEST_CASE("exec: sanitize_error_text makes bytes storable", "[exec]") {
+TEST_CASE("exec: sanitize_error_text makes bytes storable", "[exec_handler]") {
     CHECK(outbox::sanitize_error_text("  plain text \n") == "plain text");
     CHECK(outbox::sanitize_error_text("caf\xC3\xA9") == "caf\xC3\xA9");
     // A multi-byte character cut at the front of a tail is dropped, not replaced.

@@ -254,7 +254,7 @@ outbox::Handler handler_for(const std::string& url, long timeout_ms = 5000,
 
 } // namespace
 
-TEST_CASE("http: 2xx is success; body and headers arrive", "[http]") {
+TEST_CASE("http: 2xx is success; body and headers arrive", "[http_handler]") {
     ScriptedHttpServer server({response(204, "No Content")});
     const outbox::Event event = make_event();
     const outbox::Result result = handler_for(
@@ -275,7 +275,7 @@ TEST_CASE("http: 2xx is success; body and headers arrive", "[http]") {
     CHECK_FALSE(request.header("Expect").has_value());
 }
 
-TEST_CASE("http: PUT and PATCH send the body under that method", "[http]") {
+TEST_CASE("http: PUT and PATCH send the body under that method", "[http_handler]") {
     const std::string method = GENERATE(as<std::string>{}, "PUT", "PATCH");
     ScriptedHttpServer server({response(200, "OK", "fine")});
     const outbox::Event event = make_event();
@@ -285,7 +285,7 @@ TEST_CASE("http: PUT and PATCH send the body under that method", "[http]") {
     CHECK(server.requests().at(0).body == event.json);
 }
 
-TEST_CASE("http: a configured Content-Type replaces the default", "[http]") {
+TEST_CASE("http: a configured Content-Type replaces the default", "[http_handler]") {
     ScriptedHttpServer server({response(200, "OK")});
     CHECK(handler_for(server.url(), 5000,
                       {{"content-type", "application/cloudevents+json"}})(make_event())
@@ -298,7 +298,7 @@ TEST_CASE("http: a configured Content-Type replaces the default", "[http]") {
           }) == 1);
 }
 
-TEST_CASE("http: 500 is retryable; the error names status, URL and body", "[http]") {
+TEST_CASE("http: 500 is retryable; the error names status, URL and body", "[http_handler]") {
     ScriptedHttpServer server({response(500, "Internal Server Error", "database is down\n")});
     const outbox::Result result = handler_for(server.url())(make_event());
     CHECK(result.outcome == outbox::Outcome::retry);
@@ -306,7 +306,7 @@ TEST_CASE("http: 500 is retryable; the error names status, URL and body", "[http
     CHECK(result.retry_after_ms == 0);
 }
 
-TEST_CASE("http: the error never shows credentials or the query", "[http]") {
+TEST_CASE("http: the error never shows credentials or the query", "[http_handler]") {
     ScriptedHttpServer server({response(503, "Service Unavailable")});
     const std::string url =
         "http://user:s3cret@127.0.0.1:" + std::to_string(server.port()) + "/hook?token=abc#frag";
@@ -315,14 +315,14 @@ TEST_CASE("http: the error never shows credentials or the query", "[http]") {
     CHECK(result.error == "HTTP 503 from " + server.url());
 }
 
-TEST_CASE("http: only the first 512 bytes of the body are kept", "[http]") {
+TEST_CASE("http: only the first 512 bytes of the body are kept", "[http_handler]") {
     ScriptedHttpServer server({response(502, "Bad Gateway", std::string(600, 'b') + "TAIL")});
     const outbox::Result result = handler_for(server.url())(make_event());
     CHECK(result.outcome == outbox::Outcome::retry);
     CHECK(result.error == "HTTP 502 from " + server.url() + ": " + std::string(512, 'b'));
 }
 
-TEST_CASE("http: 429 with Retry-After is retryable after that delay", "[http]") {
+TEST_CASE("http: 429 with Retry-After is retryable after that delay", "[http_handler]") {
     ScriptedHttpServer server(
         {response(429, "Too Many Requests", "slow down", "Retry-After: 2\r\n")});
     const outbox::Result result = handler_for(server.url())(make_event());
@@ -331,12 +331,12 @@ TEST_CASE("http: 429 with Retry-After is retryable after that delay", "[http]") 
     CHECK(result.error == "HTTP 429 from " + server.url() + ": slow down");
 }
 
-TEST_CASE("http: 408 is retryable", "[http]") {
+TEST_CASE("http: 408 is retryable", "[http_handler]") {
     ScriptedHttpServer server({response(408, "Request Timeout")});
     CHECK(handler_for(server.url())(make_event()).outcome == outbox::Outcome::retry);
 }
 
-TEST_CASE("http: other 4xx are permanent and Retry-After is ignored there", "[http]") {
+TEST_CASE("http: other 4xx are permanent and Retry-After is ignored there", "[http_handler]") {
     ScriptedHttpServer server(
         {response(400, "Bad Request", R"({"error":"missing sku"})", "Retry-After: 30\r\n")});
     const outbox::Result result = handler_for(server.url())(make_event());
@@ -345,7 +345,7 @@ TEST_CASE("http: other 4xx are permanent and Retry-After is ignored there", "[ht
     CHECK(result.retry_after_ms == 0);
 }
 
-TEST_CASE("http: redirects are not followed and are permanent", "[http]") {
+TEST_CASE("http: redirects are not followed and are permanent", "[http_handler]") {
     ScriptedHttpServer server(
         {response(301, "Moved Permanently", "", "Location: http://127.0.0.1:1/elsewhere\r\n")});
     const outbox::Result result = handler_for(server.url())(make_event());
@@ -354,7 +354,7 @@ TEST_CASE("http: redirects are not followed and are permanent", "[http]") {
     CHECK(server.requests().size() == 1);
 }
 
-TEST_CASE("http: a server that never answers times out", "[http]") {
+TEST_CASE("http: a server that never answers times out", "[http_handler]") {
     ScriptedHttpServer server({""});
     const auto started = Clock::now();
     const outbox::Result result = handler_for(server.url(), 300)(make_event());
@@ -366,7 +366,7 @@ TEST_CASE("http: a server that never answers times out", "[http]") {
     CHECK(server.requests().size() == 1);
 }
 
-TEST_CASE("http: a refused connection is retryable", "[http]") {
+TEST_CASE("http: a refused connection is retryable", "[http_handler]") {
     // A socket bound but not listening: connecting to its port is refused, and no other test
     // can take the port while it is held.
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -387,7 +387,7 @@ TEST_CASE("http: a refused connection is retryable", "[http]") {
     CHECK(result.error.find("refused") != std::string::npos);
 }
 
-TEST_CASE("http: consecutive events reuse one connection", "[http]") {
+TEST_CASE("http: consecutive events reuse one connection", "[http_handler]") {
     ScriptedHttpServer server(
         {response(200, "OK"), response(500, "Internal Server Error"), response(201, "Created")});
     outbox::Handler handler = handler_for(server.url());
@@ -399,7 +399,7 @@ TEST_CASE("http: consecutive events reuse one connection", "[http]") {
     CHECK(server.connections() == 1);
 }
 
-TEST_CASE("http: headers from a handlers file with ${VAR} reach the server", "[http]") {
+TEST_CASE("http: headers from a handlers file with ${VAR} reach the server", "[http_handler]") {
     ScriptedHttpServer server({response(200, "OK")});
     const std::string json = R"([{"eventTypes": ["order.*"], "http": {"url": ")" + server.url() +
                              R"(", "headers": {"Authorization": "Bearer ${HOOK_TOKEN}"}}}])";
@@ -417,7 +417,7 @@ TEST_CASE("http: headers from a handlers file with ${VAR} reach the server", "[h
     CHECK(server.requests().at(0).header("Authorization") == "Bearer from-env");
 }
 
-TEST_CASE("http: status classification", "[http]") {
+TEST_CASE("http: status classification", "[http_handler]") {
     using outbox::Outcome;
     for (long status : {200L, 201L, 202L, 204L, 299L}) {
         CHECK(outbox::classify_http_status(status) == Outcome::success);
@@ -430,7 +430,7 @@ TEST_CASE("http: status classification", "[http]") {
     }
 }
 
-TEST_CASE("http: Retry-After parsing", "[http]") {
+TEST_CASE("http: Retry-After parsing", "[http_handler]") {
     const std::time_t now = 1445412470; // 2015-10-21 07:27:50 UTC
     CHECK(outbox::parse_retry_after_ms("2", now) == 2000);
     CHECK(outbox::parse_retry_after_ms(" 120 ", now) == 120000);
@@ -444,7 +444,7 @@ TEST_CASE("http: Retry-After parsing", "[http]") {
     CHECK(outbox::parse_retry_after_ms("Wed, 21 Oct 2015 07:27:00 GMT", now) == 0); // past
 }
 
-TEST_CASE("http: URL checks and redaction", "[http]") {
+TEST_CASE("http: URL checks and redaction", "[http_handler]") {
     CHECK_FALSE(outbox::http_url_problem("https://hooks.example.com/a?b=c").has_value());
     CHECK_FALSE(outbox::http_url_problem("HTTP://example.com").has_value());
     CHECK(outbox::http_url_problem("ftp://example.com/") == "must start with http:// or https://");
