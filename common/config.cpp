@@ -7,6 +7,8 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <regex>
+#include <vector>
 #include <cstdlib>
 #include <thread>
 
@@ -146,6 +148,42 @@ private:
     std::string error_;
 };
 
+// libpq's parse errors quote the part of the string they stumbled on, which may be the password
+// itself: every password-looking substring of the URL is blanked out of the message.
+std::string redact_secrets(std::string message, const std::string& url) {
+    std::vector<std::string> secrets;
+    static const std::regex userinfo(R"(://[^:/@?#]*:([^@/?#]*)@)");
+    static const std::regex query(R"([?&]password=([^&#]*))", std::regex::icase);
+    static const std::regex keyword(R"((?:^|\s)password\s*=\s*('(?:\\.|[^'])*'|\S*))", std::regex::icase);
+    for (const std::regex* re : {&userinfo, &query, &keyword}) {
+        for (std::sregex_iterator it(url.begin(), url.end(), *re), end; it != end; ++it) {
+            std::string secret = (*it)[1].str();
+            while (!secret.empty() && secret.front() == '\'') {
+                secret.erase(0, 1);
+            }
+            while (!secret.empty() && secret.back() == '\'') {
+                secret.pop_back();
+            }
+            if (!secret.empty()) {
+                secrets.push_back(secret);
+            }
+        }
+    }
+    for (const auto& secret : secrets) {
+        for (size_t pos = message.find(secret); pos != std::string::npos; pos = message.find(secret, pos)) {
+            message.replace(pos, secret.size(), "****");
+        }
+        // A password may be quoted only in part (libpq reports the token it failed on).
+        if (secret.size() >= 4) {
+            std::string head = secret.substr(0, secret.size() / 2);
+            for (size_t pos = message.find(head); pos != std::string::npos; pos = message.find(head, pos)) {
+                message.replace(pos, head.size(), "****");
+            }
+        }
+    }
+    return message;
+}
+
 bool valid_host(const std::string& host) {
     unsigned char buf[sizeof(struct in6_addr)];
     if (inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1) {
@@ -189,7 +227,8 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
                 why.pop_back();
             }
             PQfreemem(err);
-            p.fail("DATABASE_URL", mask_conninfo(*url), why + "; allowed: a libpq connection string or URI");
+            p.fail("DATABASE_URL", mask_conninfo(*url),
+                   redact_secrets(why, *url) + "; allowed: a libpq connection string or URI");
         } else {
             PQconninfoFree(opts);
             c.database_url = *url;
