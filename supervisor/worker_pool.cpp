@@ -165,7 +165,9 @@ void WorkerPool::spawn(int index) {
             _exit(kWorkerExitSetupError);
         }
         ::close_range(kChildChannelFd + 1, ~0U, 0);
-        // Handlers must not talk to systemd in the supervisor's name.
+        // Handlers must not talk to systemd in the supervisor's name, and exec commands must not
+        // inherit the database password: the handler side never touches the database.
+        unsetenv("DATABASE_URL");
         unsetenv("NOTIFY_SOCKET");
         unsetenv("WATCHDOG_USEC");
         unsetenv("WATCHDOG_PID");

@@ -159,7 +159,8 @@ TEST_CASE("exec: only the last 2 KiB of a long stderr are kept", "[exec_handler]
           std::string("exit code 1: ").size() + outbox::kExecStderrTailBytes);
 }
 
-TEST_CASE("exec: a command killed by a signal is retryable and names the signal", "[exec_handler]") {
+TEST_CASE("exec: a command killed by a signal is retryable and names the signal",
+          "[exec_handler]") {
     const outbox::Result result = run({"sh", "-c", "echo 'about to crash' >&2; kill -SEGV $$"});
     CHECK(result.outcome == outbox::Outcome::retry);
     CHECK(result.error == "killed by signal 11 (SIGSEGV): about to crash");
@@ -262,7 +263,8 @@ TEST_CASE("exec: the command's stdout goes to the handler process's stderr", "[e
     CHECK(read_file(captured) == "progress report\n");
 }
 
-TEST_CASE("exec: a command that cannot be executed is a clear retryable failure", "[exec_handler]") {
+TEST_CASE("exec: a command that cannot be executed is a clear retryable failure",
+          "[exec_handler]") {
     SECTION("not in PATH") {
         const outbox::Result result = run({"no-such-command-for-outbox-tests"});
         CHECK(result.outcome == outbox::Outcome::retry);

@@ -360,6 +360,7 @@ TEST_CASE("http: a server that never answers times out", "[http_handler]") {
     const outbox::Result result = handler_for(server.url(), 300)(make_event());
     const auto elapsed = Clock::now() - started;
     CHECK(result.outcome == outbox::Outcome::retry);
+    INFO(result.error);
     CHECK(result.error.starts_with("timed out after 300 ms: POST " + server.url()));
     CHECK(elapsed >= 300ms);
     CHECK(elapsed < 2000ms);
