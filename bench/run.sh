@@ -16,14 +16,14 @@ fi
 events="${BENCH_EVENTS:-100000}"
 workers="${BENCH_WORKERS:-2}"
 batch="${BENCH_BATCH:-100}"
-app=build/outbox-example-app
+app="${BUILD_DIR:-build}/outbox-example-app"
 db="outbox_bench"
-psql "$OUTBOX_TEST_PG" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+psql "$OUTBOX_TEST_PG" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
 export DATABASE_URL="${OUTBOX_TEST_PG%/*}/$db"
 "$app" migrate >/dev/null
 echo "enqueueing $events events..."
 "$app" emit --type example.ok --count "$events" >/dev/null
-psql "$DATABASE_URL" -qc 'VACUUM ANALYZE "Outbox"; VACUUM ANALYZE "EventLog"' >/dev/null
+psql "$DATABASE_URL" -q -c 'VACUUM ANALYZE "Outbox"' -c 'VACUUM ANALYZE "EventLog"' >/dev/null
 
 echo "burn-down: $workers handler processes, batch $batch, pipeline depth 4 per process, read-ahead one batch"
 start=$(date +%s.%N)

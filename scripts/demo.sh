@@ -12,9 +12,9 @@ if [ -z "${OUTBOX_TEST_PG:-}" ]; then
     exec tests/run_with_postgres.sh bash "$0" "$@"
 fi
 
-bin=build/outbox-worker
+bin="${BUILD_DIR:-build}/outbox-worker"
 db="outbox_demo"
-psql "$OUTBOX_TEST_PG" -qc "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null
+psql "$OUTBOX_TEST_PG" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" >/dev/null 2>&1
 export DATABASE_URL="${OUTBOX_TEST_PG%/*}/$db"
 export OUTBOX_HANDLERS="$PWD/examples/handlers.json"
 export OUTBOX_WORKERS="${OUTBOX_WORKERS:-2}"

@@ -158,6 +158,17 @@ as_pg "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres 
 
 export OUTBOX_TEST_PG="postgresql://$test_role:$test_password@127.0.0.1:$port/postgres"
 export OUTBOX_TEST_PG_LOG="$log"
+# A command that restarts the cluster on the same port (fast shutdown: every connection is cut),
+# for the tests that check the service rides out a database restart.
+{
+    echo '#!/usr/bin/env bash'
+    echo "pg_user=$pg_user"
+    declare -f as_pg
+    printf 'as_pg %q -D %q -l %q -o %q -w -t 60 -m fast restart >/dev/null\n' \
+        "$bindir/pg_ctl" "$data" "$log" "-p $port"
+} >"$tmp/restart-postgres"
+chmod 755 "$tmp/restart-postgres"
+export OUTBOX_TEST_PG_RESTART="$tmp/restart-postgres"
 
 if $shell_mode; then
     echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port (data in $data)"

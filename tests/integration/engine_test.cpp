@@ -408,3 +408,24 @@ TEST_CASE("run refuses to start without any handler", "[engine]") {
     CHECK(r.status.exited_with(78));
     CHECK(r.err.find("OUTBOX_HANDLERS") != std::string::npos);
 }
+
+TEST_CASE("every event ends COMPLETED when PostgreSQL restarts mid-run", "[engine][restart]") {
+    const char* restart = std::getenv("OUTBOX_TEST_PG_RESTART");
+    REQUIRE(restart != nullptr); // exported by tests/run_with_postgres.sh
+    TestDatabase db;
+    db.migrate();
+    std::string record = temp_path("deliveries.txt");
+    write_events(db, "example.slow", 60);
+    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "3000"}}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_until([&] { return db.count(kCompleted) >= 5; }, 30s));
+    // A fast-shutdown restart cuts every connection, the test's own included.
+    auto restarted = run_process(restart, SpawnOptions{}, 90s);
+    REQUIRE(restarted.status.exited_with(0));
+    // The service reconnects by itself, records what finished meanwhile, and carries on.
+    REQUIRE(wait_until([&] { return service.log().find("re-established") != std::string::npos; }, 30s));
+    REQUIRE(wait_for_count(db, kCompleted, 60, 120s));
+    Deliveries d = read_deliveries(record);
+    CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 60);
+    stop_cleanly(service, db);
+}

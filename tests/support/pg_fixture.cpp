@@ -294,7 +294,9 @@ TestDatabase::~TestDatabase() {
     }
 }
 
-PgConn TestDatabase::connect() const { return connect_or_fail(conninfo_, "the test database"); }
+PgConn TestDatabase::connect() const {
+    return connect_or_fail(conninfo_, "the test database");
+}
 
 void TestDatabase::migrate() const {
     PgConn conn = connect();
@@ -305,6 +307,12 @@ void TestDatabase::migrate() const {
 
 PgResult TestDatabase::exec(const std::string& sql) const {
     PgResult result = pg_exec(conn_.get(), sql);
+    if (!result.ok() && PQstatus(conn_.get()) == CONNECTION_BAD) {
+        // The server was restarted under the test (a restart test does that on purpose): one
+        // reconnect, then the statement again.
+        PQreset(conn_.get());
+        result = pg_exec(conn_.get(), sql);
+    }
     if (!result.ok()) {
         FAIL("SQL failed: " << result.error() << "\n" << sql);
     }
