@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -85,6 +86,40 @@ int main(int argc, char** argv) {
                           std::raise(SIGSEGV);
                           return outbox::Result::ok();
                       }});
+
+    // For the chaos test: a fixed fate per event, from a hash of its id. One in ten crashes its
+    // handler process on the first attempt, one fails twice before succeeding, one is rejected
+    // permanently (its place is the dead-letter queue), one hangs on the first attempt until the
+    // supervisor kills it; the rest succeed at once.
+    worker.subscribe({{"example.chaos"},
+                      [](const outbox::Event& event) -> outbox::Result {
+                          switch (std::hash<std::string>{}(event.id) % 10) {
+                          case 0:
+                              if (event.attempt == 1) {
+                                  std::raise(SIGSEGV);
+                              }
+                              break;
+                          case 1:
+                              if (event.attempt <= 2) {
+                                  return outbox::Result::retry("chaos: transient failure");
+                              }
+                              break;
+                          case 2:
+                              return outbox::Result::permanent("chaos: rejected");
+                          case 3:
+                              if (event.attempt == 1) {
+                                  for (;;) {
+                                      pause();
+                                  }
+                              }
+                              break;
+                          default:
+                              break;
+                          }
+                          record_delivery(event);
+                          return outbox::Result::ok();
+                      },
+                      300});
 
     return worker.main(argc, argv);
 }

@@ -49,6 +49,10 @@ constexpr int kPipelineDepth = 4;
 constexpr size_t kMaxResultsPerStatement = 1000;
 constexpr long kStatsIntervalMs = 5000;
 constexpr long kRetentionIntervalMs = 10 * 60 * 1000;
+// The first retention sweep runs shortly after the schema check rather than a full interval
+// later: a service restarted more often than every interval (deploys, crash loops) would otherwise
+// never sweep, and operators and tests can see it work without waiting ten minutes.
+constexpr long kRetentionFirstDelayMs = 5000;
 constexpr int kRetentionBatch = 1000;
 constexpr int kSweepBatch = 500;
 // An unstarted event whose lease is this close to running out is not started: by the time it
@@ -272,6 +276,9 @@ long Supervisor::timeout_for(const std::string& event_type) {
 }
 
 int Supervisor::run() {
+    // A write to a channel whose handler process just died, or to an HTTP client that went away,
+    // must be an EPIPE error to handle, not a signal that kills the supervisor.
+    signal(SIGPIPE, SIG_IGN);
     std::string error;
     if (!load_subscribers(error)) {
         spdlog::error("{}", error);
@@ -376,10 +383,6 @@ void Supervisor::start_handles() {
                    sweep_every, sweep_every);
     uv_timer_start(&stats_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->refresh_counts(); },
                    kStatsIntervalMs, kStatsIntervalMs);
-    if (config_.retention_hours > 0) {
-        uv_timer_start(&retention_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->run_retention(); },
-                       60 * 1000, kRetentionIntervalMs);
-    }
     if (config_.metrics_log_interval_ms > 0) {
         auto every = static_cast<uint64_t>(config_.metrics_log_interval_ms);
         uv_timer_start(&metrics_log_timer_,
@@ -469,6 +472,11 @@ void Supervisor::on_schema_version(int version) {
                     }
                 }});
         pool_->start();
+        if (config_.retention_hours > 0) {
+            uv_timer_start(&retention_timer_,
+                           [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->run_retention(); },
+                           kRetentionFirstDelayMs, kRetentionIntervalMs);
+        }
         refresh_counts();
         wake();
     }
