@@ -51,8 +51,23 @@ public:
 
     void fail(const char* name, const std::string& shown_value, const std::string& problem) {
         if (error_.empty()) {
-            error_ = std::string(name) + "=\"" + shown_value + "\": " + problem;
+            error_ = std::string(name) + "=\"" + printable(shown_value) + "\": " + problem;
         }
+    }
+
+    // The error is one line: control characters in the value are shown escaped.
+    static std::string printable(const std::string& value) {
+        std::string out;
+        for (unsigned char c : value) {
+            if (c < 0x20 || c == 0x7f) {
+                char buf[8];
+                std::snprintf(buf, sizeof buf, "\\x%02x", c);
+                out += buf;
+            } else {
+                out += static_cast<char>(c);
+            }
+        }
+        return out;
     }
 
     // Present and non-empty. An empty variable counts as unset, as in most services: a
