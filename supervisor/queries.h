@@ -184,22 +184,21 @@ SELECT (SELECT count(*) FROM "Outbox" WHERE "status" = 'PENDING'),
              GROUP BY "eventType" ORDER BY count(*) DESC LIMIT 100) x)
 )sql";
 
-// Retention (SPEC 2): deletes one small batch of old COMPLETED rows. The caller holds the
-// retention advisory lock, so one instance at a time sweeps; SKIP LOCKED keeps the batch from
-// waiting on rows another transaction touches. EventLog rows are never deleted.
+// Retention (SPEC 2): deletes one small batch of old COMPLETED rows. One instance at a time: the
+// statement first tries a transaction-level advisory lock without waiting (an uncorrelated scalar
+// subquery, evaluated once), and deletes nothing when another instance holds it. SKIP LOCKED keeps
+// the batch from waiting on rows another transaction touches. EventLog rows are never deleted.
 //   $1 retention in hours, $2 batch size
 inline constexpr const char* kRetentionBatch = R"sql(
 WITH old AS (
     SELECT "id" FROM "Outbox"
-     WHERE "status" = 'COMPLETED' AND "processedAt" < now() - $1::bigint * interval '1 hour'
+     WHERE (SELECT pg_try_advisory_xact_lock(4242061701))
+       AND "status" = 'COMPLETED' AND "processedAt" < now() - $1::bigint * interval '1 hour'
      LIMIT $2::int
        FOR UPDATE SKIP LOCKED
 )
 DELETE FROM "Outbox" o USING old WHERE o."id" = old."id"
 )sql";
-
-// One instance at a time runs retention: a transaction-level advisory lock taken without waiting.
-inline constexpr const char* kRetentionLockKey = "4242061701";
 
 // Two steps, because a statement naming a table that does not exist fails as it is parsed.
 inline constexpr const char* kSchemaTableExists = "SELECT to_regclass('outbox_worker_schema') IS NOT NULL";

@@ -169,6 +169,8 @@ private:
     void refresh_counts();
     void run_retention();
     void log_metrics_line();
+    void write_metrics_line();
+    void refresh_counts_then(std::function<void()> then);
     void update_status();
 
     // HTTP.
@@ -788,7 +790,9 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
             spdlog::warn("event {}: lease lost before its outcome was recorded (another instance took it over); "
                          "the outcome of this attempt is discarded",
                          d.id);
-            telemetry_.lease_lost();
+            if (!d.lease_lost) { // renew_leases() counted it already otherwise
+                telemetry_.lease_lost();
+            }
         } else if (applied) {
             switch (p.kind) {
             case kKindSuccess:
@@ -937,11 +941,13 @@ void Supervisor::release(std::vector<uint64_t> seqs) {
                       });
 }
 
-void Supervisor::refresh_counts() {
+void Supervisor::refresh_counts() { refresh_counts_then(nullptr); }
+
+void Supervisor::refresh_counts_then(std::function<void()> then) {
     if (!schema_ok_ || !claim_db_->connected() || finishing_) {
         return;
     }
-    claim_db_->query(sql::kStatusCounts, {like_patterns_}, [this](QueryResult&& r) {
+    claim_db_->query(sql::kStatusCounts, {like_patterns_}, [this, then = std::move(then)](QueryResult&& r) {
         if (!r.ok()) {
             if (!r.lost) {
                 spdlog::error("reading status counts failed: {}", r.error());
@@ -963,6 +969,9 @@ void Supervisor::refresh_counts() {
                          c.unsubscribed_json);
         }
         telemetry_.set_counts(c);
+        if (then) {
+            then();
+        }
     });
 }
 
@@ -991,6 +1000,15 @@ void Supervisor::run_retention() {
 }
 
 void Supervisor::log_metrics_line() {
+    if (schema_ok_ && claim_db_->connected()) {
+        // Fresh counts for the line, not the cached ones of up to five seconds ago.
+        refresh_counts_then([this] { write_metrics_line(); });
+        return;
+    }
+    write_metrics_line();
+}
+
+void Supervisor::write_metrics_line() {
     const DatabaseCounts& c = telemetry_.counts();
     if (!c.valid) {
         spdlog::info("metrics: database counts not available yet (database {})",
