@@ -7,6 +7,8 @@
 #   make test-sanitize  the same with AddressSanitizer and UBSan, in build-sanitize/
 #   make demo           run the service end to end on a private database (scripts/demo.sh)
 #   make bench          throughput benchmark (bench/run.sh)
+#   make chaos          the chaos test, longer (CHAOS_SECONDS, default 180)
+#   make fuzz           libFuzzer targets for a bounded time each (fuzz/run.sh)
 #   make format         clang-format every C++ source in place; format-check only reports
 #   make install        install the binary under $(DESTDIR)$(PREFIX)
 #   make clean          remove the build directories
@@ -19,8 +21,10 @@ SANITIZE_BUILD_DIR ?= build-sanitize
 BUILD_TYPE ?= RelWithDebInfo
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 JOBS ?= $(NPROC)
-# Tests run in parallel by default: each one works in its own database and on its own ports.
-CTEST_JOBS ?= $(NPROC)
+# Tests run one at a time by default. Each works in its own database and on its own ports, but
+# some restart the shared PostgreSQL cluster on purpose (tags [restart] and [chaos]), which cuts
+# the connections of whatever runs beside them. `make test CTEST_JOBS=4` runs in parallel anyway.
+CTEST_JOBS ?= 1
 CTEST_ARGS ?=
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -30,13 +34,13 @@ DESTDIR ?=
 # starts PostgreSQL as the postgres user when run as root.
 DEB_PACKAGES := build-essential cmake pkg-config libpq-dev libuv1-dev libcjson-dev libspdlog-dev \
 	catch2 libcurl4-openssl-dev libhttp-parser-dev postgresql postgresql-contrib clang-format \
-	python3 curl procps util-linux systemd
+	python3 python3-prometheus-client curl procps util-linux systemd
 
 # Directories holding the project's C++ sources (format and format-check); build trees excluded.
 CXX_SOURCE_DIRS := common supervisor worker cli include tests examples bench
 CXX_SOURCES = $(shell find $(CXX_SOURCE_DIRS) -type f \( -name '*.cpp' -o -name '*.h' \) 2>/dev/null | sort)
 
-.PHONY: all build deps test test-sanitize demo bench format format-check clean install
+.PHONY: all build deps test test-sanitize demo bench chaos fuzz format format-check clean install
 
 all: build
 
@@ -79,16 +83,47 @@ bench: deps
 	$(MAKE) build
 	bash bench/run.sh
 
+# The chaos test for longer than the 20 s of its short form in `make test` (CHAOS_SECONDS).
+CHAOS_SECONDS ?= 180
+chaos: deps
+	$(MAKE) build
+	CHAOS_SECONDS=$(CHAOS_SECONDS) tests/run_with_postgres.sh $(BUILD_DIR)/integration-tests "[chaos]"
+
+# libFuzzer targets (clang from Debian), each for FUZZ_SECONDS.
+fuzz: deps
+	bash fuzz/run.sh
+
 format:
 	clang-format -i $(CXX_SOURCES)
 
 format-check:
 	clang-format --dry-run --Werror $(CXX_SOURCES)
 
-# Only the binary for now; the systemd units and the example environment file join this target
-# when they exist in systemd/.
+# Where `make install` puts the systemd units. $(PREFIX)/lib/systemd/system is on systemd's search
+# path for both PREFIX=/usr/local (the default) and PREFIX=/usr, and leaves /etc/systemd/system to the
+# administrator's own units and drop-ins, which override ours. With another PREFIX, point this at a
+# directory systemd searches (`systemd-analyze unit-paths`).
+SYSTEMD_UNIT_DIR ?= $(PREFIX)/lib/systemd/system
+# Configuration lives in /etc whatever the PREFIX, as the units' EnvironmentFile= expects.
+SYSCONF_DIR ?= /etc/outbox-worker
+
+# The binary into $(PREFIX)/bin (cmake --install), the units with their /usr/local/bin paths
+# rewritten to $(PREFIX)/bin, the example environment file (never the real one: an existing
+# outbox-worker.env is not touched; its /usr/local/share paths rewritten likewise) and the example
+# handlers. Everything goes under $(DESTDIR), for packaging; after a real install, run
+# `systemctl daemon-reload`.
 install: build
 	DESTDIR="$(DESTDIR)" cmake --install $(BUILD_DIR) --prefix "$(PREFIX)"
+	install -d "$(DESTDIR)$(SYSTEMD_UNIT_DIR)" "$(DESTDIR)$(SYSCONF_DIR)" "$(DESTDIR)$(PREFIX)/share/outbox-worker"
+	for unit in outbox-worker.service outbox-worker@.service; do \
+	    sed 's|/usr/local/bin/outbox-worker|$(PREFIX)/bin/outbox-worker|g' "systemd/$$unit" \
+	        >"$(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$unit"; \
+	    chmod 0644 "$(DESTDIR)$(SYSTEMD_UNIT_DIR)/$$unit"; \
+	done
+	sed 's|/usr/local/share/outbox-worker|$(PREFIX)/share/outbox-worker|g' systemd/outbox-worker.env.example \
+	    >"$(DESTDIR)$(SYSCONF_DIR)/outbox-worker.env.example"
+	chmod 0644 "$(DESTDIR)$(SYSCONF_DIR)/outbox-worker.env.example"
+	install -m 0644 examples/handlers.json "$(DESTDIR)$(PREFIX)/share/outbox-worker/handlers.json"
 
 clean:
 	rm -rf $(BUILD_DIR) $(SANITIZE_BUILD_DIR)

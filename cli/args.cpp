@@ -18,8 +18,8 @@ std::optional<std::string> ParsedArgs::value(std::string_view name) const {
     return it->second;
 }
 
-ParseResult parse_args(const std::vector<std::string>& args, std::initializer_list<OptionSpec> specs,
-                       bool allow_positionals) {
+ParseResult parse_args(const std::vector<std::string>& args,
+                       std::initializer_list<OptionSpec> specs, bool allow_positionals) {
     ParseResult out;
     auto fail = [&](std::string why) {
         out.error = std::move(why);

@@ -13,14 +13,14 @@
 namespace outbox::cli {
 
 struct OptionSpec {
-    const char* name;  // without the dashes: "type" for --type
-    bool takes_value;  // --type T; false for flags such as --json
+    const char* name; // without the dashes: "type" for --type
+    bool takes_value; // --type T; false for flags such as --json
 };
 
 struct ParsedArgs {
     bool help = false; // --help or -h was given: print the help, ignore the rest
     std::map<std::string, std::string, std::less<>> values; // options with a value
-    std::vector<std::string> flags;                          // flags present, in order
+    std::vector<std::string> flags;                         // flags present, in order
     std::vector<std::string> positionals;
 
     bool has(std::string_view name) const;
@@ -35,8 +35,8 @@ struct ParseResult {
 // Parses `args` (the words after the subcommand). An option given twice is an error, so that a
 // script's mistake is not resolved silently in favour of either value. Positionals are an error
 // unless `allow_positionals`.
-ParseResult parse_args(const std::vector<std::string>& args, std::initializer_list<OptionSpec> specs,
-                       bool allow_positionals = false);
+ParseResult parse_args(const std::vector<std::string>& args,
+                       std::initializer_list<OptionSpec> specs, bool allow_positionals = false);
 
 // A whole decimal integer within [min, max]; nullopt for anything else (sign, spaces, garbage).
 std::optional<long long> parse_integer(std::string_view text, long long min, long long max);

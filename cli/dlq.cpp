@@ -10,7 +10,8 @@
 
 namespace outbox::cli {
 
-const char* const kDlqUsage = R"(usage: outbox-worker dlq list [--type TYPE] [--tenant ID] [--limit N] [--json]
+const char* const kDlqUsage =
+    R"(usage: outbox-worker dlq list [--type TYPE] [--tenant ID] [--limit N] [--json]
        outbox-worker dlq retry DLQ_ID... | --all [--type TYPE]
        outbox-worker dlq purge --older-than DURATION | --all
 
@@ -176,7 +177,8 @@ int dlq_command(const std::vector<std::string>& args) {
     ParseResult parsed;
     std::string command = "dlq " + action;
     if (action == "list") {
-        parsed = parse_args(rest, {{"type", true}, {"tenant", true}, {"limit", true}, {"json", false}});
+        parsed =
+            parse_args(rest, {{"type", true}, {"tenant", true}, {"limit", true}, {"json", false}});
     } else if (action == "retry") {
         parsed = parse_args(rest, {{"all", false}, {"type", true}}, true);
     } else if (action == "purge") {

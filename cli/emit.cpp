@@ -211,10 +211,9 @@ int emit_command(const std::vector<std::string>& args) {
     if (auto retries = a.value("max-retries")) {
         auto n = parse_integer(*retries, 1, 1000);
         if (!n) {
-            return usage_error("emit",
-                               "--max-retries \"" + *retries +
-                                   "\": allowed: an integer from 1 to 1000",
-                               kEmitUsage);
+            return usage_error(
+                "emit", "--max-retries \"" + *retries + "\": allowed: an integer from 1 to 1000",
+                kEmitUsage);
         }
         options.base.maxRetries = static_cast<int>(*n);
     }
@@ -248,6 +247,10 @@ int emit_command(const std::vector<std::string>& args) {
     std::optional<Session> session = open_session("emit", SchemaNeed::current, exit_code);
     if (!session) {
         return exit_code;
+    }
+    // OUTBOX_MAX_RETRIES is the attempt budget of events this service writes (SPEC 3).
+    if (!options.base.maxRetries) {
+        options.base.maxRetries = session->config.max_retries;
     }
     return options.count == 0 ? emit_one(*session, options) : emit_many(*session, options);
 }

@@ -9,11 +9,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <fcntl.h>
 
 namespace outbox::cli {
 
@@ -33,7 +34,7 @@ using Clock = std::chrono::steady_clock;
 
 // A file descriptor closed when it goes out of scope.
 class Socket {
-public:
+  public:
     explicit Socket(int fd) : fd_(fd) {}
     ~Socket() {
         if (fd_ >= 0) {
@@ -44,7 +45,7 @@ public:
     Socket& operator=(const Socket&) = delete;
     int get() const { return fd_; }
 
-private:
+  private:
     int fd_;
 };
 
@@ -147,7 +148,8 @@ int health_command(const std::vector<std::string>& args) {
         host = "::1";
     }
     std::string port = std::to_string(config->http_port);
-    std::string where = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port;
+    std::string where =
+        (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + port;
 
     const auto deadline = Clock::now() + kTimeout;
     addrinfo hints{};

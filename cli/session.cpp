@@ -3,29 +3,9 @@
 #include "common/log.h"
 #include "common/migrations.h"
 
-#include <spdlog/spdlog.h>
-
 #include <cstdio>
-#include <cstring>
 
 namespace outbox::cli {
-
-namespace {
-
-// Server notices ("relation ... already exists, skipping" while migrating) would otherwise be
-// printed by libpq straight to stderr, unformatted. They become log lines: warnings stay visible,
-// the rest is for LOG_LEVEL=debug.
-void log_notice(void*, const PGresult* notice) {
-    const char* severity = PQresultErrorField(notice, PG_DIAG_SEVERITY_NONLOCALIZED);
-    std::string message = one_line(PQresultErrorMessage(notice));
-    if (severity != nullptr && std::strcmp(severity, "WARNING") == 0) {
-        spdlog::warn("postgres: {}", message);
-    } else {
-        spdlog::debug("postgres: {}", message);
-    }
-}
-
-} // namespace
 
 const std::vector<CommandInfo>& commands() {
     static const std::vector<CommandInfo> all = {
@@ -87,12 +67,11 @@ std::optional<Session> open_session(const char* command, SchemaNeed need, int& e
     std::string error;
     PgConn conn = pg_connect(config->database_url, error);
     if (!conn) {
-        print_error(command, "cannot connect to " + mask_conninfo(config->database_url) + ": " +
-                                 error);
+        print_error(command,
+                    "cannot connect to " + mask_conninfo(config->database_url) + ": " + error);
         exit_code = kExitFailure;
         return std::nullopt;
     }
-    PQsetNoticeReceiver(conn.get(), log_notice, nullptr);
     if (need == SchemaNeed::current) {
         int version = schema_version(conn.get(), error);
         if (!error.empty()) {
@@ -102,10 +81,10 @@ std::optional<Session> open_session(const char* command, SchemaNeed need, int& e
         }
         int latest = latest_migration_version();
         if (version < latest) {
-            std::string state = version < 0 ? "has no outbox-worker schema"
-                                            : "has schema version " + std::to_string(version) +
-                                                  ", this outbox-worker needs " +
-                                                  std::to_string(latest);
+            std::string state = version < 0
+                                    ? "has no outbox-worker schema"
+                                    : "has schema version " + std::to_string(version) +
+                                          ", this outbox-worker needs " + std::to_string(latest);
             print_error(command, "the database " + mask_conninfo(config->database_url) + " " +
                                      state + ": run `outbox-worker migrate`");
             exit_code = kExitFailure;

@@ -40,7 +40,9 @@ bool read_stats(PGconn* conn, Stats& stats, std::string& error) {
         error = res.error();
         return false;
     }
-    auto number = [&](int col) { return std::atoll(res.value(0, col).c_str()); };
+    auto number = [&](int col) {
+        return std::atoll(res.value(0, col).c_str());
+    };
     stats.pending = number(0);
     stats.processing = number(1);
     stats.completed = number(2);
@@ -62,8 +64,8 @@ void print_json(const Stats& s) {
     cJSON_AddNumberToObject(object.get(), "dlq", static_cast<double>(s.dlq));
     if (s.oldest_due_age_s) {
         // Milliseconds are as precise as an operator needs, and keep the number short.
-        double rounded = static_cast<double>(static_cast<long long>(*s.oldest_due_age_s * 1000)) /
-                         1000;
+        double rounded =
+            static_cast<double>(static_cast<long long>(*s.oldest_due_age_s * 1000)) / 1000;
         cJSON_AddNumberToObject(object.get(), "oldestDueAgeSeconds", rounded);
     } else {
         cJSON_AddNullToObject(object.get(), "oldestDueAgeSeconds");

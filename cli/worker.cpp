@@ -171,7 +171,7 @@ int Worker::main(int argc, char** argv) {
         }
     }
     std::string problem = command.rfind("-", 0) == 0 ? "unknown option " + command
-                                                      : "unknown command \"" + command + "\"";
+                                                     : "unknown command \"" + command + "\"";
     std::fprintf(stderr, "%s: %s\n\n%s", cli::kProgram, problem.c_str(), top_usage().c_str());
     return kExitUsage;
 }

@@ -14,8 +14,9 @@ struct BackoffPolicy {
 };
 
 class Backoff {
-public:
-    explicit Backoff(BackoffPolicy policy, unsigned seed = std::random_device{}()) : policy_(policy), rng_(seed) {}
+  public:
+    explicit Backoff(BackoffPolicy policy, unsigned seed = std::random_device{}())
+        : policy_(policy), rng_(seed) {}
 
     // The delay before the next attempt after failed attempt `attempt` (1-based).
     long delay_ms(int attempt);
@@ -23,7 +24,7 @@ public:
     // Without jitter: the centre of the range, for tests and documentation.
     long nominal_delay_ms(int attempt) const;
 
-private:
+  private:
     BackoffPolicy policy_;
     std::mt19937_64 rng_;
 };

@@ -8,7 +8,8 @@
 #define OUTBOX_CHECK(condition)                                                                    \
     do {                                                                                           \
         if (!(condition)) {                                                                        \
-            std::fprintf(stderr, "%s:%d: invariant violated: %s\n", __FILE__, __LINE__, #condition); \
+            std::fprintf(stderr, "%s:%d: invariant violated: %s\n", __FILE__, __LINE__,            \
+                         #condition);                                                              \
             std::abort();                                                                          \
         }                                                                                          \
     } while (0)

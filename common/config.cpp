@@ -7,10 +7,10 @@
 #include <unistd.h>
 
 #include <charconv>
-#include <regex>
-#include <vector>
 #include <cstdlib>
+#include <regex>
 #include <thread>
+#include <vector>
 
 namespace outbox {
 
@@ -43,7 +43,7 @@ namespace {
 // Collects the first error; every parse_* is a no-op once one has been recorded, so load_config
 // reads as a plain list of variables.
 class Parser {
-public:
+  public:
     explicit Parser(const EnvLookup& env) : env_(env) {}
 
     bool failed() const { return !error_.empty(); }
@@ -90,12 +90,17 @@ public:
         const char* first = v->data();
         const char* last = v->data() + v->size();
         auto [ptr, ec] = std::from_chars(first, last, parsed);
-        if (ec == std::errc::result_out_of_range || (ec == std::errc() && ptr == last && (parsed < min || parsed > max))) {
-            fail(name, *v, "out of range; allowed: an integer from " + std::to_string(min) + " to " + std::to_string(max));
+        if (ec == std::errc::result_out_of_range ||
+            (ec == std::errc() && ptr == last && (parsed < min || parsed > max))) {
+            fail(name, *v,
+                 "out of range; allowed: an integer from " + std::to_string(min) + " to " +
+                     std::to_string(max));
             return;
         }
         if (ec != std::errc() || ptr != last) {
-            fail(name, *v, "not an integer; allowed: an integer from " + std::to_string(min) + " to " + std::to_string(max));
+            fail(name, *v,
+                 "not an integer; allowed: an integer from " + std::to_string(min) + " to " +
+                     std::to_string(max));
             return;
         }
         out = static_cast<Int>(parsed);
@@ -122,8 +127,9 @@ public:
     }
 
     template <typename Enum>
-    void word(const char* name, Enum& out, std::initializer_list<std::pair<const char*, Enum>> words,
-              const char* allowed, bool* seen = nullptr) {
+    void word(const char* name, Enum& out,
+              std::initializer_list<std::pair<const char*, Enum>> words, const char* allowed,
+              bool* seen = nullptr) {
         auto v = raw(name);
         if (failed() || !v) {
             return;
@@ -146,7 +152,8 @@ public:
             return;
         }
         if (v->size() > max_length) {
-            fail(name, v->substr(0, 40) + "...", "too long; allowed: at most " + std::to_string(max_length) + " characters");
+            fail(name, v->substr(0, 40) + "...",
+                 "too long; allowed: at most " + std::to_string(max_length) + " characters");
             return;
         }
         for (unsigned char c : *v) {
@@ -158,7 +165,7 @@ public:
         out = *v;
     }
 
-private:
+  private:
     const EnvLookup& env_;
     std::string error_;
 };
@@ -169,7 +176,8 @@ std::string redact_secrets(std::string message, const std::string& url) {
     std::vector<std::string> secrets;
     static const std::regex userinfo(R"(://[^:/@?#]*:([^@/?#]*)@)");
     static const std::regex query(R"([?&]password=([^&#]*))", std::regex::icase);
-    static const std::regex keyword(R"((?:^|\s)password\s*=\s*('(?:\\.|[^'])*'|\S*))", std::regex::icase);
+    static const std::regex keyword(R"((?:^|\s)password\s*=\s*('(?:\\.|[^'])*'|\S*))",
+                                    std::regex::icase);
     for (const std::regex* re : {&userinfo, &query, &keyword}) {
         for (std::sregex_iterator it(url.begin(), url.end(), *re), end; it != end; ++it) {
             std::string secret = (*it)[1].str();
@@ -185,13 +193,15 @@ std::string redact_secrets(std::string message, const std::string& url) {
         }
     }
     for (const auto& secret : secrets) {
-        for (size_t pos = message.find(secret); pos != std::string::npos; pos = message.find(secret, pos)) {
+        for (size_t pos = message.find(secret); pos != std::string::npos;
+             pos = message.find(secret, pos)) {
             message.replace(pos, secret.size(), "****");
         }
         // A password may be quoted only in part (libpq reports the token it failed on).
         if (secret.size() >= 4) {
             std::string head = secret.substr(0, secret.size() / 2);
-            for (size_t pos = message.find(head); pos != std::string::npos; pos = message.find(head, pos)) {
+            for (size_t pos = message.find(head); pos != std::string::npos;
+                 pos = message.find(head, pos)) {
                 message.replace(pos, head.size(), "****");
             }
         }
@@ -249,14 +259,17 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
             c.database_url = *url;
         }
     } else if (require_database) {
-        p.fail("DATABASE_URL", "", "required; allowed: a libpq connection string or URI (postgresql://user@host:5432/db)");
+        p.fail(
+            "DATABASE_URL", "",
+            "required; allowed: a libpq connection string or URI (postgresql://user@host:5432/db)");
     }
 
     p.integer("OUTBOX_POLL_INTERVAL_MS", c.poll_interval_ms, 10, 3600000);
     p.integer("OUTBOX_MAX_RETRIES", c.max_retries, 1, 1000);
     p.integer("OUTBOX_INITIAL_DELAY_MS", c.initial_delay_ms, 0, 86400000);
     p.integer("OUTBOX_MAX_DELAY_MS", c.max_delay_ms, 1, 604800000);
-    p.decimal("OUTBOX_BACKOFF_MULTIPLIER", c.backoff_multiplier, 1.0, 100.0, "a decimal from 1 to 100");
+    p.decimal("OUTBOX_BACKOFF_MULTIPLIER", c.backoff_multiplier, 1.0, 100.0,
+              "a decimal from 1 to 100");
     p.decimal("OUTBOX_BACKOFF_JITTER", c.backoff_jitter, 0.0, 1.0, "a decimal from 0 to 1");
     p.integer("OUTBOX_WORKERS", c.workers, 1, 256);
     p.integer("OUTBOX_BATCH_SIZE", c.batch_size, 1, 10000);
@@ -273,7 +286,8 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
     p.text("OUTBOX_HANDLERS", c.handlers_path, 4096);
     p.text("OUTBOX_HTTP_HOST", c.http_host, 253);
     if (!p.failed() && !valid_host(c.http_host)) {
-        p.fail("OUTBOX_HTTP_HOST", c.http_host, "not an address; allowed: an IPv4 or IPv6 address or a host name");
+        p.fail("OUTBOX_HTTP_HOST", c.http_host,
+               "not an address; allowed: an IPv4 or IPv6 address or a host name");
     }
     p.integer("OUTBOX_HTTP_PORT", c.http_port, 0, 65535);
     p.integer("OUTBOX_DLQ_ALERT_THRESHOLD", c.dlq_alert_threshold, 0, 1000000000);
@@ -284,10 +298,13 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
     }
     p.text("OUTBOX_INSTANCE_ID", c.instance_id, 200);
     p.word("LOG_LEVEL", c.log_level,
-           {{"debug", LogLevel::debug}, {"info", LogLevel::info}, {"warn", LogLevel::warn}, {"error", LogLevel::error}},
+           {{"debug", LogLevel::debug},
+            {"info", LogLevel::info},
+            {"warn", LogLevel::warn},
+            {"error", LogLevel::error}},
            "debug, info, warn, error");
-    p.word("LOG_FORMAT", c.log_format, {{"text", LogFormat::text}, {"json", LogFormat::json}}, "text, json",
-           &c.log_format_explicit);
+    p.word("LOG_FORMAT", c.log_format, {{"text", LogFormat::text}, {"json", LogFormat::json}},
+           "text, json", &c.log_format_explicit);
     p.text("SERVICE_NAME", c.service_name, 100);
 
     if (!p.failed() && c.max_delay_ms < c.initial_delay_ms) {

@@ -25,20 +25,20 @@ struct Config {
     long max_delay_ms = 60000;
     double backoff_multiplier = 2.0;
     double backoff_jitter = 0.1;
-    int workers = 1;                 // default: number of CPUs
+    int workers = 1; // default: number of CPUs
     int batch_size = 100;
     long lease_ms = 30000;
     long handler_timeout_ms = 30000;
     long shutdown_timeout_ms = 25000;
-    long worker_max_events = 0;      // 0: never recycle
-    long worker_memory_mb = 0;       // 0: no limit
-    long retention_hours = 168;      // 0: keep forever
-    std::string handlers_path;       // empty: no handlers file
+    long worker_max_events = 0; // 0: never recycle
+    long worker_memory_mb = 0;  // 0: no limit
+    long retention_hours = 168; // 0: keep forever
+    std::string handlers_path;  // empty: no handlers file
     std::string http_host = "127.0.0.1";
-    int http_port = 3001;            // 0: disabled
+    int http_port = 3001; // 0: disabled
     long dlq_alert_threshold = 100;
     long metrics_log_interval_ms = 60000; // 0: no metrics log line
-    std::string instance_id;         // default: host name and pid
+    std::string instance_id;              // default: host name and pid
     LogLevel log_level = LogLevel::info;
     LogFormat log_format = LogFormat::text;
     bool log_format_explicit = false; // LOG_FORMAT was set (journald prefixes only when it was not)

@@ -116,14 +116,14 @@ std::vector<WrittenEvent> EventWriter::write_batch(const std::vector<NewEvent>& 
         correlations.push_back(e.correlationId);
         max_retries.push_back(optional_int(e.maxRetries));
     }
-    PgResult res = pg_exec_params(
-        conn_, kWriteBatch,
-        {pg_text_array(keys), pg_text_array(tenants), pg_text_array(types), pg_text_array(payloads),
-         pg_text_array(projects), pg_text_array(metadata), pg_text_array(correlations),
-         pg_text_array(max_retries)});
+    PgResult res =
+        pg_exec_params(conn_, kWriteBatch,
+                       {pg_text_array(keys), pg_text_array(tenants), pg_text_array(types),
+                        pg_text_array(payloads), pg_text_array(projects), pg_text_array(metadata),
+                        pg_text_array(correlations), pg_text_array(max_retries)});
     if (!res.ok()) {
-        throw_database_error(res, "writing a batch of " + std::to_string(events.size()) +
-                                      " events");
+        throw_database_error(res,
+                             "writing a batch of " + std::to_string(events.size()) + " events");
     }
     if (static_cast<size_t>(res.rows()) != events.size()) {
         throw WriteError("outbox: outbox_write_event returned " + std::to_string(res.rows()) +

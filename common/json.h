@@ -25,7 +25,8 @@ inline Json json_parse(std::string_view text) {
     }
     // cJSON stops at the end of the first value; anything but whitespace after it is an error.
     const char* limit = text.data() + text.size();
-    while (end < limit && (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t' || *end == '\0')) {
+    while (end < limit &&
+           (*end == ' ' || *end == '\n' || *end == '\r' || *end == '\t' || *end == '\0')) {
         ++end;
     }
     if (end != limit) {

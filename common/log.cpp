@@ -71,12 +71,13 @@ void append_timestamp(spdlog::memory_buf_t& dest, spdlog::log_clock::time_point 
     gmtime_r(&t, &tm);
     char buf[40];
     size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
-    n += static_cast<size_t>(std::snprintf(buf + n, sizeof buf - n, ".%03dZ", static_cast<int>(millis)));
+    n += static_cast<size_t>(
+        std::snprintf(buf + n, sizeof buf - n, ".%03dZ", static_cast<int>(millis)));
     dest.append(buf, buf + n);
 }
 
 class LineFormatter final : public spdlog::formatter {
-public:
+  public:
     explicit LineFormatter(LogSettings settings) : settings_(std::move(settings)) {}
 
     void format(const spdlog::details::log_msg& msg, spdlog::memory_buf_t& dest) override {
@@ -126,8 +127,10 @@ public:
         return std::make_unique<LineFormatter>(settings_);
     }
 
-private:
-    static void append(spdlog::memory_buf_t& dest, std::string_view s) { dest.append(s.data(), s.data() + s.size()); }
+  private:
+    static void append(spdlog::memory_buf_t& dest, std::string_view s) {
+        dest.append(s.data(), s.data() + s.size());
+    }
 
     LogSettings settings_;
 };
@@ -155,6 +158,8 @@ void setup_logging(const LogSettings& settings) {
     spdlog::set_default_logger(logger);
 }
 
-void set_log_process_name(const std::string& name) { g_process_name = name; }
+void set_log_process_name(const std::string& name) {
+    g_process_name = name;
+}
 
 } // namespace outbox

@@ -48,13 +48,15 @@ int schema_version(PGconn* conn, std::string& error) {
 MigrateOutcome migrate(PGconn* conn) {
     MigrateOutcome out;
     // A session lock rather than a transaction lock: it spans the per-migration transactions.
-    PgResult lock = pg_exec(conn, std::string("SELECT pg_advisory_lock(") + kMigrationLockKey + ")");
+    PgResult lock =
+        pg_exec(conn, std::string("SELECT pg_advisory_lock(") + kMigrationLockKey + ")");
     if (!lock.ok()) {
         out.error = "could not take the migration lock: " + lock.error();
         return out;
     }
     auto unlock = [&] {
-        PgResult r = pg_exec(conn, std::string("SELECT pg_advisory_unlock(") + kMigrationLockKey + ")");
+        PgResult r =
+            pg_exec(conn, std::string("SELECT pg_advisory_unlock(") + kMigrationLockKey + ")");
         (void)r;
     };
 
@@ -80,8 +82,9 @@ MigrateOutcome migrate(PGconn* conn) {
         PgResult begin = pg_exec(conn, "BEGIN");
         PgResult body = begin.ok() ? pg_exec(conn, m.sql) : std::move(begin);
         if (body.ok()) {
-            body = pg_exec_params(conn, "INSERT INTO outbox_worker_schema (version, name) VALUES ($1, $2)",
-                                  {std::to_string(m.version), m.name});
+            body = pg_exec_params(
+                conn, "INSERT INTO outbox_worker_schema (version, name) VALUES ($1, $2)",
+                {std::to_string(m.version), m.name});
         }
         if (body.ok()) {
             body = pg_exec(conn, "COMMIT");

@@ -73,9 +73,12 @@ PgConn pg_connect(const std::string& conninfo, std::string& error) {
     return conn;
 }
 
-PgResult pg_exec(PGconn* conn, const char* sql) { return PgResult(PQexec(conn, sql)); }
+PgResult pg_exec(PGconn* conn, const char* sql) {
+    return PgResult(PQexec(conn, sql));
+}
 
-PgResult pg_exec_params(PGconn* conn, const char* sql, const std::vector<std::optional<std::string>>& params) {
+PgResult pg_exec_params(PGconn* conn, const char* sql,
+                        const std::vector<std::optional<std::string>>& params) {
     std::vector<const char*> values;
     values.reserve(params.size());
     for (const auto& p : params) {

@@ -21,7 +21,7 @@ using PgConn = std::unique_ptr<PGconn, PgConnDeleter>;
 
 // Owns a PGresult. ok() is true for PGRES_COMMAND_OK and PGRES_TUPLES_OK.
 class PgResult {
-public:
+  public:
     PgResult() = default;
     explicit PgResult(PGresult* res) : res_(res) {}
     PgResult(PgResult&& other) noexcept : res_(other.res_) { other.res_ = nullptr; }
@@ -47,7 +47,8 @@ public:
     int columns() const { return res_ ? PQnfields(res_) : 0; }
     bool is_null(int row, int col) const { return PQgetisnull(res_, row, col) != 0; }
     std::string value(int row, int col) const {
-        return std::string(PQgetvalue(res_, row, col), static_cast<size_t>(PQgetlength(res_, row, col)));
+        return std::string(PQgetvalue(res_, row, col),
+                           static_cast<size_t>(PQgetlength(res_, row, col)));
     }
     std::string_view view(int row, int col) const {
         return {PQgetvalue(res_, row, col), static_cast<size_t>(PQgetlength(res_, row, col))};
@@ -59,7 +60,7 @@ public:
         return value(row, col);
     }
 
-private:
+  private:
     PGresult* res_ = nullptr;
 };
 
@@ -71,10 +72,13 @@ PgConn pg_connect(const std::string& conninfo, std::string& error);
 void install_notice_logger(PGconn* conn);
 
 PgResult pg_exec(PGconn* conn, const char* sql);
-inline PgResult pg_exec(PGconn* conn, const std::string& sql) { return pg_exec(conn, sql.c_str()); }
+inline PgResult pg_exec(PGconn* conn, const std::string& sql) {
+    return pg_exec(conn, sql.c_str());
+}
 
 // Text-format parameters; std::nullopt is SQL NULL.
-PgResult pg_exec_params(PGconn* conn, const char* sql, const std::vector<std::optional<std::string>>& params);
+PgResult pg_exec_params(PGconn* conn, const char* sql,
+                        const std::vector<std::optional<std::string>>& params);
 
 // A PostgreSQL array literal of text values ({"a","b"}), quoted and escaped, for array parameters.
 std::string pg_text_array(const std::vector<std::string>& values);

@@ -35,7 +35,8 @@ void record_delivery(const outbox::Event& event) {
     std::string line = event.id + " " + std::to_string(getpid()) + "\n";
     int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (fd < 0) {
-        throw std::runtime_error(std::string("cannot open EXAMPLE_RECORD_FILE: ") + std::strerror(errno));
+        throw std::runtime_error(std::string("cannot open EXAMPLE_RECORD_FILE: ") +
+                                 std::strerror(errno));
     }
     ssize_t n = ::write(fd, line.data(), line.size());
     ::close(fd);
@@ -66,12 +67,18 @@ int main(int argc, char** argv) {
                           }
                       },
                       500});
-    worker.subscribe({{"example.abort"}, [](const outbox::Event&) -> outbox::Result { std::abort(); }});
-    worker.subscribe({{"example.exit3"}, [](const outbox::Event&) -> outbox::Result { _exit(3); }});
-    // Allocates 256 MiB: fails under OUTBOX_WORKER_MEMORY_MB=64 (std::bad_alloc, a retryable failure).
+    worker.subscribe({{"example.abort"}, [](const outbox::Event&) -> outbox::Result {
+                          std::abort();
+                      }});
+    worker.subscribe({{"example.exit3"}, [](const outbox::Event&) -> outbox::Result {
+                          _exit(3);
+                      }});
+    // Allocates 256 MiB: fails under OUTBOX_WORKER_MEMORY_MB=64 (std::bad_alloc, a retryable
+    // failure).
     worker.subscribe({{"example.hog"}, [](const outbox::Event&) {
                           std::vector<char> big(256u << 20, 1);
-                          return big[12345] == 1 ? outbox::Result::ok() : outbox::Result::retry("unreachable");
+                          return big[12345] == 1 ? outbox::Result::ok()
+                                                 : outbox::Result::retry("unreachable");
                       }});
     worker.subscribe({{"example.fail"}, [](const outbox::Event&) {
                           return outbox::Result::retry("the downstream service is unavailable");

@@ -37,7 +37,9 @@ DbConnection::~DbConnection() {
     }
 }
 
-void DbConnection::start() { begin_connect(); }
+void DbConnection::start() {
+    begin_connect();
+}
 
 void DbConnection::begin_connect() {
     if (state_ == State::closing || state_ == State::closed) {
@@ -92,7 +94,9 @@ void DbConnection::continue_connect() {
     if (!listen_channel_.empty()) {
         setup += "; LISTEN " + listen_channel_;
     }
-    current_ = Pending{setup, {}, [this](QueryResult&& r) { on_setup_done(std::move(r)); }};
+    current_ = Pending{setup, {}, [this](QueryResult&& r) {
+                           on_setup_done(std::move(r));
+                       }};
     if (PQsendQuery(conn_, current_->sql.c_str()) != 1) {
         current_.reset();
         fail_connection(trim(PQerrorMessage(conn_)));
@@ -249,7 +253,8 @@ void DbConnection::on_readable() {
     }
 }
 
-void DbConnection::query(std::string sql, std::vector<std::optional<std::string>> params, Callback done) {
+void DbConnection::query(std::string sql, std::vector<std::optional<std::string>> params,
+                         Callback done) {
     if (state_ == State::closing || state_ == State::closed) {
         QueryResult r;
         r.lost = true;
@@ -339,8 +344,9 @@ void DbConnection::schedule_reconnect() {
         return;
     }
     static thread_local std::mt19937 rng{std::random_device{}()};
-    reconnect_delay_ms_ = reconnect_delay_ms_ == 0 ? kReconnectInitialMs
-                                                    : std::min(reconnect_delay_ms_ * 2, kReconnectMaxMs);
+    reconnect_delay_ms_ = reconnect_delay_ms_ == 0
+                              ? kReconnectInitialMs
+                              : std::min(reconnect_delay_ms_ * 2, kReconnectMaxMs);
     // Jitter keeps a fleet of instances from reconnecting in lockstep after a database restart.
     std::uniform_int_distribution<long> jitter(0, reconnect_delay_ms_ / 4);
     state_ = State::waiting_to_reconnect;

@@ -30,21 +30,23 @@ struct QueryResult {
     PgResult result;
     bool lost = false; // the connection broke before the outcome was known
     bool ok() const { return !lost && result.ok(); }
-    std::string error() const { return lost ? std::string("connection to the database lost") : result.error(); }
+    std::string error() const {
+        return lost ? std::string("connection to the database lost") : result.error();
+    }
 };
 
 class DbConnection {
-public:
+  public:
     struct Callbacks {
-        std::function<void()> on_connected;                   // after (re)connect and setup
-        std::function<void(const std::string&)> on_lost;      // the reason, password-free
+        std::function<void()> on_connected;              // after (re)connect and setup
+        std::function<void(const std::string&)> on_lost; // the reason, password-free
         std::function<void(const std::string& channel)> on_notify;
     };
 
     // `name` appears in logs and application_name; `listen_channel`, when non-empty, is LISTENed
     // on after every (re)connect, before on_connected runs.
-    DbConnection(uv_loop_t* loop, std::string conninfo, std::string name, std::string listen_channel,
-                 Callbacks callbacks);
+    DbConnection(uv_loop_t* loop, std::string conninfo, std::string name,
+                 std::string listen_channel, Callbacks callbacks);
     ~DbConnection();
     DbConnection(const DbConnection&) = delete;
     DbConnection& operator=(const DbConnection&) = delete;
@@ -62,8 +64,17 @@ public:
     using Callback = std::function<void(QueryResult&&)>;
     void query(std::string sql, std::vector<std::optional<std::string>> params, Callback done);
 
-private:
-    enum class State { idle, connecting, setup, ready, busy, waiting_to_reconnect, closing, closed };
+  private:
+    enum class State {
+        idle,
+        connecting,
+        setup,
+        ready,
+        busy,
+        waiting_to_reconnect,
+        closing,
+        closed
+    };
     struct Pending {
         std::string sql;
         std::vector<std::optional<std::string>> params;

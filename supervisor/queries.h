@@ -201,7 +201,9 @@ DELETE FROM "Outbox" o USING old WHERE o."id" = old."id"
 )sql";
 
 // Two steps, because a statement naming a table that does not exist fails as it is parsed.
-inline constexpr const char* kSchemaTableExists = "SELECT to_regclass('outbox_worker_schema') IS NOT NULL";
-inline constexpr const char* kSchemaVersion = "SELECT COALESCE(max(version), 0) FROM outbox_worker_schema";
+inline constexpr const char* kSchemaTableExists =
+    "SELECT to_regclass('outbox_worker_schema') IS NOT NULL";
+inline constexpr const char* kSchemaVersion =
+    "SELECT COALESCE(max(version), 0) FROM outbox_worker_schema";
 
 } // namespace outbox::sql

@@ -75,7 +75,11 @@ std::string sanitize_utf8(std::string_view in) {
     size_t i = 0;
     while (i < in.size()) {
         unsigned char c = static_cast<unsigned char>(in[i]);
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+        size_t len = c < 0x80           ? 1
+                     : (c >> 5) == 0x6  ? 2
+                     : (c >> 4) == 0xe  ? 3
+                     : (c >> 3) == 0x1e ? 4
+                                        : 0;
         bool valid = len > 0 && i + len <= in.size() && c != 0;
         for (size_t k = 1; valid && k < len; ++k) {
             valid = (static_cast<unsigned char>(in[i + k]) & 0xc0) == 0x80;
@@ -117,21 +121,22 @@ struct PendingResult {
 };
 
 class Supervisor {
-public:
+  public:
     Supervisor(const Config& config, std::vector<Subscriber> code_subscribers)
         : config_(config), code_subscribers_(std::move(code_subscribers)),
-          backoff_(BackoffPolicy{config.initial_delay_ms, config.max_delay_ms, config.backoff_multiplier,
-                                 config.backoff_jitter}) {
+          backoff_(BackoffPolicy{config.initial_delay_ms, config.max_delay_ms,
+                                 config.backoff_multiplier, config.backoff_jitter}) {
         std::random_device rd;
         // Claim tokens: a random 62-bit starting point per process, then a counter. Two claims
         // never share a token, so a result is fenced to exactly the claim it belongs to.
-        next_token_ = (static_cast<int64_t>(rd()) << 30 ^ static_cast<int64_t>(rd())) & ((int64_t{1} << 61) - 1);
+        next_token_ = (static_cast<int64_t>(rd()) << 30 ^ static_cast<int64_t>(rd())) &
+                      ((int64_t{1} << 61) - 1);
         next_token_ += 1;
     }
 
     int run();
 
-private:
+  private:
     // Setup and teardown.
     bool load_subscribers(std::string& error);
     void start_handles();
@@ -194,8 +199,9 @@ private:
     Telemetry telemetry_;
 
     uv_signal_t sigterm_{}, sigint_{}, sighup_{};
-    uv_timer_t poll_timer_{}, wake_timer_{}, renew_timer_{}, sweep_timer_{}, stats_timer_{}, retention_timer_{},
-        metrics_log_timer_{}, watchdog_timer_{}, drain_timer_{}, status_timer_{};
+    uv_timer_t poll_timer_{}, wake_timer_{}, renew_timer_{}, sweep_timer_{}, stats_timer_{},
+        retention_timer_{}, metrics_log_timer_{}, watchdog_timer_{}, drain_timer_{},
+        status_timer_{};
     uv_check_t flush_check_{};
 
     std::unordered_map<uint64_t, Delivery> deliveries_;
@@ -225,7 +231,8 @@ private:
 bool Supervisor::load_subscribers(std::string& error) {
     auto all = std::make_shared<std::vector<Subscriber>>(code_subscribers_);
     if (!config_.handlers_path.empty()) {
-        HandlersFileResult loaded = load_handlers_file(config_.handlers_path, config_.handler_timeout_ms);
+        HandlersFileResult loaded =
+            load_handlers_file(config_.handlers_path, config_.handler_timeout_ms);
         if (!loaded.subscribers) {
             error = loaded.error;
             return false;
@@ -304,21 +311,26 @@ int Supervisor::run() {
 }
 
 void Supervisor::start_handles() {
-    spdlog::info("starting: instance {}, {} handler processes, batch {}, lease {} ms, database {}", config_.instance_id,
-                 config_.workers, config_.batch_size, config_.lease_ms, mask_conninfo(config_.database_url));
+    spdlog::info("starting: instance {}, {} handler processes, batch {}, lease {} ms, database {}",
+                 config_.instance_id, config_.workers, config_.batch_size, config_.lease_ms,
+                 mask_conninfo(config_.database_url));
 
     auto init_timer = [&](uv_timer_t& t) {
         uv_timer_init(&loop_, &t);
         t.data = this;
     };
-    for (uv_timer_t* t : {&poll_timer_, &wake_timer_, &renew_timer_, &sweep_timer_, &stats_timer_, &retention_timer_,
-                          &metrics_log_timer_, &watchdog_timer_, &drain_timer_, &status_timer_}) {
+    for (uv_timer_t* t : {&poll_timer_, &wake_timer_, &renew_timer_, &sweep_timer_, &stats_timer_,
+                          &retention_timer_, &metrics_log_timer_, &watchdog_timer_, &drain_timer_,
+                          &status_timer_}) {
         init_timer(*t);
     }
-    for (auto [sig, handle] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_}, std::pair{SIGHUP, &sighup_}}) {
+    for (auto [sig, handle] : {std::pair{SIGTERM, &sigterm_}, std::pair{SIGINT, &sigint_},
+                               std::pair{SIGHUP, &sighup_}}) {
         uv_signal_init(&loop_, handle);
         handle->data = this;
-        uv_signal_start(handle, [](uv_signal_t* h, int s) { static_cast<Supervisor*>(h->data)->on_signal(s); }, sig);
+        uv_signal_start(
+            handle, [](uv_signal_t* h, int s) { static_cast<Supervisor*>(h->data)->on_signal(s); },
+            sig);
     }
     // Results are flushed once per loop iteration, after the I/O of that iteration: all results
     // that arrived together go out in one statement.
@@ -337,15 +349,18 @@ void Supervisor::start_handles() {
                                     telemetry_.set_database_up(false);
                                     claim_in_flight_ = false;
                                 },
-                                [this](const std::string&) { wake(); }});
-    result_db_ = std::make_unique<DbConnection>(&loop_, config_.database_url, "results", "",
-                                                DbConnection::Callbacks{[this] {
-                                                                            flush_results();
-                                                                            if (!pending_releases_.empty()) {
-                                                                                release({});
-                                                                            }
-                                                                        },
-                                                                        nullptr, nullptr});
+                                [this](const std::string&) {
+                                    wake();
+                                }});
+    result_db_ =
+        std::make_unique<DbConnection>(&loop_, config_.database_url, "results", "",
+                                       DbConnection::Callbacks{[this] {
+                                                                   flush_results();
+                                                                   if (!pending_releases_.empty()) {
+                                                                       release({});
+                                                                   }
+                                                               },
+                                                               nullptr, nullptr});
     claim_db_->start();
     result_db_->start();
 
@@ -359,15 +374,16 @@ void Supervisor::start_handles() {
             r.body = telemetry_.render_prometheus();
             return r;
         });
-        router.get("/api/metrics/enhanced", [this](const HttpRequest&) { return enhanced_metrics(); });
-        http_ = std::make_unique<HttpServer>(&loop_, HttpServerLimits{},
-                                             [router = std::move(router)](const HttpRequest& req) {
-                                                 return router.dispatch(req);
-                                             });
+        router.get("/api/metrics/enhanced",
+                   [this](const HttpRequest&) { return enhanced_metrics(); });
+        http_ = std::make_unique<HttpServer>(
+            &loop_, HttpServerLimits{},
+            [router = std::move(router)](const HttpRequest& req) { return router.dispatch(req); });
         int rc = http_->listen(config_.http_host, config_.http_port);
         if (rc != 0) {
-            fatal_error_ = "cannot listen on " + config_.http_host + ":" + std::to_string(config_.http_port) + ": " +
-                           uv_strerror(rc) + " (set OUTBOX_HTTP_PORT, or 0 to disable the endpoint)";
+            fatal_error_ = "cannot listen on " + config_.http_host + ":" +
+                           std::to_string(config_.http_port) + ": " + uv_strerror(rc) +
+                           " (set OUTBOX_HTTP_PORT, or 0 to disable the endpoint)";
             exit_code_ = kExitFailure;
             finish();
             return;
@@ -375,28 +391,39 @@ void Supervisor::start_handles() {
         spdlog::info("health and metrics on http://{}:{}/", config_.http_host, http_->bound_port());
     }
 
-    uv_timer_start(&poll_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->wake(); },
-                   static_cast<uint64_t>(config_.poll_interval_ms), static_cast<uint64_t>(config_.poll_interval_ms));
+    uv_timer_start(
+        &poll_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->wake(); },
+        static_cast<uint64_t>(config_.poll_interval_ms),
+        static_cast<uint64_t>(config_.poll_interval_ms));
     uint64_t renew_every = static_cast<uint64_t>(std::max(250L, config_.lease_ms / 3));
-    uv_timer_start(&renew_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->renew_leases(); },
-                   renew_every, renew_every);
+    uv_timer_start(
+        &renew_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->renew_leases(); },
+        renew_every, renew_every);
     uint64_t sweep_every = static_cast<uint64_t>(std::clamp(config_.lease_ms / 2, 500L, 15000L));
-    uv_timer_start(&sweep_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->sweep_expired_leases(); },
-                   sweep_every, sweep_every);
-    uv_timer_start(&stats_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->refresh_counts(); },
-                   kStatsIntervalMs, kStatsIntervalMs);
+    uv_timer_start(
+        &sweep_timer_,
+        [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->sweep_expired_leases(); },
+        sweep_every, sweep_every);
+    uv_timer_start(
+        &stats_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->refresh_counts(); },
+        kStatsIntervalMs, kStatsIntervalMs);
     if (config_.metrics_log_interval_ms > 0) {
         auto every = static_cast<uint64_t>(config_.metrics_log_interval_ms);
-        uv_timer_start(&metrics_log_timer_,
-                       [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->log_metrics_line(); }, every, every);
+        uv_timer_start(
+            &metrics_log_timer_,
+            [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->log_metrics_line(); }, every,
+            every);
     }
-    uv_timer_start(&status_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->update_status(); }, 2000,
-                   2000);
+    uv_timer_start(
+        &status_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->update_status(); },
+        2000, 2000);
     if (auto usec = notifier_.watchdog_usec()) {
         // Pinged from the loop itself: if the loop stalls, the pings stop and systemd restarts us.
         uint64_t every = std::max<uint64_t>(1, *usec / 2000);
-        uv_timer_start(&watchdog_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->notifier_.watchdog(); },
-                       every, every);
+        uv_timer_start(
+            &watchdog_timer_,
+            [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->notifier_.watchdog(); }, every,
+            every);
     }
 }
 
@@ -437,10 +464,12 @@ void Supervisor::check_schema() {
 void Supervisor::on_schema_version(int version) {
     int needed = latest_migration_version();
     if (version < needed) {
-        fatal_error_ = version < 0 ? "the database has no outbox-worker schema: run `outbox-worker migrate` first"
-                                   : "the database schema is at version " + std::to_string(version) +
-                                         ", this outbox-worker needs " + std::to_string(needed) +
-                                         ": run `outbox-worker migrate` first";
+        fatal_error_ =
+            version < 0
+                ? "the database has no outbox-worker schema: run `outbox-worker migrate` first"
+                : "the database schema is at version " + std::to_string(version) +
+                      ", this outbox-worker needs " + std::to_string(needed) +
+                      ": run `outbox-worker migrate` first";
         exit_code_ = kExitFailure;
         finish();
         return;
@@ -470,14 +499,16 @@ void Supervisor::on_schema_version(int version) {
                     auto it = deliveries_.find(seq);
                     if (it != deliveries_.end()) {
                         telemetry_.handler_start_latency(
-                            static_cast<double>(wall_clock_us() / 1000 - it->second.created_at_ms) / 1000.0);
+                            static_cast<double>(wall_clock_us() / 1000 - it->second.created_at_ms) /
+                            1000.0);
                     }
                 }});
         pool_->start();
         if (config_.retention_hours > 0) {
-            uv_timer_start(&retention_timer_,
-                           [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->run_retention(); },
-                           kRetentionFirstDelayMs, kRetentionIntervalMs);
+            uv_timer_start(
+                &retention_timer_,
+                [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->run_retention(); },
+                kRetentionFirstDelayMs, kRetentionIntervalMs);
         }
         refresh_counts();
         wake();
@@ -485,7 +516,8 @@ void Supervisor::on_schema_version(int version) {
 }
 
 void Supervisor::maybe_report_ready() {
-    if (ready_reported_ || draining_ || !schema_ok_ || pool_ == nullptr || !claim_db_->connected()) {
+    if (ready_reported_ || draining_ || !schema_ok_ || pool_ == nullptr ||
+        !claim_db_->connected()) {
         return;
     }
     if (pool_->ready_processes() < config_.workers) {
@@ -493,7 +525,8 @@ void Supervisor::maybe_report_ready() {
     }
     ready_reported_ = true;
     notifier_.ready();
-    spdlog::info("ready: {} handler processes, {} subscribers", config_.workers, subscribers_->size());
+    spdlog::info("ready: {} handler processes, {} subscribers", config_.workers,
+                 subscribers_->size());
     update_status();
 }
 
@@ -504,8 +537,8 @@ void Supervisor::on_signal(int signum) {
     }
     ++signals_seen_;
     if (signals_seen_ == 1) {
-        spdlog::info("received {}: draining (up to {} ms)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
-                     config_.shutdown_timeout_ms);
+        spdlog::info("received {}: draining (up to {} ms)",
+                     signum == SIGTERM ? "SIGTERM" : "SIGINT", config_.shutdown_timeout_ms);
         begin_drain();
     } else {
         spdlog::warn("received a second stop signal: stopping now");
@@ -531,7 +564,8 @@ void Supervisor::reload() {
         spdlog::error("SIGHUP: keeping the current handlers, the new file is invalid: {}", error);
         return;
     }
-    spdlog::info("SIGHUP: handlers file reloaded ({} subscribers); replacing handler processes", subscribers_->size());
+    spdlog::info("SIGHUP: handlers file reloaded ({} subscribers); replacing handler processes",
+                 subscribers_->size());
     if (pool_) {
         pool_->replace_subscribers(subscribers_);
     }
@@ -547,7 +581,8 @@ void Supervisor::wake() {
 }
 
 void Supervisor::maybe_claim() {
-    if (draining_ || !schema_ok_ || pool_ == nullptr || claim_in_flight_ || !more_due_ || !claim_db_->connected()) {
+    if (draining_ || !schema_ok_ || pool_ == nullptr || claim_in_flight_ || !more_due_ ||
+        !claim_db_->connected()) {
         return;
     }
     // Hold at most what the handler processes can take now plus one batch of read-ahead, so that
@@ -568,8 +603,8 @@ void Supervisor::maybe_claim() {
     more_due_ = false;
     uint64_t sent_at = uv_now(&loop_);
     claim_db_->query(sql::kClaim,
-                     {config_.instance_id, std::to_string(requested), like_patterns_, std::to_string(token),
-                      std::to_string(config_.lease_ms)},
+                     {config_.instance_id, std::to_string(requested), like_patterns_,
+                      std::to_string(token), std::to_string(config_.lease_ms)},
                      [this, requested, sent_at, token](QueryResult&& r) {
                          on_claimed(std::move(r), requested, token, sent_at);
                      });
@@ -644,10 +679,11 @@ void Supervisor::pump() {
         if (!event_fits_in_frame(d.json.size())) {
             ready_.pop_front();
             d.running = true;
-            on_failed(seq,
-                      "event is too large for the handler channel: " + std::to_string(d.json.size()) +
-                          " bytes, the limit is " + std::to_string(kMaxFrameBody) + " bytes",
-                      true, 0);
+            on_failed(
+                seq,
+                "event is too large for the handler channel: " + std::to_string(d.json.size()) +
+                    " bytes, the limit is " + std::to_string(kMaxFrameBody) + " bytes",
+                true, 0);
             continue;
         }
         if (!pool_->dispatch(seq, d.json, d.timeout_ms)) {
@@ -675,7 +711,8 @@ void Supervisor::on_result(uint64_t seq, ResultMsg&& result) {
     on_failed(seq, result.error, result.outcome == Outcome::permanent, result.retry_after_ms);
 }
 
-void Supervisor::on_failed(uint64_t seq, const std::string& error, bool permanent, long retry_after_ms) {
+void Supervisor::on_failed(uint64_t seq, const std::string& error, bool permanent,
+                           long retry_after_ms) {
     auto it = deliveries_.find(seq);
     OUTBOX_CHECK(it != deliveries_.end());
     Delivery& d = it->second;
@@ -683,14 +720,15 @@ void Supervisor::on_failed(uint64_t seq, const std::string& error, bool permanen
     int attempt = d.retry_count + 1;
     std::string why = sanitize_utf8(error.empty() ? "handler failed without a message" : error);
     if (permanent || attempt >= d.max_retries) {
-        spdlog::warn("event {} ({}) failed attempt {}/{}{}: {}; moving it to the dead-letter queue", d.id,
-                     d.event_type, attempt, d.max_retries, permanent ? " permanently" : "", why);
+        spdlog::warn("event {} ({}) failed attempt {}/{}{}: {}; moving it to the dead-letter queue",
+                     d.id, d.event_type, attempt, d.max_retries, permanent ? " permanently" : "",
+                     why);
         pending_results_.push_back({seq, kKindDeadLetter, std::move(why), 0});
         return;
     }
     long delay = std::max(backoff_.delay_ms(attempt), retry_after_ms);
-    spdlog::info("event {} ({}) failed attempt {}/{}: {}; retrying in {} ms", d.id, d.event_type, attempt,
-                 d.max_retries, why, delay);
+    spdlog::info("event {} ({}) failed attempt {}/{}: {}; retrying in {} ms", d.id, d.event_type,
+                 attempt, d.max_retries, why, delay);
     pending_results_.push_back({seq, kKindRetry, std::move(why), delay});
 }
 
@@ -720,11 +758,14 @@ void Supervisor::schedule_wake_at(uint64_t loop_ms) {
         return;
     }
     wake_at_ms_ = loop_ms;
-    uv_timer_start(&wake_timer_, [](uv_timer_t* t) {
-        auto* self = static_cast<Supervisor*>(t->data);
-        self->wake_at_ms_ = 0;
-        self->wake();
-    }, loop_ms > now ? loop_ms - now : 0, 0);
+    uv_timer_start(
+        &wake_timer_,
+        [](uv_timer_t* t) {
+            auto* self = static_cast<Supervisor*>(t->data);
+            self->wake_at_ms_ = 0;
+            self->wake();
+        },
+        loop_ms > now ? loop_ms - now : 0, 0);
 }
 
 void Supervisor::flush_results() {
@@ -737,7 +778,8 @@ void Supervisor::flush_results() {
     } else {
         batch.assign(std::make_move_iterator(pending_results_.begin()),
                      std::make_move_iterator(pending_results_.begin() + kMaxResultsPerStatement));
-        pending_results_.erase(pending_results_.begin(), pending_results_.begin() + kMaxResultsPerStatement);
+        pending_results_.erase(pending_results_.begin(),
+                               pending_results_.begin() + kMaxResultsPerStatement);
     }
     std::vector<std::string> ids, tokens, kinds, delays;
     std::vector<std::optional<std::string>> errors;
@@ -746,13 +788,14 @@ void Supervisor::flush_results() {
         ids.push_back(d.id);
         tokens.push_back(std::to_string(d.token));
         kinds.push_back(std::to_string(p.kind));
-        errors.push_back(p.kind == kKindSuccess ? std::nullopt : std::optional<std::string>(p.error));
+        errors.push_back(p.kind == kKindSuccess ? std::nullopt
+                                                : std::optional<std::string>(p.error));
         delays.push_back(std::to_string(p.delay_ms));
     }
     results_in_flight_ = true;
     result_db_->query(sql::kRecordResults,
-                      {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds), pg_text_array(errors),
-                       pg_text_array(delays)},
+                      {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds),
+                       pg_text_array(errors), pg_text_array(delays)},
                       [this, batch = std::move(batch)](QueryResult&& r) mutable {
                           on_results_recorded(std::move(r), std::move(batch));
                       });
@@ -769,8 +812,9 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
                                 std::make_move_iterator(batch.end()));
         if (!r.lost) {
             // A statement error that is not a lost connection would repeat at once: wait a little.
-            uv_timer_start(&wake_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->flush_results(); },
-                           1000, 0);
+            uv_timer_start(
+                &wake_timer_,
+                [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->flush_results(); }, 1000, 0);
         }
         return;
     }
@@ -787,7 +831,8 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
         const Delivery& d = it->second;
         auto [applied, already] = outcome[d.id];
         if (!applied && !already) {
-            spdlog::warn("event {}: lease lost before its outcome was recorded (another instance took it over); "
+            spdlog::warn("event {}: lease lost before its outcome was recorded (another instance "
+                         "took it over); "
                          "the outcome of this attempt is discarded",
                          d.id);
             if (!d.lease_lost) { // renew_leases() counted it already otherwise
@@ -796,13 +841,15 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
         } else if (applied) {
             switch (p.kind) {
             case kKindSuccess:
-                telemetry_.event_completed(d.event_type, static_cast<double>(now_ms - d.created_at_ms) / 1000.0);
+                telemetry_.event_completed(d.event_type,
+                                           static_cast<double>(now_ms - d.created_at_ms) / 1000.0);
                 break;
             case kKindRetry:
                 telemetry_.event_retried(d.event_type);
                 // nextRetryAt was computed from the database's clock as this statement ran; wake
                 // a little after it so the claim finds the event due.
-                schedule_wake_at(uv_now(&loop_) + static_cast<uint64_t>(p.delay_ms) + kRetryWakeSlackMs);
+                schedule_wake_at(uv_now(&loop_) + static_cast<uint64_t>(p.delay_ms) +
+                                 kRetryWakeSlackMs);
                 break;
             default:
                 telemetry_.event_dead_lettered(d.event_type);
@@ -819,7 +866,9 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
     }
 }
 
-void Supervisor::forget(uint64_t seq) { deliveries_.erase(seq); }
+void Supervisor::forget(uint64_t seq) {
+    deliveries_.erase(seq);
+}
 
 // ---- leases and housekeeping ----------------------------------------------------------------
 
@@ -838,7 +887,8 @@ void Supervisor::renew_leases() {
         seqs.push_back(seq);
     }
     uint64_t sent_at = uv_now(&loop_);
-    result_db_->query(sql::kRenewLeases, {pg_text_array(ids), pg_text_array(tokens), std::to_string(config_.lease_ms)},
+    result_db_->query(sql::kRenewLeases,
+                      {pg_text_array(ids), pg_text_array(tokens), std::to_string(config_.lease_ms)},
                       [this, seqs = std::move(seqs), sent_at](QueryResult&& r) {
                           if (!r.ok()) {
                               if (!r.lost) {
@@ -857,7 +907,8 @@ void Supervisor::renew_leases() {
                               }
                               Delivery& d = it->second;
                               if (renewed.count(d.id)) {
-                                  d.lease_deadline_ms = sent_at + static_cast<uint64_t>(config_.lease_ms);
+                                  d.lease_deadline_ms =
+                                      sent_at + static_cast<uint64_t>(config_.lease_ms);
                               } else if (!d.finished) {
                                   // Swept by someone: if it has not started, do not start it.
                                   spdlog::warn("event {}: lease lost (expired and swept)", d.id);
@@ -876,24 +927,25 @@ void Supervisor::sweep_expired_leases() {
     if (draining_ || !schema_ok_ || !claim_db_->connected()) {
         return;
     }
-    claim_db_->query(sql::kSweepExpiredLeases, {std::to_string(config_.lease_ms), std::to_string(kSweepBatch)},
-                     [this](QueryResult&& r) {
-                         if (!r.ok()) {
-                             if (!r.lost) {
-                                 spdlog::error("sweeping expired leases failed: {}", r.error());
-                             }
-                             return;
-                         }
-                         long returned = std::stol(r.result.value(0, 0));
-                         long dead = std::stol(r.result.value(0, 1));
-                         if (returned + dead > 0) {
-                             spdlog::warn("lease sweep: {} events whose lease expired returned to due, {} moved "
-                                          "to the dead-letter queue",
-                                          returned, dead);
-                             telemetry_.leases_expired_swept(returned, dead);
-                             wake();
-                         }
-                     });
+    claim_db_->query(
+        sql::kSweepExpiredLeases, {std::to_string(config_.lease_ms), std::to_string(kSweepBatch)},
+        [this](QueryResult&& r) {
+            if (!r.ok()) {
+                if (!r.lost) {
+                    spdlog::error("sweeping expired leases failed: {}", r.error());
+                }
+                return;
+            }
+            long returned = std::stol(r.result.value(0, 0));
+            long dead = std::stol(r.result.value(0, 1));
+            if (returned + dead > 0) {
+                spdlog::warn("lease sweep: {} events whose lease expired returned to due, {} moved "
+                             "to the dead-letter queue",
+                             returned, dead);
+                telemetry_.leases_expired_swept(returned, dead);
+                wake();
+            }
+        });
 }
 
 void Supervisor::release(std::vector<uint64_t> seqs) {
@@ -918,68 +970,76 @@ void Supervisor::release(std::vector<uint64_t> seqs) {
         tokens.push_back(std::to_string(it->second.token));
     }
     releases_in_flight_ = true;
-    result_db_->query(sql::kRelease, {pg_text_array(ids), pg_text_array(tokens)},
-                      [this, batch = std::move(batch)](QueryResult&& r) mutable {
-                          releases_in_flight_ = false;
-                          if (!r.ok()) {
-                              if (!r.lost) {
-                                  spdlog::error("releasing {} events failed: {}", batch.size(), r.error());
-                              }
-                              pending_releases_.insert(pending_releases_.end(), batch.begin(), batch.end());
-                          } else {
-                              spdlog::info("released {} claimed events that had not started", r.result.value(0, 0));
-                              for (uint64_t s : batch) {
-                                  forget(s);
-                              }
-                          }
-                          if (!pending_releases_.empty() && result_db_->connected() && r.ok()) {
-                              release({});
-                          }
-                          if (draining_) {
-                              check_drain_progress();
-                          }
-                      });
+    result_db_->query(
+        sql::kRelease, {pg_text_array(ids), pg_text_array(tokens)},
+        [this, batch = std::move(batch)](QueryResult&& r) mutable {
+            releases_in_flight_ = false;
+            if (!r.ok()) {
+                if (!r.lost) {
+                    spdlog::error("releasing {} events failed: {}", batch.size(), r.error());
+                }
+                pending_releases_.insert(pending_releases_.end(), batch.begin(), batch.end());
+            } else {
+                spdlog::info("released {} claimed events that had not started",
+                             r.result.value(0, 0));
+                for (uint64_t s : batch) {
+                    forget(s);
+                }
+            }
+            if (!pending_releases_.empty() && result_db_->connected() && r.ok()) {
+                release({});
+            }
+            if (draining_) {
+                check_drain_progress();
+            }
+        });
 }
 
-void Supervisor::refresh_counts() { refresh_counts_then(nullptr); }
+void Supervisor::refresh_counts() {
+    refresh_counts_then(nullptr);
+}
 
 void Supervisor::refresh_counts_then(std::function<void()> then) {
     if (!schema_ok_ || !claim_db_->connected() || finishing_) {
         return;
     }
-    claim_db_->query(sql::kStatusCounts, {like_patterns_}, [this, then = std::move(then)](QueryResult&& r) {
-        if (!r.ok()) {
-            if (!r.lost) {
-                spdlog::error("reading status counts failed: {}", r.error());
-            }
-            return;
-        }
-        DatabaseCounts c;
-        c.valid = true;
-        c.read_at_ms = uv_now(&loop_);
-        c.pending = std::stol(r.result.value(0, 0));
-        c.processing = std::stol(r.result.value(0, 1));
-        c.completed = std::stol(r.result.value(0, 2));
-        c.failed = std::stol(r.result.value(0, 3));
-        c.dlq = std::stol(r.result.value(0, 4));
-        c.oldest_due_age_s = std::stod(r.result.value(0, 5));
-        c.unsubscribed_json = r.result.value(0, 6);
-        if (c.unsubscribed_json != "{}" && c.unsubscribed_json != telemetry_.counts().unsubscribed_json) {
-            spdlog::warn("pending events of types no subscriber here handles (left for other deployments): {}",
-                         c.unsubscribed_json);
-        }
-        telemetry_.set_counts(c);
-        if (then) {
-            then();
-        }
-    });
+    claim_db_->query(sql::kStatusCounts, {like_patterns_},
+                     [this, then = std::move(then)](QueryResult&& r) {
+                         if (!r.ok()) {
+                             if (!r.lost) {
+                                 spdlog::error("reading status counts failed: {}", r.error());
+                             }
+                             return;
+                         }
+                         DatabaseCounts c;
+                         c.valid = true;
+                         c.read_at_ms = uv_now(&loop_);
+                         c.pending = std::stol(r.result.value(0, 0));
+                         c.processing = std::stol(r.result.value(0, 1));
+                         c.completed = std::stol(r.result.value(0, 2));
+                         c.failed = std::stol(r.result.value(0, 3));
+                         c.dlq = std::stol(r.result.value(0, 4));
+                         c.oldest_due_age_s = std::stod(r.result.value(0, 5));
+                         c.unsubscribed_json = r.result.value(0, 6);
+                         if (c.unsubscribed_json != "{}" &&
+                             c.unsubscribed_json != telemetry_.counts().unsubscribed_json) {
+                             spdlog::warn("pending events of types no subscriber here handles "
+                                          "(left for other deployments): {}",
+                                          c.unsubscribed_json);
+                         }
+                         telemetry_.set_counts(c);
+                         if (then) {
+                             then();
+                         }
+                     });
 }
 
 void Supervisor::run_retention() {
     if (draining_ || !schema_ok_ || !claim_db_->connected()) {
         return;
     }
-    claim_db_->query(sql::kRetentionBatch, {std::to_string(config_.retention_hours), std::to_string(kRetentionBatch)},
+    claim_db_->query(sql::kRetentionBatch,
+                     {std::to_string(config_.retention_hours), std::to_string(kRetentionBatch)},
                      [this](QueryResult&& r) {
                          if (!r.ok()) {
                              if (!r.lost) {
@@ -990,8 +1050,8 @@ void Supervisor::run_retention() {
                          long deleted = std::atol(PQcmdTuples(r.result.get()));
                          if (deleted > 0) {
                              telemetry_.retention_deleted(deleted);
-                             spdlog::info("retention: deleted {} completed events older than {} h", deleted,
-                                          config_.retention_hours);
+                             spdlog::info("retention: deleted {} completed events older than {} h",
+                                          deleted, config_.retention_hours);
                          }
                          if (deleted >= kRetentionBatch) {
                              run_retention(); // more to do: next small batch
@@ -1016,8 +1076,8 @@ void Supervisor::write_metrics_line() {
         return;
     }
     spdlog::info("metrics: total={} pending={} processing={} completed={} failed={} dlq={}",
-                 c.pending + c.processing + c.completed + c.failed, c.pending, c.processing, c.completed, c.failed,
-                 c.dlq);
+                 c.pending + c.processing + c.completed + c.failed, c.pending, c.processing,
+                 c.completed, c.failed, c.dlq);
 }
 
 void Supervisor::update_status() {
@@ -1025,13 +1085,15 @@ void Supervisor::update_status() {
     uint64_t done = telemetry_.completed_total();
     double rate = 0;
     if (last_status_ms_ != 0 && now > last_status_ms_) {
-        rate = static_cast<double>(done - completed_at_last_status_) * 1000.0 / static_cast<double>(now - last_status_ms_);
+        rate = static_cast<double>(done - completed_at_last_status_) * 1000.0 /
+               static_cast<double>(now - last_status_ms_);
     }
     last_status_ms_ = now;
     completed_at_last_status_ = done;
     char line[200];
-    std::snprintf(line, sizeof line, "%s%.0f ev/s, %zu in flight, %ld in DLQ%s", draining_ ? "draining: " : "", rate,
-                  pool_ ? pool_->in_flight() : 0, telemetry_.counts().dlq,
+    std::snprintf(line, sizeof line, "%s%.0f ev/s, %zu in flight, %ld in DLQ%s",
+                  draining_ ? "draining: " : "", rate, pool_ ? pool_->in_flight() : 0,
+                  telemetry_.counts().dlq,
                   telemetry_.database_up() ? "" : ", database unreachable");
     notifier_.status(line);
 }
@@ -1045,8 +1107,10 @@ void Supervisor::begin_drain() {
     uv_timer_stop(&wake_timer_);
     uv_timer_stop(&sweep_timer_);
     uv_timer_stop(&retention_timer_);
-    uv_timer_start(&drain_timer_, [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->on_drain_deadline(); },
-                   static_cast<uint64_t>(config_.shutdown_timeout_ms), 0);
+    uv_timer_start(
+        &drain_timer_,
+        [](uv_timer_t* t) { static_cast<Supervisor*>(t->data)->on_drain_deadline(); },
+        static_cast<uint64_t>(config_.shutdown_timeout_ms), 0);
     // Claimed but not started: back to due at once, uncharged, for other instances.
     std::vector<uint64_t> back(ready_.begin(), ready_.end());
     ready_.clear();
@@ -1067,21 +1131,26 @@ void Supervisor::on_drain_deadline() {
     }
     drain_deadline_passed_ = true;
     if (pool_ && pool_->in_flight() > 0) {
-        spdlog::warn("shutdown timeout: stopping {} events still running; they are released uncharged",
-                     pool_->in_flight());
+        spdlog::warn(
+            "shutdown timeout: stopping {} events still running; they are released uncharged",
+            pool_->in_flight());
     }
     if (pool_) {
         pool_->kill_all();
     }
     // A last chance for outcomes and releases to reach the database, then stop regardless: what
     // is left is swept when its lease expires (at least once).
-    uv_timer_start(&drain_timer_, [](uv_timer_t* t) {
-        auto* self = static_cast<Supervisor*>(t->data);
-        spdlog::error("could not record {} outcomes and {} releases before stopping: their leases will expire and "
-                      "the events will be delivered again",
-                      self->pending_results_.size(), self->pending_releases_.size());
-        self->finish();
-    }, kFinalFlushGraceMs, 0);
+    uv_timer_start(
+        &drain_timer_,
+        [](uv_timer_t* t) {
+            auto* self = static_cast<Supervisor*>(t->data);
+            spdlog::error("could not record {} outcomes and {} releases before stopping: their "
+                          "leases will expire and "
+                          "the events will be delivered again",
+                          self->pending_results_.size(), self->pending_releases_.size());
+            self->finish();
+        },
+        kFinalFlushGraceMs, 0);
     check_drain_progress();
 }
 
@@ -1121,8 +1190,9 @@ void Supervisor::finish() {
             uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
         }
     };
-    for (uv_timer_t* t : {&poll_timer_, &wake_timer_, &renew_timer_, &sweep_timer_, &stats_timer_, &retention_timer_,
-                          &metrics_log_timer_, &watchdog_timer_, &drain_timer_, &status_timer_}) {
+    for (uv_timer_t* t : {&poll_timer_, &wake_timer_, &renew_timer_, &sweep_timer_, &stats_timer_,
+                          &retention_timer_, &metrics_log_timer_, &watchdog_timer_, &drain_timer_,
+                          &status_timer_}) {
         close_handle(t);
     }
     close_handle(&sigterm_);
@@ -1148,7 +1218,8 @@ HttpResponse Supervisor::health() const {
         problems.push_back("database unreachable");
     }
     if (c.valid && c.dlq > config_.dlq_alert_threshold) {
-        problems.push_back("dead-letter queue has " + std::to_string(c.dlq) + " rows, above the threshold of " +
+        problems.push_back("dead-letter queue has " + std::to_string(c.dlq) +
+                           " rows, above the threshold of " +
                            std::to_string(config_.dlq_alert_threshold));
     }
     Json body(cJSON_CreateObject());
@@ -1159,7 +1230,8 @@ HttpResponse Supervisor::health() const {
     if (c.valid) {
         cJSON_AddNumberToObject(body.get(), "dlq", static_cast<double>(c.dlq));
     }
-    cJSON_AddNumberToObject(body.get(), "dlqThreshold", static_cast<double>(config_.dlq_alert_threshold));
+    cJSON_AddNumberToObject(body.get(), "dlqThreshold",
+                            static_cast<double>(config_.dlq_alert_threshold));
     cJSON* reasons = cJSON_AddArrayToObject(body.get(), "reasons");
     for (const auto& p : problems) {
         cJSON_AddItemToArray(reasons, cJSON_CreateString(p.c_str()));
@@ -1176,7 +1248,9 @@ HttpResponse Supervisor::readiness() const {
     HttpResponse r;
     r.status = serving ? 200 : 503;
     r.content_type = "application/json";
-    r.body = serving ? R"({"status":"ready"})" : draining_ ? R"({"status":"draining"})" : R"({"status":"starting"})";
+    r.body = serving     ? R"({"status":"ready"})"
+             : draining_ ? R"({"status":"draining"})"
+                         : R"({"status":"starting"})";
     return r;
 }
 
@@ -1198,7 +1272,8 @@ HttpResponse Supervisor::enhanced_metrics() const {
     cJSON_AddNumberToObject(outbox, "dlq", static_cast<double>(c.dlq));
     cJSON_AddNumberToObject(outbox, "backlogAgeSeconds", c.oldest_due_age_s);
     cJSON_AddBoolToObject(body.get(), "databaseUp", telemetry_.database_up());
-    cJSON_AddNumberToObject(body.get(), "inFlight", pool_ ? static_cast<double>(pool_->in_flight()) : 0.0);
+    cJSON_AddNumberToObject(body.get(), "inFlight",
+                            pool_ ? static_cast<double>(pool_->in_flight()) : 0.0);
     Json metrics = telemetry_.render_json();
     if (metrics) {
         cJSON_AddItemToObject(body.get(), "metrics", metrics.release());

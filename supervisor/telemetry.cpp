@@ -5,31 +5,43 @@
 namespace outbox {
 
 Telemetry::Telemetry() {
-    completed_ = &registry_.counter("outbox_events_completed_total", "Events delivered successfully.", {"event_type"});
-    retried_ = &registry_.counter("outbox_events_retried_total",
-                                  "Failed attempts that were scheduled for another try.", {"event_type"});
+    completed_ = &registry_.counter("outbox_events_completed_total",
+                                    "Events delivered successfully.", {"event_type"});
+    retried_ =
+        &registry_.counter("outbox_events_retried_total",
+                           "Failed attempts that were scheduled for another try.", {"event_type"});
     dead_lettered_ = &registry_.counter("outbox_events_dead_lettered_total",
                                         "Events moved to the dead-letter queue.", {"event_type"});
-    latency_ = &registry_.histogram("outbox_event_latency_seconds",
-                                    "From the event's commit (createdAt) to its completion being recorded.");
-    start_latency_ = &registry_.histogram("outbox_event_start_latency_seconds",
-                                          "From the event's commit (createdAt) to a handler starting it.");
-    duration_ = &registry_.histogram("outbox_handler_duration_seconds", "Time handlers spent on one attempt.",
-                                     {"event_type"});
-    in_flight_ = &registry_.gauge("outbox_events_in_flight", "Events sent to handler processes and not yet answered.");
-    rows_ = &registry_.gauge("outbox_rows", "Outbox rows by status (read every few seconds).", {"status"});
+    latency_ = &registry_.histogram(
+        "outbox_event_latency_seconds",
+        "From the event's commit (createdAt) to its completion being recorded.");
+    start_latency_ =
+        &registry_.histogram("outbox_event_start_latency_seconds",
+                             "From the event's commit (createdAt) to a handler starting it.");
+    duration_ = &registry_.histogram("outbox_handler_duration_seconds",
+                                     "Time handlers spent on one attempt.", {"event_type"});
+    in_flight_ = &registry_.gauge("outbox_events_in_flight",
+                                  "Events sent to handler processes and not yet answered.");
+    rows_ = &registry_.gauge("outbox_rows", "Outbox rows by status (read every few seconds).",
+                             {"status"});
     dlq_rows_ = &registry_.gauge("outbox_dlq_rows", "Rows in the dead-letter queue (DlqEventLog).");
-    oldest_due_ = &registry_.gauge("outbox_backlog_age_seconds", "Age of the oldest due PENDING event.");
-    restarts_ = &registry_.counter("outbox_worker_restarts_total", "Handler processes replaced, by reason.", {"reason"});
-    db_up_ = &registry_.gauge("outbox_database_up", "1 when the claim connection to PostgreSQL is up.");
-    leases_lost_ = &registry_.counter("outbox_leases_lost_total",
-                                      "Events whose lease this instance lost before recording their outcome.");
-    leases_expired_ = &registry_.counter("outbox_leases_expired_total",
-                                         "Expired leases (of any instance) swept by this instance, by outcome.",
-                                         {"outcome"});
-    retention_ = &registry_.counter("outbox_retention_deleted_total", "COMPLETED rows deleted by the retention sweep.");
-    unsubscribed_ = &registry_.gauge("outbox_unsubscribed_events",
-                                     "PENDING events of types no subscriber of this instance handles.", {"event_type"});
+    oldest_due_ =
+        &registry_.gauge("outbox_backlog_age_seconds", "Age of the oldest due PENDING event.");
+    restarts_ = &registry_.counter("outbox_worker_restarts_total",
+                                   "Handler processes replaced, by reason.", {"reason"});
+    db_up_ =
+        &registry_.gauge("outbox_database_up", "1 when the claim connection to PostgreSQL is up.");
+    leases_lost_ =
+        &registry_.counter("outbox_leases_lost_total",
+                           "Events whose lease this instance lost before recording their outcome.");
+    leases_expired_ = &registry_.counter(
+        "outbox_leases_expired_total",
+        "Expired leases (of any instance) swept by this instance, by outcome.", {"outcome"});
+    retention_ = &registry_.counter("outbox_retention_deleted_total",
+                                    "COMPLETED rows deleted by the retention sweep.");
+    unsubscribed_ = &registry_.gauge(
+        "outbox_unsubscribed_events",
+        "PENDING events of types no subscriber of this instance handles.", {"event_type"});
     db_up_->set(0);
     in_flight_->with({}).set(0);
 }
@@ -51,20 +63,30 @@ void Telemetry::event_dead_lettered(const std::string& type) {
     ++dead_lettered_total_;
 }
 
-void Telemetry::handler_duration(const std::string& type, double seconds) { duration_->with({type}).observe(seconds); }
+void Telemetry::handler_duration(const std::string& type, double seconds) {
+    duration_->with({type}).observe(seconds);
+}
 
-void Telemetry::handler_start_latency(double seconds) { start_latency_->observe(seconds < 0 ? 0 : seconds); }
+void Telemetry::handler_start_latency(double seconds) {
+    start_latency_->observe(seconds < 0 ? 0 : seconds);
+}
 
-void Telemetry::handler_restart(const char* reason) { restarts_->with({reason}).inc(); }
+void Telemetry::handler_restart(const char* reason) {
+    restarts_->with({reason}).inc();
+}
 
-void Telemetry::lease_lost(long n) { leases_lost_->inc(static_cast<double>(n)); }
+void Telemetry::lease_lost(long n) {
+    leases_lost_->inc(static_cast<double>(n));
+}
 
 void Telemetry::leases_expired_swept(long returned, long dead_lettered) {
     leases_expired_->with({"returned"}).inc(static_cast<double>(returned));
     leases_expired_->with({"dead_lettered"}).inc(static_cast<double>(dead_lettered));
 }
 
-void Telemetry::retention_deleted(long n) { retention_->inc(static_cast<double>(n)); }
+void Telemetry::retention_deleted(long n) {
+    retention_->inc(static_cast<double>(n));
+}
 
 void Telemetry::set_database_up(bool up) {
     database_up_ = up;

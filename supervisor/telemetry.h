@@ -20,7 +20,7 @@ struct DatabaseCounts {
 };
 
 class Telemetry {
-public:
+  public:
     Telemetry();
 
     void event_completed(const std::string& type, double latency_s);
@@ -45,7 +45,7 @@ public:
     std::string render_prometheus() const { return registry_.render_prometheus(); }
     Json render_json() const { return registry_.render_json(); }
 
-private:
+  private:
     MetricsRegistry registry_;
     Counter* completed_;
     Counter* retried_;

@@ -29,7 +29,8 @@ std::string describe_status(pid_t pid, int status) {
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
         const char* abbrev = sigabbrev_np(sig);
-        std::string s = "handler process " + std::to_string(pid) + " killed by signal " + std::to_string(sig);
+        std::string s =
+            "handler process " + std::to_string(pid) + " killed by signal " + std::to_string(sig);
         if (abbrev != nullptr) {
             s += std::string(" (SIG") + abbrev + ")";
         }
@@ -38,7 +39,8 @@ std::string describe_status(pid_t pid, int status) {
         }
         return s;
     }
-    return "handler process " + std::to_string(pid) + " exited with code " + std::to_string(WEXITSTATUS(status));
+    return "handler process " + std::to_string(pid) + " exited with code " +
+           std::to_string(WEXITSTATUS(status));
 }
 
 } // namespace
@@ -83,9 +85,11 @@ struct WorkerPool::Slot {
     uint64_t spawned_ms = 0;
 };
 
-WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options, std::shared_ptr<const std::vector<Subscriber>> subscribers,
+WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options,
+                       std::shared_ptr<const std::vector<Subscriber>> subscribers,
                        Callbacks callbacks)
-    : loop_(loop), options_(options), subscribers_(std::move(subscribers)), callbacks_(std::move(callbacks)) {
+    : loop_(loop), options_(options), subscribers_(std::move(subscribers)),
+      callbacks_(std::move(callbacks)) {
     consecutive_crashes_.assign(static_cast<size_t>(options_.workers), 0);
     respawn_timers_.resize(static_cast<size_t>(options_.workers));
     uv_signal_init(loop_, &sigchld_);
@@ -97,7 +101,8 @@ WorkerPool::~WorkerPool() = default;
 
 void WorkerPool::start() {
     uv_signal_start(
-        &sigchld_, [](uv_signal_t* h, int) { static_cast<WorkerPool*>(h->data)->on_sigchld(); }, SIGCHLD);
+        &sigchld_, [](uv_signal_t* h, int) { static_cast<WorkerPool*>(h->data)->on_sigchld(); },
+        SIGCHLD);
     for (int i = 0; i < options_.workers; ++i) {
         spawn(i);
     }
@@ -109,7 +114,8 @@ void WorkerPool::spawn(int index) {
     }
     int fds[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) != 0) {
-        spdlog::error("cannot create a channel for handler process {}: {}", index, std::strerror(errno));
+        spdlog::error("cannot create a channel for handler process {}: {}", index,
+                      std::strerror(errno));
         respawn_later(index, kRespawnBrakeMaxMs);
         return;
     }
@@ -173,7 +179,8 @@ void WorkerPool::spawn(int index) {
         unsetenv("WATCHDOG_PID");
         if (options_.memory_limit_mb > 0) {
             rlimit lim{};
-            lim.rlim_cur = lim.rlim_max = static_cast<rlim_t>(options_.memory_limit_mb) * 1024 * 1024;
+            lim.rlim_cur = lim.rlim_max =
+                static_cast<rlim_t>(options_.memory_limit_mb) * 1024 * 1024;
             if (setrlimit(RLIMIT_AS, &lim) != 0) {
                 _exit(kWorkerExitSetupError);
             }
@@ -232,7 +239,11 @@ void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf)
             if (slot.timer != nullptr) {
                 uv_timer_stop(slot.timer);
                 uv_timer_start(
-                    slot.timer, [](uv_timer_t* t) { auto* s = static_cast<Slot*>(t->data); s->pool->on_timeout(*s); },
+                    slot.timer,
+                    [](uv_timer_t* t) {
+                        auto* s = static_cast<Slot*>(t->data);
+                        s->pool->on_timeout(*s);
+                    },
                     kChannelCloseGraceMs, 0);
             }
         }
@@ -247,7 +258,8 @@ void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf)
         if (next.status == FrameDecoder::Status::error) {
             spdlog::error("handler process {} sent a bad frame: {}", slot.pid, next.error);
             kill_slot(slot, RestartReason::protocol_error,
-                      "handler process " + std::to_string(slot.pid) + " broke the channel protocol: " + next.error);
+                      "handler process " + std::to_string(slot.pid) +
+                          " broke the channel protocol: " + next.error);
             return;
         }
         handle_frame(slot, std::move(next.frame));
@@ -279,7 +291,8 @@ void WorkerPool::handle_frame(Slot& slot, Frame&& frame) {
         auto decoded = decode_result(frame);
         if (!decoded.ok()) {
             kill_slot(slot, RestartReason::protocol_error,
-                      "handler process " + std::to_string(slot.pid) + " sent a bad RESULT: " + decoded.error());
+                      "handler process " + std::to_string(slot.pid) +
+                          " sent a bad RESULT: " + decoded.error());
             return;
         }
         ResultMsg& result = decoded.value();
@@ -298,8 +311,8 @@ void WorkerPool::handle_frame(Slot& slot, Frame&& frame) {
         if (slot.killed) {
             return;
         }
-        if (options_.max_events_per_process > 0 && slot.events_done >= options_.max_events_per_process &&
-            slot.state == SlotState::ready) {
+        if (options_.max_events_per_process > 0 &&
+            slot.events_done >= options_.max_events_per_process && slot.state == SlotState::ready) {
             // Recycling: the process finishes what it holds (nothing more is sent to a quitting
             // slot), then exits cleanly, and on_exit starts its replacement.
             slot.state = SlotState::quitting;
@@ -332,10 +345,11 @@ void WorkerPool::send(Slot& slot, std::string frame) {
     auto* w = new WriteReq;
     w->data = std::move(frame);
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(slot.channel), &buf, 1, [](uv_write_t* req, int) {
-        // A failed write means the process is gone; EOF or SIGCHLD reports that.
-        delete reinterpret_cast<WriteReq*>(req);
-    });
+    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(slot.channel), &buf, 1,
+                      [](uv_write_t* req, int) {
+                          // A failed write means the process is gone; EOF or SIGCHLD reports that.
+                          delete reinterpret_cast<WriteReq*>(req);
+                      });
     if (rc != 0) {
         delete w;
     }
@@ -381,7 +395,8 @@ bool WorkerPool::dispatch(uint64_t seq, std::string_view event_json, long timeou
         }
         // A process due for recycling takes no more than its quota.
         if (options_.max_events_per_process > 0 &&
-            slot->events_done + static_cast<long>(slot->pipeline.size()) >= options_.max_events_per_process) {
+            slot->events_done + static_cast<long>(slot->pipeline.size()) >=
+                options_.max_events_per_process) {
             continue;
         }
         if (best == nullptr || slot->pipeline.size() < best->pipeline.size()) {
@@ -413,9 +428,15 @@ void WorkerPool::arm_timeout(Slot& slot) {
     if (callbacks_.on_started) {
         callbacks_.on_started(slot.pipeline.front().seq);
     }
-    uint64_t limit = static_cast<uint64_t>(slot.pipeline.front().timeout_ms + options_.kill_grace_ms);
+    uint64_t limit =
+        static_cast<uint64_t>(slot.pipeline.front().timeout_ms + options_.kill_grace_ms);
     uv_timer_start(
-        slot.timer, [](uv_timer_t* t) { auto* s = static_cast<Slot*>(t->data); s->pool->on_timeout(*s); }, limit, 0);
+        slot.timer,
+        [](uv_timer_t* t) {
+            auto* s = static_cast<Slot*>(t->data);
+            s->pool->on_timeout(*s);
+        },
+        limit, 0);
 }
 
 void WorkerPool::on_timeout(Slot& slot) {
@@ -530,7 +551,8 @@ void WorkerPool::on_exit(Slot& slot, int status) {
     bool retired = slot.retired;
     std::unique_ptr<Slot> owned;
     if (retired) {
-        auto it = std::find_if(retired_.begin(), retired_.end(), [&](const auto& p) { return p.get() == &slot; });
+        auto it = std::find_if(retired_.begin(), retired_.end(),
+                               [&](const auto& p) { return p.get() == &slot; });
         owned = std::move(*it);
         retired_.erase(it);
     } else {
@@ -555,11 +577,14 @@ void WorkerPool::on_exit(Slot& slot, int status) {
         // the next start, up to 30 s. A successful event resets it.
         int& crashes = consecutive_crashes_[static_cast<size_t>(index)];
         ++crashes;
-        long delay = crashes <= 1 ? 0 : std::min(kRespawnBrakeMaxMs, kRespawnBrakeInitialMs << std::min(crashes - 2, 20));
+        long delay = crashes <= 1 ? 0
+                                  : std::min(kRespawnBrakeMaxMs,
+                                             kRespawnBrakeInitialMs << std::min(crashes - 2, 20));
         if (delay == 0) {
             spawn(index);
         } else {
-            spdlog::warn("handler slot {} crashed {} times in a row: restarting in {} ms", index, crashes, delay);
+            spdlog::warn("handler slot {} crashed {} times in a row: restarting in {} ms", index,
+                         crashes, delay);
             respawn_later(index, delay);
         }
     }
@@ -675,7 +700,8 @@ void WorkerPool::close_handle(uv_handle_t* handle, bool free_it) {
             self->handle_closed();
         });
     } else {
-        uv_close(handle, [](uv_handle_t* h) { static_cast<WorkerPool*>(h->data)->handle_closed(); });
+        uv_close(handle,
+                 [](uv_handle_t* h) { static_cast<WorkerPool*>(h->data)->handle_closed(); });
     }
 }
 

@@ -39,7 +39,7 @@ enum class RestartReason { crashed, timed_out, recycled, reloaded, protocol_erro
 const char* to_string(RestartReason reason);
 
 class WorkerPool {
-public:
+  public:
     struct Callbacks {
         std::function<void(uint64_t seq, ResultMsg&& result)> on_result;
         // The running event's attempt failed because its process died or was killed.
@@ -53,8 +53,8 @@ public:
         std::function<void(uint64_t seq)> on_started;
     };
 
-    WorkerPool(uv_loop_t* loop, PoolOptions options, std::shared_ptr<const std::vector<Subscriber>> subscribers,
-               Callbacks callbacks);
+    WorkerPool(uv_loop_t* loop, PoolOptions options,
+               std::shared_ptr<const std::vector<Subscriber>> subscribers, Callbacks callbacks);
     ~WorkerPool();
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;
@@ -84,7 +84,7 @@ public:
 
     std::vector<pid_t> pids() const;
 
-private:
+  private:
     struct Slot;
     enum class SlotState { starting, ready, quitting, dead };
 

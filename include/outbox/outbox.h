@@ -32,11 +32,11 @@ namespace outbox {
 // One delivery of one event, as SPEC section 2 describes it. `json` is the object exactly as exec
 // and http handlers receive it; the other members are the same fields, decoded.
 struct Event {
-    std::string id;             // "Outbox".id, stable across attempts: use it for idempotency
-    std::string event_log_id;   // "EventLog".id
-    std::string event_key;      // the application's idempotency key
+    std::string id;           // "Outbox".id, stable across attempts: use it for idempotency
+    std::string event_log_id; // "EventLog".id
+    std::string event_key;    // the application's idempotency key
     std::string tenant_id;
-    std::string project_id;     // empty when null
+    std::string project_id; // empty when null
     std::string event_type;
     std::string payload_json;   // the payload as JSON text
     std::string metadata_json;  // JSON text, "null" when absent
@@ -54,8 +54,8 @@ enum class Outcome {
 
 struct Result {
     Outcome outcome = Outcome::success;
-    std::string error;        // why it failed; stored in "lastError" / "failureReason"
-    long retry_after_ms = 0;  // a lower bound for the next retry's delay (0: backoff only)
+    std::string error;       // why it failed; stored in "lastError" / "failureReason"
+    long retry_after_ms = 0; // a lower bound for the next retry's delay (0: backoff only)
 
     static Result ok() { return {}; }
     static Result retry(std::string why, long retry_after_ms = 0) {
@@ -64,7 +64,8 @@ struct Result {
     static Result permanent(std::string why) { return {Outcome::permanent, std::move(why), 0}; }
 };
 
-// A handler runs in a handler process. Throwing is a retryable failure with the exception's message.
+// A handler runs in a handler process. Throwing is a retryable failure with the exception's
+// message.
 using Handler = std::function<Result(const Event&)>;
 
 struct Subscription {
@@ -75,14 +76,14 @@ struct Subscription {
 
     std::vector<std::string> eventTypes; // exact names or globs with '*': "shopify.*", "*"
     Handler handler;
-    long timeoutMs = 0;                  // 0: OUTBOX_HANDLER_TIMEOUT_MS
-    std::string name;                    // for logs; defaults to "code#N"
+    long timeoutMs = 0; // 0: OUTBOX_HANDLER_TIMEOUT_MS
+    std::string name;   // for logs; defaults to "code#N"
 };
 
 // The service. Configuration comes from the environment (SPEC section 3); handlers from subscribe()
 // calls and, when OUTBOX_HANDLERS is set, from the handlers file (after the code subscribers).
 class Worker {
-public:
+  public:
     Worker();
     ~Worker();
     Worker(const Worker&) = delete;
@@ -100,7 +101,7 @@ public:
 
     struct Impl;
 
-private:
+  private:
     std::unique_ptr<Impl> impl_;
 };
 
@@ -109,11 +110,11 @@ struct NewEvent {
     std::string eventKey;
     std::string tenantId;
     std::string eventType;
-    std::string payload = "{}";               // JSON text
+    std::string payload = "{}"; // JSON text
     std::optional<std::string> projectId;
-    std::optional<std::string> metadata;      // JSON text
+    std::optional<std::string> metadata; // JSON text
     std::optional<std::string> correlationId;
-    std::optional<int> maxRetries;            // default: the column default (5)
+    std::optional<int> maxRetries; // default: the column default (5)
 };
 
 struct WrittenEvent {
@@ -126,13 +127,13 @@ struct WrittenEvent {
 // whatever transaction the caller has open. Blocking; not for the supervisor's loop.
 // Throws outbox::WriteError on a database error or invalid JSON.
 class EventWriter {
-public:
+  public:
     explicit EventWriter(PGconn* connection) : conn_(connection) {}
     WrittenEvent write(const NewEvent& event);
     // Many events in one statement (one round trip); results in input order.
     std::vector<WrittenEvent> write_batch(const std::vector<NewEvent>& events);
 
-private:
+  private:
     PGconn* conn_;
 };
 

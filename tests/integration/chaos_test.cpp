@@ -63,10 +63,15 @@ TEST_CASE("chaos: kills, restarts and misbehaving handlers lose nothing", "[chao
     while (std::chrono::steady_clock::now() < until) {
         // Each step waits for some progress (or a short deadline) rather than a fixed sleep, so
         // disturbances land while work is actually happening.
-        long before = db.count(R"(SELECT count(*) FROM "Outbox" WHERE status IN ('COMPLETED', 'FAILED'))");
-        wait_until([&] {
-            return db.count(R"(SELECT count(*) FROM "Outbox" WHERE status IN ('COMPLETED', 'FAILED'))") > before + 50;
-        }, 1500ms);
+        long before =
+            db.count(R"(SELECT count(*) FROM "Outbox" WHERE status IN ('COMPLETED', 'FAILED'))");
+        wait_until(
+            [&] {
+                return db.count(
+                           R"(SELECT count(*) FROM "Outbox" WHERE status IN ('COMPLETED', 'FAILED'))") >
+                       before + 50;
+            },
+            1500ms);
         switch (rng() % 6) {
         case 0: { // SIGKILL an instance and start a replacement
             auto& victim = instances[rng() % instances.size()];
@@ -100,7 +105,11 @@ TEST_CASE("chaos: kills, restarts and misbehaving handlers lose nothing", "[chao
 
     // Calm: everything must settle.
     bool settled = wait_until(
-        [&] { return db.count(R"(SELECT count(*) FROM "Outbox" WHERE status IN ('PENDING', 'PROCESSING'))") == 0; },
+        [&] {
+            return db.count(
+                       R"(SELECT count(*) FROM "Outbox" WHERE status IN ('PENDING', 'PROCESSING'))") ==
+                   0;
+        },
         180s, 200ms);
     long completed = db.count(R"(SELECT count(*) FROM "Outbox" WHERE status = 'COMPLETED')");
     long failed = db.count(R"(SELECT count(*) FROM "Outbox" WHERE status = 'FAILED')");
@@ -109,22 +118,28 @@ TEST_CASE("chaos: kills, restarts and misbehaving handlers lose nothing", "[chao
     std::set<std::string> distinct(d.ids.begin(), d.ids.end());
     long duplicates = static_cast<long>(d.ids.size() - distinct.size());
     long lease_expired = db.count(R"(SELECT count(*) FROM "Outbox" WHERE "retryCount" > 0)");
-    WARN("chaos (seed " << seed << ", " << seconds << " s): " << instance_kills << " instance kills, " << handler_kills
-                         << " handler kills, " << db_restarts << " database restarts; " << completed
-                         << " completed, " << failed << " dead-lettered, " << duplicates
-                         << " duplicate deliveries, " << lease_expired << " events retried");
+    WARN("chaos (seed " << seed << ", " << seconds << " s): " << instance_kills
+                        << " instance kills, " << handler_kills << " handler kills, " << db_restarts
+                        << " database restarts; " << completed << " completed, " << failed
+                        << " dead-lettered, " << duplicates << " duplicate deliveries, "
+                        << lease_expired << " events retried");
     if (!settled) {
         for (auto& s : instances) {
             std::string log = s->log();
-            UNSCOPED_INFO("log tail of " << s->process().pid() << ":\n" << log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
+            UNSCOPED_INFO("log tail of " << s->process().pid() << ":\n"
+                                         << log.substr(log.size() > 4000 ? log.size() - 4000 : 0));
         }
-        UNSCOPED_INFO(db.scalar(R"(SELECT string_agg(status || ':' || n, ' ') FROM (SELECT status, count(*) n FROM "Outbox" GROUP BY 1) x)"));
+        UNSCOPED_INFO(db.scalar(
+            R"(SELECT string_agg(status || ':' || n, ' ') FROM (SELECT status, count(*) n FROM "Outbox" GROUP BY 1) x)"));
     }
     REQUIRE(settled);
     CHECK(completed + failed == events);
     CHECK(failed == dlq);
     // Exactly the permanently rejected events are dead-lettered, all with the handler's reason.
-    CHECK(db.count(R"(SELECT count(*) FROM "DlqEventLog" WHERE "failureReason" NOT LIKE '%chaos: rejected%')") == 0);
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "DlqEventLog" WHERE "failureReason" NOT LIKE '%chaos: rejected%')") ==
+        0);
     CHECK(static_cast<long>(distinct.size()) == completed);
     // Duplicates need a lost lease, which needs an instance killed mid-event.
     if (instance_kills == 0) {

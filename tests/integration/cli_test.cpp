@@ -43,7 +43,9 @@ RunResult cli(std::vector<std::string> args, Env env = {},
     return outbox::test::run_process(OUTBOX_BINARY, std::move(options), std::chrono::seconds(120));
 }
 
-Env db_env(const TestDatabase& db) { return {{"DATABASE_URL", db.url()}}; }
+Env db_env(const TestDatabase& db) {
+    return {{"DATABASE_URL", db.url()}};
+}
 
 std::vector<std::string> lines(const std::string& text) {
     std::vector<std::string> out;
@@ -59,7 +61,7 @@ std::string describe(const RunResult& r) {
     return r.status.describe() + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
 }
 
-#define REQUIRE_EXIT(result, code)                                                                \
+#define REQUIRE_EXIT(result, code)                                                                 \
     do {                                                                                           \
         INFO(describe(result));                                                                    \
         REQUIRE((result).status.exited_with(code));                                                \
@@ -75,21 +77,26 @@ long json_number(const outbox::Json& object, const char* key) {
 // A DLQ entry as the engine writes it: the EventLog row, the FAILED Outbox row and the DLQ row.
 void insert_dead_letter(const TestDatabase& db, const std::string& id, const std::string& type,
                         const std::string& failed_ago = "1 minute") {
-    db.exec(R"(INSERT INTO "EventLog" ("id", "eventKey", "tenantId", "eventType", "payload")
-               VALUES ('evl-)" + id + "', 'key-" + id + "', 'tenant-1', '" + type + R"(', '{"n": 1}');
+    db.exec(
+        R"(INSERT INTO "EventLog" ("id", "eventKey", "tenantId", "eventType", "payload")
+               VALUES ('evl-)" +
+        id + "', 'key-" + id + "', 'tenant-1', '" + type + R"(', '{"n": 1}');
                INSERT INTO "Outbox" ("id", "eventLogId", "tenantId", "eventType", "payload", "status", "retryCount", "maxRetries", "lastError", "updatedAt")
-               VALUES ('obx-)" + id + "', 'evl-" + id + "', 'tenant-1', '" + type + R"(', '{"n": 1}', 'FAILED', 3, 3, 'boom', now());
+               VALUES ('obx-)" +
+        id + "', 'evl-" + id + "', 'tenant-1', '" + type +
+        R"(', '{"n": 1}', 'FAILED', 3, 3, 'boom', now());
                INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "eventType", "payload", "failureReason", "retryCount", "failedAt")
-               VALUES (')" + id + "', 'obx-" + id + "', 'key-" + id + "', 'tenant-1', '" + type +
-            R"(', '{"n": 1}', 'handler said: )" + id +
-            R"( is broken beyond repair, and this reason goes on long enough to be cut in the table', 3, now() - interval ')" +
-            failed_ago + "')");
+               VALUES (')" +
+        id + "', 'obx-" + id + "', 'key-" + id + "', 'tenant-1', '" + type +
+        R"(', '{"n": 1}', 'handler said: )" + id +
+        R"( is broken beyond repair, and this reason goes on long enough to be cut in the table', 3, now() - interval ')" +
+        failed_ago + "')");
 }
 
 // Accepts one connection on 127.0.0.1, reads the request head, answers with `response` and
 // records the request line.
 class OneShotHttpServer {
-public:
+  public:
     explicit OneShotHttpServer(std::string response) : response_(std::move(response)) {
         fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
         REQUIRE(fd_ >= 0);
@@ -114,7 +121,7 @@ public:
         return request_line_;
     }
 
-private:
+  private:
     void serve() {
         int client = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
         if (client < 0) {
@@ -156,11 +163,13 @@ TEST_CASE("cli: --version and --help", "[cli]") {
 
     RunResult top = cli({"--help"});
     REQUIRE_EXIT(top, 0);
-    for (const char* command : {"run", "migrate", "emit", "dlq", "stats", "health", "check-config"}) {
+    for (const char* command :
+         {"run", "migrate", "emit", "dlq", "stats", "health", "check-config"}) {
         CHECK(top.out.find(std::string("  ") + command + " ") != std::string::npos);
     }
     // Help needs no configuration at all.
-    for (const char* command : {"run", "migrate", "emit", "dlq", "stats", "health", "check-config"}) {
+    for (const char* command :
+         {"run", "migrate", "emit", "dlq", "stats", "health", "check-config"}) {
         RunResult help = cli({command, "--help"});
         INFO(command);
         REQUIRE_EXIT(help, 0);
@@ -328,9 +337,8 @@ TEST_CASE("cli: emit writes events and stats counts them", "[cli]") {
     db.migrate();
 
     RunResult one = cli({"emit", "--type", "order.created", "--tenant", "t1", "--key", "k1",
-                         "--payload", R"({"orderId": 7})", "--project", "p1",
-                         "--correlation-id", "c1", "--metadata", R"({"by": "cli"})",
-                         "--max-retries", "3"},
+                         "--payload", R"({"orderId": 7})", "--project", "p1", "--correlation-id",
+                         "c1", "--metadata", R"({"by": "cli"})", "--max-retries", "3"},
                         db_env(db));
     REQUIRE_EXIT(one, 0);
     std::vector<std::string> ids = lines(one.out);
@@ -351,16 +359,18 @@ TEST_CASE("cli: emit writes events and stats counts them", "[cli]") {
     CHECK(row.value(0, 7) == "3");
     CHECK(row.value(0, 8) == "PENDING");
 
-    RunResult again = cli({"emit", "--type", "order.created", "--tenant", "t1", "--key", "k1"},
-                          db_env(db));
+    RunResult again =
+        cli({"emit", "--type", "order.created", "--tenant", "t1", "--key", "k1"}, db_env(db));
     REQUIRE_EXIT(again, 0);
     CHECK(again.out == ids[0] + " duplicate\n");
 
     // Defaults: tenant "default", a generated key, payload {}.
     RunResult defaults = cli({"emit", "--type", "x"}, db_env(db));
     REQUIRE_EXIT(defaults, 0);
-    CHECK(db.scalar(R"(SELECT e."tenantId" || ' ' || e."payload"::text FROM "Outbox" o JOIN "EventLog" e ON e."id" = o."eventLogId" WHERE o."id" = ')" +
-                    lines(defaults.out).at(0) + "'") == "default {}");
+    CHECK(
+        db.scalar(
+            R"(SELECT e."tenantId" || ' ' || e."payload"::text FROM "Outbox" o JOIN "EventLog" e ON e."id" = o."eventLogId" WHERE o."id" = ')" +
+            lines(defaults.out).at(0) + "'") == "default {}");
     RunResult defaults2 = cli({"emit", "--type", "x"}, db_env(db));
     REQUIRE_EXIT(defaults2, 0);
     CHECK(defaults2.out.find("duplicate") == std::string::npos);
@@ -375,10 +385,12 @@ TEST_CASE("cli: emit writes events and stats counts them", "[cli]") {
     RunResult from_stdin =
         cli({"emit", "--type", "x", "--payload", "-"}, db_env(db), R"({"from": "stdin"})");
     REQUIRE_EXIT(from_stdin, 0);
-    CHECK(db.scalar(R"(SELECT string_agg("payload"->>'from', ',' ORDER BY "payload"->>'from') FROM "Outbox")") ==
-          "file,stdin");
-    RunResult missing_file = cli({"emit", "--type", "x", "--payload", "@/nonexistent/p.json"},
-                                 db_env(db));
+    CHECK(
+        db.scalar(
+            R"(SELECT string_agg("payload"->>'from', ',' ORDER BY "payload"->>'from') FROM "Outbox")") ==
+        "file,stdin");
+    RunResult missing_file =
+        cli({"emit", "--type", "x", "--payload", "@/nonexistent/p.json"}, db_env(db));
     REQUIRE_EXIT(missing_file, 1);
     CHECK(missing_file.err.find("/nonexistent/p.json") != std::string::npos);
 
@@ -405,7 +417,8 @@ TEST_CASE("cli: emit writes events and stats counts them", "[cli]") {
     CHECK(text.out.find("oldest due  ") != std::string::npos);
 
     // Nothing due: the age is null, not zero.
-    db.exec(R"(UPDATE "Outbox" SET "nextRetryAt" = now() + interval '1 hour' WHERE "status" = 'PENDING')");
+    db.exec(
+        R"(UPDATE "Outbox" SET "nextRetryAt" = now() + interval '1 hour' WHERE "status" = 'PENDING')");
     RunResult nothing_due = cli({"stats", "--json"}, db_env(db));
     REQUIRE_EXIT(nothing_due, 0);
     outbox::Json nothing = outbox::json_parse(nothing_due.out);
@@ -417,8 +430,8 @@ TEST_CASE("cli: emit --count writes many events in batches", "[cli]") {
     TestDatabase db;
     db.migrate();
     auto started = std::chrono::steady_clock::now();
-    RunResult r = cli({"emit", "--type", "bulk.event", "--count", "10000", "--key", "bulk"},
-                      db_env(db));
+    RunResult r =
+        cli({"emit", "--type", "bulk.event", "--count", "10000", "--key", "bulk"}, db_env(db));
     double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     REQUIRE_EXIT(r, 0);
@@ -429,8 +442,10 @@ TEST_CASE("cli: emit --count writes many events in batches", "[cli]") {
     CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'bulk.event')") == 10000);
     CHECK(db.count(R"(SELECT count(*) FROM "EventLog" WHERE "eventKey" LIKE 'bulk-%')") == 10000);
     // Output order is key order: line i is the event with key bulk-(i+1).
-    CHECK(db.scalar(R"(SELECT e."eventKey" FROM "Outbox" o JOIN "EventLog" e ON e."id" = o."eventLogId" WHERE o."id" = ')" +
-                    ids[4242] + "'") == "bulk-4243");
+    CHECK(
+        db.scalar(
+            R"(SELECT e."eventKey" FROM "Outbox" o JOIN "EventLog" e ON e."id" = o."eventLogId" WHERE o."id" = ')" +
+            ids[4242] + "'") == "bulk-4243");
     // No terminal: no progress display, only the summary line.
     std::vector<std::string> err = lines(r.err);
     REQUIRE(err.size() == 1);
@@ -438,8 +453,8 @@ TEST_CASE("cli: emit --count writes many events in batches", "[cli]") {
     CHECK(err[0].find("/s)") != std::string::npos);
 
     // The same keys again: all duplicates, nothing new.
-    RunResult again = cli({"emit", "--type", "bulk.event", "--count", "1500", "--key", "bulk"},
-                          db_env(db));
+    RunResult again =
+        cli({"emit", "--type", "bulk.event", "--count", "1500", "--key", "bulk"}, db_env(db));
     REQUIRE_EXIT(again, 0);
     std::vector<std::string> again_lines = lines(again.out);
     REQUIRE(again_lines.size() == 1500);
@@ -506,7 +521,8 @@ TEST_CASE("cli: dlq list, retry and purge", "[cli]") {
         std::string new_id = out[0].substr(6);
         outbox::PgResult row = db.exec(
             R"(SELECT "status", "retryCount", "eventLogId", "nextRetryAt" IS NULL OR "nextRetryAt" <= now(), "eventType"
-                 FROM "Outbox" WHERE "id" = ')" + new_id + "'");
+                 FROM "Outbox" WHERE "id" = ')" +
+            new_id + "'");
         REQUIRE(row.rows() == 1);
         CHECK(row.value(0, 0) == "PENDING");
         CHECK(row.value(0, 1) == "0");
@@ -558,9 +574,9 @@ TEST_CASE("cli: dlq list, retry and purge", "[cli]") {
 TEST_CASE("cli: check-config", "[cli]") {
     TestDatabase db;
     SECTION("a good environment") {
-        RunResult r = cli({"check-config"}, {{"DATABASE_URL", db.url()},
-                                             {"OUTBOX_WORKERS", "3"},
-                                             {"LOG_FORMAT", "json"}});
+        RunResult r =
+            cli({"check-config"},
+                {{"DATABASE_URL", db.url()}, {"OUTBOX_WORKERS", "3"}, {"LOG_FORMAT", "json"}});
         REQUIRE_EXIT(r, 0);
         CHECK(r.out.find("configuration is valid") != std::string::npos);
         CHECK(r.out.find("DATABASE_URL=postgresql://outbox_test:****@") != std::string::npos);
@@ -570,8 +586,8 @@ TEST_CASE("cli: check-config", "[cli]") {
         CHECK(r.err.find(db.password()) == std::string::npos);
     }
     SECTION("a bad environment") {
-        RunResult r = cli({"check-config"},
-                          {{"DATABASE_URL", db.url()}, {"OUTBOX_BACKOFF_JITTER", "2"}});
+        RunResult r =
+            cli({"check-config"}, {{"DATABASE_URL", db.url()}, {"OUTBOX_BACKOFF_JITTER", "2"}});
         REQUIRE_EXIT(r, 78);
         CHECK(lines(r.err).size() == 1);
         CHECK(r.err.find("OUTBOX_BACKOFF_JITTER=\"2\"") != std::string::npos);
@@ -606,8 +622,9 @@ TEST_CASE("cli: check-config", "[cli]") {
 
 TEST_CASE("cli: health asks /health and follows the status", "[cli]") {
     SECTION("200 is healthy; the body is printed") {
-        OneShotHttpServer server("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 "Content-Length: 16\r\nConnection: close\r\n\r\n{\"status\":\"ok\"}\n");
+        OneShotHttpServer server(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            "Content-Length: 16\r\nConnection: close\r\n\r\n{\"status\":\"ok\"}\n");
         // A wildcard listen address is asked on the loopback address.
         RunResult r = cli({"health"}, {{"OUTBOX_HTTP_HOST", "0.0.0.0"},
                                        {"OUTBOX_HTTP_PORT", std::to_string(server.port())}});
@@ -616,9 +633,10 @@ TEST_CASE("cli: health asks /health and follows the status", "[cli]") {
         CHECK(server.request_line() == "GET /health HTTP/1.1");
     }
     SECTION("503 is unhealthy; the reasons are printed") {
-        OneShotHttpServer server("HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n"
-                                 "Connection: close\r\n\r\n"
-                                 "c\r\n{\"status\":\"u\r\n9\r\nnhealthy\"\r\n1\r\n}\r\n0\r\n\r\n");
+        OneShotHttpServer server(
+            "HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n"
+            "Connection: close\r\n\r\n"
+            "c\r\n{\"status\":\"u\r\n9\r\nnhealthy\"\r\n1\r\n}\r\n0\r\n\r\n");
         RunResult r = cli({"health"}, {{"OUTBOX_HTTP_PORT", std::to_string(server.port())}});
         REQUIRE_EXIT(r, 1);
         CHECK(r.out == "{\"status\":\"unhealthy\"}\n");
@@ -636,4 +654,22 @@ TEST_CASE("cli: health asks /health and follows the status", "[cli]") {
         REQUIRE_EXIT(r, 1);
         CHECK(r.err.find("disabled") != std::string::npos);
     }
+}
+
+TEST_CASE("emit gives events OUTBOX_MAX_RETRIES attempts unless --max-retries says otherwise",
+          "[cli]") {
+    TestDatabase db;
+    db.migrate();
+    Env env = db_env(db);
+    env["OUTBOX_MAX_RETRIES"] = "3";
+    REQUIRE(cli({"emit", "--type", "budget.default", "--key", "k1"}, env).status.exited_with(0));
+    REQUIRE(cli({"emit", "--type", "budget.explicit", "--key", "k2", "--max-retries", "7"}, env)
+                .status.exited_with(0));
+    REQUIRE(cli({"emit", "--type", "budget.default", "--count", "5"}, env).status.exited_with(0));
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'budget.default' AND "maxRetries" = 3)") ==
+        6);
+    CHECK(db.scalar(R"(SELECT "maxRetries" FROM "Outbox" WHERE "eventType" = 'budget.explicit')") ==
+          "7");
 }

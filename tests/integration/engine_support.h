@@ -48,7 +48,7 @@ inline std::string write_handlers_file(const std::string& json) {
 // A service process with test-friendly defaults: no HTTP endpoint, two handler processes, short
 // leases and delays. `extra` overrides any of them.
 class Service {
-public:
+  public:
     Service(const TestDatabase& db, EnvMap extra, const std::string& binary = OUTBOX_BINARY)
         : process_(binary, options(db, std::move(extra))) {}
 
@@ -78,8 +78,11 @@ public:
     std::string log() const { return process_.stderr_text(); }
 
     bool wait_ready(std::chrono::milliseconds timeout = 20s) {
-        return wait_until([&] { return log().find("ready:") != std::string::npos || !process_.is_running(); },
-                          timeout) &&
+        return wait_until(
+                   [&] {
+                       return log().find("ready:") != std::string::npos || !process_.is_running();
+                   },
+                   timeout) &&
                process_.is_running();
     }
 
@@ -89,19 +92,22 @@ public:
         return process_.wait_exit(timeout);
     }
 
-private:
+  private:
     ChildProcess process_;
 };
 
 // Writes `n` events of `type` through the SQL writer in one statement.
-inline void write_events(const TestDatabase& db, const std::string& type, int n, int max_retries = 5,
-                         const std::string& key_prefix = "k", const std::string& payload = "{\"n\": 1}") {
+inline void write_events(const TestDatabase& db, const std::string& type, int n,
+                         int max_retries = 5, const std::string& key_prefix = "k",
+                         const std::string& payload = "{\"n\": 1}") {
     db.exec("SELECT w.* FROM generate_series(1, " + std::to_string(n) +
-            ") g, LATERAL outbox_write_event('" + key_prefix + "-" + type + "-' || g, 'tenant-1', '" + type + "', '" +
-            payload + "'::jsonb, NULL, NULL, NULL, " + std::to_string(max_retries) + ") w");
+            ") g, LATERAL outbox_write_event('" + key_prefix + "-" + type +
+            "-' || g, 'tenant-1', '" + type + "', '" + payload + "'::jsonb, NULL, NULL, NULL, " +
+            std::to_string(max_retries) + ") w");
 }
 
-inline long count_status(const TestDatabase& db, const std::string& status, const std::string& type = "") {
+inline long count_status(const TestDatabase& db, const std::string& status,
+                         const std::string& type = "") {
     std::string sql = "SELECT count(*) FROM \"Outbox\" WHERE status = '" + status + "'";
     if (!type.empty()) {
         sql += " AND \"eventType\" = '" + type + "'";

@@ -27,13 +27,16 @@ void stop_cleanly(Service& service, const TestDatabase& db) {
 TEST_CASE("events are delivered and completed", "[engine]") {
     TestDatabase db;
     db.migrate();
-    std::string handlers = write_handlers_file(R"([{"eventTypes": ["order.*"], "log": {"level": "debug"}}])");
+    std::string handlers =
+        write_handlers_file(R"([{"eventTypes": ["order.*"], "log": {"level": "debug"}}])");
     write_events(db, "order.created", 200);
     Service service(db, {{"OUTBOX_HANDLERS", handlers}});
     REQUIRE(service.wait_ready());
     INFO(service.log());
     REQUIRE(wait_for_count(db, kCompleted, 200));
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "processedAt" IS NULL OR "lastError" IS NOT NULL
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "Outbox" WHERE "processedAt" IS NULL OR "lastError" IS NOT NULL
                       OR "retryCount" <> 0)") == 0);
     stop_cleanly(service, db);
 }
@@ -43,16 +46,19 @@ TEST_CASE("the handler receives the event object of SPEC 2", "[engine]") {
     db.migrate();
     std::string out = temp_path("event.json");
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["shape.*"],
-        "exec": {"command": ["sh", "-c", "cat > )" + out + R"("]}}])");
-    db.exec(R"(SELECT * FROM outbox_write_event('key-1', 'tenant-9', 'shape.checked', '{"x": [1, 2]}'::jsonb,
+        "exec": {"command": ["sh", "-c", "cat > )" +
+                                               out + R"("]}}])");
+    db.exec(
+        R"(SELECT * FROM outbox_write_event('key-1', 'tenant-9', 'shape.checked', '{"x": [1, 2]}'::jsonb,
                 'project-3', '{"source": "test"}'::jsonb, 'corr-7', 5))");
     Service service(db, {{"OUTBOX_HANDLERS", handlers}});
     REQUIRE(wait_for_count(db, kCompleted, 1));
     std::string text = read_text_file(out);
     INFO(text);
-    for (const char* needle : {R"("eventKey" : "key-1")", R"("tenantId" : "tenant-9")", R"("projectId" : "project-3")",
-                               R"("eventType" : "shape.checked")", R"("correlationId" : "corr-7")",
-                               R"("attempt" : 1)", R"("source": "test")"}) {
+    for (const char* needle :
+         {R"("eventKey" : "key-1")", R"("tenantId" : "tenant-9")", R"("projectId" : "project-3")",
+          R"("eventType" : "shape.checked")", R"("correlationId" : "corr-7")", R"("attempt" : 1)",
+          R"("source": "test")"}) {
         CHECK(text.find(needle) != std::string::npos);
     }
     std::string id = db.scalar(R"(SELECT id FROM "Outbox")");
@@ -68,8 +74,10 @@ TEST_CASE("retries follow the backoff and end in the dead-letter queue", "[engin
     TestDatabase db;
     db.migrate();
     std::string stamps = temp_path("attempts.txt");
-    std::string handlers = write_handlers_file(R"([{"eventTypes": ["flaky.*"],
-        "exec": {"command": ["sh", "-c", "date +%s%N >> )" + stamps + R"(; echo 'downstream said no' >&2; exit 1"]}}])");
+    std::string handlers =
+        write_handlers_file(R"([{"eventTypes": ["flaky.*"],
+        "exec": {"command": ["sh", "-c", "date +%s%N >> )" +
+                            stamps + R"(; echo 'downstream said no' >&2; exit 1"]}}])");
     write_events(db, "flaky.call", 1, 4);
     Service service(db, {{"OUTBOX_HANDLERS", handlers},
                          {"OUTBOX_INITIAL_DELAY_MS", "300"},
@@ -79,10 +87,13 @@ TEST_CASE("retries follow the backoff and end in the dead-letter queue", "[engin
     REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
     CHECK(db.scalar(R"(SELECT status FROM "Outbox")") == "FAILED");
     CHECK(db.scalar(R"(SELECT "retryCount" FROM "Outbox")") == "4");
-    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox")").find("downstream said no") != std::string::npos);
+    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox")").find("downstream said no") !=
+          std::string::npos);
     CHECK(db.scalar(R"(SELECT "retryCount" FROM "DlqEventLog")") == "4");
-    CHECK(db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")").find("exit code 1") != std::string::npos);
-    CHECK(db.scalar(R"(SELECT "originalId" FROM "DlqEventLog")") == db.scalar(R"(SELECT id FROM "Outbox")"));
+    CHECK(db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")").find("exit code 1") !=
+          std::string::npos);
+    CHECK(db.scalar(R"(SELECT "originalId" FROM "DlqEventLog")") ==
+          db.scalar(R"(SELECT id FROM "Outbox")"));
 
     // Attempts 1..4: the waits between them are 300, 600 and 1200 ms (jitter 0). Each must be at
     // least the delay and not much longer; the upper bound allows for a loaded machine.
@@ -102,29 +113,34 @@ TEST_CASE("retries follow the backoff and end in the dead-letter queue", "[engin
     stop_cleanly(service, db);
 }
 
-TEST_CASE("a permanent failure goes straight to the DLQ, and a DLQ retry delivers it again", "[engine]") {
+TEST_CASE("a permanent failure goes straight to the DLQ, and a DLQ retry delivers it again",
+          "[engine]") {
     TestDatabase db;
     db.migrate();
     std::string mark = temp_path("mark");
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["once.*"],
-        "exec": {"command": ["sh", "-c", "test -f )" + mark + " || { touch " + mark +
+        "exec": {"command": ["sh", "-c", "test -f )" +
+                                               mark + " || { touch " + mark +
                                                R"(; echo 'invalid payload' >&2; exit 65; }"]}}])");
     write_events(db, "once.tried", 1, 5);
     Service service(db, {{"OUTBOX_HANDLERS", handlers}});
     INFO(service.log());
     REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
     CHECK(db.scalar(R"(SELECT "retryCount" FROM "DlqEventLog")") == "1");
-    CHECK(db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")").find("invalid payload") != std::string::npos);
+    CHECK(db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")").find("invalid payload") !=
+          std::string::npos);
 
     std::string dlq_id = db.scalar(R"(SELECT id FROM "DlqEventLog")");
-    auto retried = run_process(OUTBOX_BINARY, command({"dlq", "retry", dlq_id}, {{"DATABASE_URL", db.url()}}));
+    auto retried =
+        run_process(OUTBOX_BINARY, command({"dlq", "retry", dlq_id}, {{"DATABASE_URL", db.url()}}));
     INFO(retried.err);
     REQUIRE(retried.status.exited_with(0));
     REQUIRE(wait_for_count(db, kCompleted, 1, 30s));
     CHECK(db.count(R"(SELECT count(*) FROM "DlqEventLog")") == 0);
     CHECK(db.count(R"(SELECT count(*) FROM "Outbox")") == 2);
 
-    auto unknown = run_process(OUTBOX_BINARY, command({"dlq", "retry", "no-such-id"}, {{"DATABASE_URL", db.url()}}));
+    auto unknown = run_process(
+        OUTBOX_BINARY, command({"dlq", "retry", "no-such-id"}, {{"DATABASE_URL", db.url()}}));
     CHECK(unknown.status.exited_with(1));
     CHECK(unknown.err.find("no-such-id") != std::string::npos);
     stop_cleanly(service, db);
@@ -146,12 +162,17 @@ TEST_CASE("a crashing handler process costs only its own event", "[engine]") {
     INFO(service.log());
     REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
     REQUIRE(wait_for_count(db, kCompleted, 100));
-    std::string error = db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = ')" + std::string(c.type) + "'");
+    std::string error = db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = ')" +
+                                  std::string(c.type) + "'");
     INFO(error);
     CHECK(error.find(c.expected_error) != std::string::npos);
-    CHECK(db.scalar(R"(SELECT "retryCount" FROM "Outbox" WHERE "eventType" = ')" + std::string(c.type) + "'") == "2");
+    CHECK(db.scalar(R"(SELECT "retryCount" FROM "Outbox" WHERE "eventType" = ')" +
+                    std::string(c.type) + "'") == "2");
     // No other event was charged, and each was delivered exactly once.
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'example.ok' AND "retryCount" <> 0)") == 0);
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'example.ok' AND "retryCount" <> 0)") ==
+        0);
     Deliveries d = read_deliveries(record);
     CHECK(d.ids.size() == 100);
     CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 100);
@@ -181,7 +202,8 @@ TEST_CASE("a hanging handler is killed at its timeout", "[engine]") {
         Service service(db, {{"OUTBOX_HANDLERS", handlers}});
         INFO(service.log());
         REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
-        CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox")").find("timed out after 400 ms") != std::string::npos);
+        CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox")").find("timed out after 400 ms") !=
+              std::string::npos);
         stop_cleanly(service, db);
     }
 }
@@ -191,7 +213,8 @@ TEST_CASE("handler processes are recycled after OUTBOX_WORKER_MAX_EVENTS", "[eng
     db.migrate();
     std::string record = temp_path("deliveries.txt");
     write_events(db, "example.ok", 60);
-    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_WORKER_MAX_EVENTS", "10"}}, OUTBOX_EXAMPLE_APP);
+    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_WORKER_MAX_EVENTS", "10"}},
+                    OUTBOX_EXAMPLE_APP);
     INFO(service.log());
     REQUIRE(wait_for_count(db, kCompleted, 60));
     Deliveries d = read_deliveries(record);
@@ -210,8 +233,8 @@ TEST_CASE("OUTBOX_WORKER_MEMORY_MB limits a handler process's address space", "[
     Service service(db, {{"OUTBOX_WORKER_MEMORY_MB", "64"}}, OUTBOX_EXAMPLE_APP);
     INFO(service.log());
     REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
-    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'example.hog')").find("bad_alloc") !=
-          std::string::npos);
+    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'example.hog')")
+              .find("bad_alloc") != std::string::npos);
     REQUIRE(wait_for_count(db, kCompleted, 5));
     stop_cleanly(service, db);
 }
@@ -227,7 +250,8 @@ TEST_CASE("events of types nobody here subscribes to are left alone", "[engine]"
     INFO(service.log());
     REQUIRE(wait_for_count(db, kCompleted, 10));
     REQUIRE(wait_until([&] { return service.log().find("theirs.b") != std::string::npos; }, 20s));
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'theirs.b' AND status = 'PENDING'
+    CHECK(db.count(
+              R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'theirs.b' AND status = 'PENDING'
                       AND "retryCount" = 0 AND "leaseOwner" IS NULL)") == 10);
     stop_cleanly(service, db);
 }
@@ -241,8 +265,10 @@ TEST_CASE("several instances share 5,000 events, each delivered exactly once", "
     std::vector<std::unique_ptr<Service>> services;
     for (int i = 0; i < instances; ++i) {
         services.push_back(std::make_unique<Service>(
-            db, EnvMap{{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_BATCH_SIZE", "50"},
-                       {"OUTBOX_INSTANCE_ID", "instance-" + std::to_string(i)}},
+            db,
+            EnvMap{{"EXAMPLE_RECORD_FILE", record},
+                   {"OUTBOX_BATCH_SIZE", "50"},
+                   {"OUTBOX_INSTANCE_ID", "instance-" + std::to_string(i)}},
             OUTBOX_EXAMPLE_APP));
     }
     REQUIRE(wait_for_count(db, kCompleted, 5000, 120s));
@@ -256,21 +282,26 @@ TEST_CASE("several instances share 5,000 events, each delivered exactly once", "
     }
 }
 
-TEST_CASE("events of an instance killed with SIGKILL are delivered by another after the lease", "[engine]") {
+TEST_CASE("events of an instance killed with SIGKILL are delivered by another after the lease",
+          "[engine]") {
     TestDatabase db;
     db.migrate();
     std::string record = temp_path("deliveries.txt");
     write_events(db, "example.slow", 40);
-    EnvMap env{{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "2000"}, {"OUTBOX_BATCH_SIZE", "10"}};
+    EnvMap env{
+        {"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "2000"}, {"OUTBOX_BATCH_SIZE", "10"}};
     auto victim = std::make_unique<Service>(db, env, OUTBOX_EXAMPLE_APP);
     REQUIRE(wait_until([&] { return db.count(kProcessing) > 0; }, 20s));
     pid_t victim_pid = victim->process().pid();
     victim->process().send_signal(SIGKILL);
     REQUIRE(victim->process().wait_exit(10s));
     // Its handler processes die with it (PR_SET_PDEATHSIG).
-    CHECK(wait_until([&] {
-        return run_process("/usr/bin/pgrep", command({"-P", std::to_string(victim_pid)})).status.exited_with(1);
-    }, 10s));
+    CHECK(wait_until(
+        [&] {
+            return run_process("/usr/bin/pgrep", command({"-P", std::to_string(victim_pid)}))
+                .status.exited_with(1);
+        },
+        10s));
     long held = db.count(kProcessing);
     CHECK(held > 0);
 
@@ -297,9 +328,14 @@ TEST_CASE("SIGTERM lets running events finish and releases the rest uncharged", 
     CHECK(status->exited_with(0));
     CHECK(db.count(kProcessing) == 0);
     // Nothing was charged: every event is either completed or pending with no attempt used.
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "retryCount" <> 0 OR status NOT IN ('COMPLETED', 'PENDING'))") ==
-          0);
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE status = 'PENDING' AND "leaseOwner" IS NOT NULL)") == 0);
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "Outbox" WHERE "retryCount" <> 0 OR status NOT IN ('COMPLETED', 'PENDING'))") ==
+        0);
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "Outbox" WHERE status = 'PENDING' AND "leaseOwner" IS NOT NULL)") ==
+        0);
 }
 
 TEST_CASE("a second SIGTERM stops at once, still leaving nothing PROCESSING", "[engine]") {
@@ -316,10 +352,13 @@ TEST_CASE("a second SIGTERM stops at once, still leaving nothing PROCESSING", "[
     REQUIRE(status.has_value());
     CHECK(status->exited_with(0));
     CHECK(db.count(kProcessing) == 0);
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE status = 'PENDING' AND "retryCount" = 0)") == 2);
+    CHECK(db.count(
+              R"(SELECT count(*) FROM "Outbox" WHERE status = 'PENDING' AND "retryCount" = 0)") ==
+          2);
 }
 
-TEST_CASE("an event committed to an idle service starts at once, not at the next poll", "[engine]") {
+TEST_CASE("an event committed to an idle service starts at once, not at the next poll",
+          "[engine]") {
     TestDatabase db;
     db.migrate();
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["*"], "log": {}}])");
@@ -342,8 +381,8 @@ TEST_CASE("an oversized event fails permanently with a clear error", "[engine]")
     Service service(db, {{"OUTBOX_HANDLERS", handlers}});
     INFO(service.log());
     REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
-    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'big.event')").find("too large") !=
-          std::string::npos);
+    CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'big.event')")
+              .find("too large") != std::string::npos);
     REQUIRE(wait_for_count(db, kCompleted, 3));
     stop_cleanly(service, db);
 }
@@ -353,14 +392,17 @@ TEST_CASE("the service rides out a lost database connection", "[engine]") {
     db.migrate();
     std::string record = temp_path("deliveries.txt");
     write_events(db, "example.slow", 30);
-    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "3000"}}, OUTBOX_EXAMPLE_APP);
+    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "3000"}},
+                    OUTBOX_EXAMPLE_APP);
     INFO(service.log());
     REQUIRE(wait_until([&] { return db.count(kCompleted) >= 3; }, 30s));
     // Cut every connection of the service, twice, while events are running.
     for (int i = 0; i < 2; ++i) {
-        db.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        db.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = "
+                "current_database() "
                 "AND application_name LIKE 'outbox-worker%'");
-        REQUIRE(wait_until([&] { return service.log().find("re-established") != std::string::npos; }, 20s));
+        REQUIRE(wait_until(
+            [&] { return service.log().find("re-established") != std::string::npos; }, 20s));
     }
     REQUIRE(wait_for_count(db, kCompleted, 30, 90s));
     Deliveries d = read_deliveries(record);
@@ -373,7 +415,8 @@ TEST_CASE("a database created by the existing application is served after migrat
     db.create_calibr_tables_like_the_application();
     db.exec(R"(INSERT INTO "EventLog" (id, "eventKey", "tenantId", "eventType", payload)
                VALUES ('cl_evt_1', 'legacy-1', 'tenant-a', 'legacy.thing', '{"v": 1}'))");
-    db.exec(R"(INSERT INTO "Outbox" (id, "eventLogId", "tenantId", "eventType", payload, "updatedAt")
+    db.exec(
+        R"(INSERT INTO "Outbox" (id, "eventLogId", "tenantId", "eventType", payload, "updatedAt")
                VALUES ('cl_obx_1', 'cl_evt_1', 'tenant-a', 'legacy.thing', '{"v": 1}', now()))");
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["legacy.*"], "log": {}}])");
     {
@@ -393,7 +436,8 @@ TEST_CASE("a database created by the existing application is served after migrat
     // The application keeps inserting the way it always did, and those rows are served too.
     db.exec(R"(INSERT INTO "EventLog" (id, "eventKey", "tenantId", "eventType", payload)
                VALUES ('cl_evt_2', 'legacy-2', 'tenant-a', 'legacy.thing', '{"v": 2}'))");
-    db.exec(R"(INSERT INTO "Outbox" (id, "eventLogId", "tenantId", "eventType", payload, "updatedAt")
+    db.exec(
+        R"(INSERT INTO "Outbox" (id, "eventLogId", "tenantId", "eventType", payload, "updatedAt")
                VALUES ('cl_obx_2', 'cl_evt_2', 'tenant-a', 'legacy.thing', '{"v": 2}', now()))");
     REQUIRE(wait_for_count(db, kCompleted, 2, 30s));
     stop_cleanly(service, db);
@@ -403,8 +447,8 @@ TEST_CASE("run refuses to start without any handler", "[engine]") {
     TestDatabase db;
     db.migrate();
     auto r = run_process(OUTBOX_BINARY, command({"run"}, {{"DATABASE_URL", db.url()},
-                                                                    {"OUTBOX_HANDLERS", std::nullopt},
-                                                                    {"OUTBOX_HTTP_PORT", "0"}}));
+                                                          {"OUTBOX_HANDLERS", std::nullopt},
+                                                          {"OUTBOX_HTTP_PORT", "0"}}));
     CHECK(r.status.exited_with(78));
     CHECK(r.err.find("OUTBOX_HANDLERS") != std::string::npos);
 }
@@ -416,14 +460,16 @@ TEST_CASE("every event ends COMPLETED when PostgreSQL restarts mid-run", "[engin
     db.migrate();
     std::string record = temp_path("deliveries.txt");
     write_events(db, "example.slow", 60);
-    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "3000"}}, OUTBOX_EXAMPLE_APP);
+    Service service(db, {{"EXAMPLE_RECORD_FILE", record}, {"OUTBOX_LEASE_MS", "3000"}},
+                    OUTBOX_EXAMPLE_APP);
     INFO(service.log());
     REQUIRE(wait_until([&] { return db.count(kCompleted) >= 5; }, 30s));
     // A fast-shutdown restart cuts every connection, the test's own included.
     auto restarted = run_process(restart, SpawnOptions{}, 90s);
     REQUIRE(restarted.status.exited_with(0));
     // The service reconnects by itself, records what finished meanwhile, and carries on.
-    REQUIRE(wait_until([&] { return service.log().find("re-established") != std::string::npos; }, 30s));
+    REQUIRE(
+        wait_until([&] { return service.log().find("re-established") != std::string::npos; }, 30s));
     REQUIRE(wait_for_count(db, kCompleted, 60, 120s));
     Deliveries d = read_deliveries(record);
     CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 60);

@@ -1,5 +1,6 @@
-// Migrations against a real PostgreSQL (SPEC 1): the whole schema on an empty database, idempotence,
-// concurrent migrators, and an existing Calibr database whose application keeps writing unchanged.
+// Migrations against a real PostgreSQL (SPEC 1): the whole schema on an empty database,
+// idempotence, concurrent migrators, and an existing Calibr database whose application keeps
+// writing unchanged.
 #include "common/migrations.h"
 #include "tests/support/pg_fixture.h"
 #include "tests/support/process.h"
@@ -33,7 +34,8 @@ std::map<std::string, Column> columns_of(const TestDatabase& db, const std::stri
         "SELECT column_name, CASE WHEN data_type = 'USER-DEFINED' THEN udt_name ELSE data_type END,"
         "       is_nullable, COALESCE(column_default, ''), COALESCE(datetime_precision::text, '')"
         "  FROM information_schema.columns"
-        " WHERE table_schema = current_schema() AND table_name = '" + table + "'");
+        " WHERE table_schema = current_schema() AND table_name = '" +
+        table + "'");
     std::map<std::string, Column> out;
     for (int row = 0; row < res.rows(); ++row) {
         out[res.value(row, 0)] = {res.value(row, 1), res.value(row, 2) == "YES", res.value(row, 3),
@@ -69,14 +71,15 @@ struct Index {
 };
 
 std::vector<Index> indexes_of(const TestDatabase& db, const std::string& table) {
-    outbox::PgResult res = db.exec(
-        "SELECT i.relname, x.indisunique,"
-        "       (SELECT string_agg(a.attname, ',' ORDER BY k.ord)"
-        "          FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)"
-        "          JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum)"
-        "  FROM pg_index x"
-        "  JOIN pg_class i ON i.oid = x.indexrelid"
-        " WHERE x.indrelid = '\"" + table + "\"'::regclass AND x.indpred IS NULL");
+    outbox::PgResult res =
+        db.exec("SELECT i.relname, x.indisunique,"
+                "       (SELECT string_agg(a.attname, ',' ORDER BY k.ord)"
+                "          FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)"
+                "          JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum)"
+                "  FROM pg_index x"
+                "  JOIN pg_class i ON i.oid = x.indexrelid"
+                " WHERE x.indrelid = '\"" +
+                table + "\"'::regclass AND x.indpred IS NULL");
     std::vector<Index> out;
     for (int row = 0; row < res.rows(); ++row) {
         out.push_back({res.value(row, 0), res.value(row, 1) == "t", res.value(row, 2)});
@@ -143,8 +146,8 @@ void check_calibr_schema(const TestDatabase& db) {
     for (const char* table : {"EventLog", "Outbox", "DlqEventLog"}) {
         check_index(db, table, "id", true); // the primary key
         CHECK(db.count("SELECT count(*) FROM information_schema.table_constraints"
-                       " WHERE table_name = '" + std::string(table) +
-                       "' AND constraint_type = 'PRIMARY KEY'") == 1);
+                       " WHERE table_name = '" +
+                       std::string(table) + "' AND constraint_type = 'PRIMARY KEY'") == 1);
     }
     // "eventLogId" is deliberately not a foreign key: the application never declared one.
     CHECK(db.count("SELECT count(*) FROM information_schema.table_constraints"
@@ -178,16 +181,25 @@ void check_versions_once(const TestDatabase& db) {
 // Rows as the application writes them through Prisma: cuid-like text ids, "updatedAt" set by the
 // client, none of the columns outbox-worker adds.
 void insert_like_the_application(const TestDatabase& db, const std::string& suffix) {
-    db.exec(R"(INSERT INTO "EventLog" ("id", "eventKey", "tenantId", "projectId", "eventType", "payload", "metadata", "correlationId")
-               VALUES ('clx0evl)" + suffix + R"(', 'order-)" + suffix + R"(', 'tenant-1', 'proj-1', 'shopify.order.created',
-                       '{"orderId": ")" + suffix + R"(", "total": 12.5}', '{"source": "app"}', 'corr-)" + suffix + R"(')
+    db.exec(
+        R"(INSERT INTO "EventLog" ("id", "eventKey", "tenantId", "projectId", "eventType", "payload", "metadata", "correlationId")
+               VALUES ('clx0evl)" +
+        suffix + R"(', 'order-)" + suffix + R"(', 'tenant-1', 'proj-1', 'shopify.order.created',
+                       '{"orderId": ")" +
+        suffix + R"(", "total": 12.5}', '{"source": "app"}', 'corr-)" + suffix + R"(')
     )");
-    db.exec(R"(INSERT INTO "Outbox" ("id", "eventLogId", "tenantId", "eventType", "payload", "updatedAt")
-               VALUES ('clx0obx)" + suffix + R"(', 'clx0evl)" + suffix + R"(', 'tenant-1', 'shopify.order.created',
-                       '{"orderId": ")" + suffix + R"(", "total": 12.5}', now())
+    db.exec(
+        R"(INSERT INTO "Outbox" ("id", "eventLogId", "tenantId", "eventType", "payload", "updatedAt")
+               VALUES ('clx0obx)" +
+        suffix + R"(', 'clx0evl)" + suffix + R"(', 'tenant-1', 'shopify.order.created',
+                       '{"orderId": ")" +
+        suffix + R"(", "total": 12.5}', now())
     )");
-    db.exec(R"(INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "eventType", "payload", "failureReason", "retryCount")
-               VALUES ('clx0dlq)" + suffix + R"(', 'clx0obxold', 'order-old)" + suffix + R"(', 'tenant-1', 'shopify.order.created',
+    db.exec(
+        R"(INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "eventType", "payload", "failureReason", "retryCount")
+               VALUES ('clx0dlq)" +
+        suffix + R"(', 'clx0obxold', 'order-old)" + suffix +
+        R"(', 'tenant-1', 'shopify.order.created',
                        '{}', 'downstream said no', 5)
     )");
 }
@@ -233,8 +245,7 @@ TEST_CASE("migrate: a second run applies nothing and changes nothing", "[migrate
           tables_before);
 }
 
-TEST_CASE("migrate: two migrators at once both succeed and apply each version once",
-          "[migrate]") {
+TEST_CASE("migrate: two migrators at once both succeed and apply each version once", "[migrate]") {
     TestDatabase db;
     constexpr int kMigrators = 4;
     std::vector<outbox::MigrateOutcome> outcomes(kMigrators);
@@ -297,8 +308,7 @@ TEST_CASE("migrate: an existing Calibr database keeps its data and its applicati
     db.create_calibr_tables_like_the_application();
     insert_like_the_application(db, "a1");
     insert_like_the_application(db, "a2");
-    const std::string rows_before =
-        db.scalar(R"(SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
+    const std::string rows_before = db.scalar(R"(SELECT md5(string_agg(x, '|' ORDER BY x)) FROM (
                        SELECT row("id", "eventKey", "tenantId", "projectId", "eventType", "payload", "metadata", "correlationId", "createdAt", "version")::text AS x FROM "EventLog"
                        UNION ALL SELECT row("id", "eventLogId", "tenantId", "eventType", "payload", "status", "retryCount", "maxRetries", "nextRetryAt", "lastError", "processedAt", "createdAt", "updatedAt")::text FROM "Outbox"
                        UNION ALL SELECT row("id", "originalId", "eventKey", "tenantId", "projectId", "eventType", "payload", "metadata", "failureReason", "retryCount", "failedAt")::text FROM "DlqEventLog") t)");

@@ -41,10 +41,10 @@ void stop_cleanly(Service& service, const TestDatabase& db) {
 // ---- a plain HTTP client ----------------------------------------------------------------------
 
 struct HttpReply {
-    int status = 0;      // 0 when no complete response arrived (refused, reset, timed out)
-    std::string head;    // status line and headers, lower-cased
+    int status = 0;   // 0 when no complete response arrived (refused, reset, timed out)
+    std::string head; // status line and headers, lower-cased
     std::string body;
-    std::string raw;     // everything received, for failure messages
+    std::string raw; // everything received, for failure messages
 };
 
 // Parses what arrived so far; true once a whole response (head and Content-Length body) is there.
@@ -73,7 +73,8 @@ bool parse_reply(HttpReply& reply) {
 // Sends `request` to 127.0.0.1:port and reads the response. Reading goes on while sending, so a
 // server that answers an oversized request early and then closes is seen answering rather than
 // only as a reset. Never fails the test itself: the caller judges the reply.
-HttpReply http_exchange(int port, const std::string& request, std::chrono::milliseconds timeout = 5s) {
+HttpReply http_exchange(int port, const std::string& request,
+                        std::chrono::milliseconds timeout = 5s) {
     HttpReply reply;
     int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) {
@@ -85,10 +86,12 @@ HttpReply http_exchange(int port, const std::string& request, std::chrono::milli
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     auto deadline = std::chrono::steady_clock::now() + timeout;
     auto left_ms = [&] {
-        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
         return static_cast<int>(std::max<long>(0, left.count()));
     };
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 && errno != EINPROGRESS) {
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 &&
+        errno != EINPROGRESS) {
         ::close(fd);
         return reply;
     }
@@ -139,13 +142,18 @@ HttpReply http_exchange(int port, const std::string& request, std::chrono::milli
 }
 
 HttpReply http_request(int port, const std::string& method, const std::string& path) {
-    return http_exchange(port, method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    return http_exchange(port, method + " " + path +
+                                   " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
 }
 
-HttpReply http_get(int port, const std::string& path) { return http_request(port, "GET", path); }
+HttpReply http_get(int port, const std::string& path) {
+    return http_request(port, "GET", path);
+}
 
 // The body as JSON; nullptr when it is not JSON.
-Json json_body(const HttpReply& reply) { return outbox::json_parse(reply.body); }
+Json json_body(const HttpReply& reply) {
+    return outbox::json_parse(reply.body);
+}
 
 double json_number(const cJSON* object, const char* key) {
     const cJSON* item = cJSON_GetObjectItemCaseSensitive(object, key);
@@ -154,7 +162,8 @@ double json_number(const cJSON* object, const char* key) {
 
 // ---- Prometheus -------------------------------------------------------------------------------
 
-const std::string kPrometheusParser = std::string(OUTBOX_SOURCE_DIR) + "/tests/unit/prometheus_parse.py";
+const std::string kPrometheusParser =
+    std::string(OUTBOX_SOURCE_DIR) + "/tests/unit/prometheus_parse.py";
 
 // The families of one /metrics scrape as the reference Python client parsed them; nullptr when
 // the scrape failed or the parser rejected the text (the reason goes to `why`).
@@ -170,7 +179,8 @@ Json scrape_metrics(int port, std::string& why) {
     // Debian's interpreter: python3-prometheus-client is installed for it only.
     RunResult parsed = run_process("/usr/bin/python3", o, 30s);
     if (!parsed.status.exited_with(0)) {
-        why = "prometheus_parse.py " + parsed.status.describe() + ": " + parsed.err + "\n" + reply.body;
+        why = "prometheus_parse.py " + parsed.status.describe() + ": " + parsed.err + "\n" +
+              reply.body;
         return nullptr;
     }
     return outbox::json_parse(parsed.out);
@@ -204,37 +214,45 @@ std::optional<double> sample_value(const Json& families, const std::string& name
 }
 
 std::string family_type(const Json& families, const std::string& family) {
-    const cJSON* f = families ? cJSON_GetObjectItemCaseSensitive(families.get(), family.c_str()) : nullptr;
+    const cJSON* f =
+        families ? cJSON_GetObjectItemCaseSensitive(families.get(), family.c_str()) : nullptr;
     return f ? outbox::json_string(f, "type").value_or("") : "";
 }
 
 // Row counts and the DLQ are read every 5 s: wait until a scrape shows `value` for a sample.
-bool wait_for_sample(int port, const std::string& name, const std::map<std::string, std::string>& labels, double value,
+bool wait_for_sample(int port, const std::string& name,
+                     const std::map<std::string, std::string>& labels, double value,
                      std::chrono::milliseconds timeout = 20s) {
-    return wait_until([&] {
-        std::string why;
-        Json families = scrape_metrics(port, why);
-        return sample_value(families, name, labels) == value;
-    }, timeout, 200ms);
+    return wait_until(
+        [&] {
+            std::string why;
+            Json families = scrape_metrics(port, why);
+            return sample_value(families, name, labels) == value;
+        },
+        timeout, 200ms);
 }
 
 // ---- the rest ---------------------------------------------------------------------------------
 
 // Dead-letter rows written directly, as if earlier failures had put them there.
 void insert_dlq_rows(const TestDatabase& db, int n, const std::string& prefix) {
-    db.exec(R"(INSERT INTO "DlqEventLog" (id, "originalId", "eventKey", "tenantId", "eventType", payload,
+    db.exec(
+        R"(INSERT INTO "DlqEventLog" (id, "originalId", "eventKey", "tenantId", "eventType", payload,
                                           "failureReason", "retryCount")
-               SELECT ')" + prefix + R"(-' || g, 'outbox-' || g, ')" + prefix + R"(-key-' || g, 'tenant-1',
+               SELECT ')" +
+        prefix + R"(-' || g, 'outbox-' || g, ')" + prefix + R"(-key-' || g, 'tenant-1',
                       'broken.thing', '{}'::jsonb, 'downstream rejected it', 5
-                 FROM generate_series(1, )" + std::to_string(n) + ") g");
+                 FROM generate_series(1, )" +
+        std::to_string(n) + ") g");
 }
 
 RunResult health_command(int port) {
     // A container health check runs with the instance's environment; the command needs only the
     // HTTP address, not the database.
-    return run_process(OUTBOX_BINARY, command({"health"}, {{"OUTBOX_HTTP_HOST", "127.0.0.1"},
-                                                            {"OUTBOX_HTTP_PORT", std::to_string(port)},
-                                                            {"DATABASE_URL", std::nullopt}}),
+    return run_process(OUTBOX_BINARY,
+                       command({"health"}, {{"OUTBOX_HTTP_HOST", "127.0.0.1"},
+                                            {"OUTBOX_HTTP_PORT", std::to_string(port)},
+                                            {"DATABASE_URL", std::nullopt}}),
                        30s);
 }
 
@@ -258,7 +276,7 @@ size_t occurrences(const std::string& text, const std::string& needle) {
 // The receiving end of systemd's notification socket: a datagram socket bound to a path, with
 // SO_PASSCRED so that every datagram carries its sender's pid, as systemd sees it.
 class NotifySocket {
-public:
+  public:
     struct Datagram {
         std::string text;
         pid_t pid = 0;
@@ -315,7 +333,8 @@ public:
 
     long count(const std::string& text) {
         const auto& all = received();
-        return std::count_if(all.begin(), all.end(), [&](const Datagram& d) { return d.text == text; });
+        return std::count_if(all.begin(), all.end(),
+                             [&](const Datagram& d) { return d.text == text; });
     }
 
     // Index of the first datagram starting with `prefix`, or -1.
@@ -329,7 +348,7 @@ public:
         return -1;
     }
 
-private:
+  private:
     std::string path_;
     int fd_ = -1;
     std::vector<Datagram> datagrams_;
@@ -375,10 +394,14 @@ TEST_CASE("/health, /ready and /api/metrics/enhanced follow the service's state"
     // At the threshold (9 rows) the service is still healthy: only rows above it fail /health.
     insert_dlq_rows(db, 9, "first");
     Json enhanced;
-    REQUIRE(wait_until([&] {
-        enhanced = json_body(http_get(port, "/api/metrics/enhanced"));
-        return enhanced && json_number(cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox"), "dlq") == 9;
-    }, 20s, 100ms));
+    REQUIRE(wait_until(
+        [&] {
+            enhanced = json_body(http_get(port, "/api/metrics/enhanced"));
+            return enhanced &&
+                   json_number(cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox"), "dlq") ==
+                       9;
+        },
+        20s, 100ms));
     {
         const cJSON* outbox = cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox");
         INFO(outbox::json_print(enhanced.get()));
@@ -398,7 +421,8 @@ TEST_CASE("/health, /ready and /api/metrics/enhanced follow the service's state"
         INFO(why);
         REQUIRE(families);
         CHECK(sample_value(families, "outbox_dlq_rows") == 9.0);
-        CHECK(sample_value(families, "outbox_unsubscribed_events", {{"event_type", "elsewhere.thing"}}) == 2.0);
+        CHECK(sample_value(families, "outbox_unsubscribed_events",
+                           {{"event_type", "elsewhere.thing"}}) == 2.0);
         CHECK(sample_value(families, "outbox_backlog_age_seconds") >= 120.0);
     }
 
@@ -409,7 +433,8 @@ TEST_CASE("/health, /ready and /api/metrics/enhanced follow the service's state"
     body = json_body(health);
     REQUIRE(body);
     CHECK(outbox::json_string(body.get(), "status") == "unhealthy");
-    CHECK(health.body.find("dead-letter queue has 10 rows, above the threshold of 9") != std::string::npos);
+    CHECK(health.body.find("dead-letter queue has 10 rows, above the threshold of 9") !=
+          std::string::npos);
     RunResult unhealthy = health_command(port);
     CHECK(unhealthy.status.exited_with(1));
     CHECK(unhealthy.out.find("dead-letter queue has 10 rows") != std::string::npos);
@@ -425,13 +450,15 @@ TEST_CASE("/health, /ready and /api/metrics/enhanced follow the service's state"
     stop_cleanly(service, db);
 }
 
-TEST_CASE("unknown paths, other methods and hostile requests get a 4xx and the service keeps answering",
-          "[ops]") {
+TEST_CASE(
+    "unknown paths, other methods and hostile requests get a 4xx and the service keeps answering",
+    "[ops]") {
     TestDatabase db;
     db.migrate();
     int port = free_tcp_port();
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["h.*"], "log": {}}])");
-    Service service(db, {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_HTTP_PORT", std::to_string(port)}});
+    Service service(db,
+                    {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_HTTP_PORT", std::to_string(port)}});
     REQUIRE(service.wait_ready());
     INFO(service.log());
     REQUIRE(http_get(port, "/health").status == 200);
@@ -450,8 +477,9 @@ TEST_CASE("unknown paths, other methods and hostile requests get a 4xx and the s
 
     // 1 MB of headers: refused with 431 once the head passes its limit (a server may instead
     // close the connection, which shows here as no response). Either way it must not hurt.
-    std::string huge = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + std::string(1 << 20, 'a') +
-                       "\r\n\r\n";
+    std::string huge =
+        "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + std::string(1 << 20, 'a') +
+        "\r\n\r\n";
     HttpReply oversized = http_exchange(port, huge, 10s);
     INFO(oversized.raw.substr(0, 200));
     CHECK((oversized.status == 431 || oversized.status == 0));
@@ -479,8 +507,10 @@ TEST_CASE("/ready is 503 while the service drains", "[ops]") {
     std::string started = temp_path("started");
     // The event runs for six seconds: long enough to ask /ready while the drain waits for it.
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["long.*"],
-        "exec": {"command": ["sh", "-c", "cat >/dev/null; touch )" + started + R"(; sleep 6"]}}])");
-    Service service(db, {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_HTTP_PORT", std::to_string(port)}});
+        "exec": {"command": ["sh", "-c", "cat >/dev/null; touch )" +
+                                               started + R"(; sleep 6"]}}])");
+    Service service(db,
+                    {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_HTTP_PORT", std::to_string(port)}});
     REQUIRE(service.wait_ready());
     INFO(service.log());
     REQUIRE(http_get(port, "/ready").status == 200);
@@ -489,10 +519,12 @@ TEST_CASE("/ready is 503 while the service drains", "[ops]") {
     REQUIRE(wait_until([&] { return ::access(started.c_str(), F_OK) == 0; }, 20s));
     service.process().send_signal(SIGTERM);
     HttpReply draining;
-    REQUIRE(wait_until([&] {
-        draining = http_get(port, "/ready");
-        return draining.status == 503;
-    }, 5s, 50ms));
+    REQUIRE(wait_until(
+        [&] {
+            draining = http_get(port, "/ready");
+            return draining.status == 503;
+        },
+        5s, 50ms));
     CHECK(draining.body.find("draining") != std::string::npos);
     // The drain waited for the running event, which completed.
     auto status = service.process().wait_exit(30s);
@@ -502,21 +534,24 @@ TEST_CASE("/ready is 503 while the service drains", "[ops]") {
     CHECK(db.count(kProcessing) == 0);
 }
 
-TEST_CASE("without its database the service is starting and unhealthy, and stops cleanly", "[ops]") {
+TEST_CASE("without its database the service is starting and unhealthy, and stops cleanly",
+          "[ops]") {
     TestDatabase db; // only for the helpers: the service is pointed at a port where nothing listens
     int port = free_tcp_port();
     int nowhere = free_tcp_port();
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["*"], "log": {}}])");
     Service service(db, {{"OUTBOX_HANDLERS", handlers},
                          {"OUTBOX_HTTP_PORT", std::to_string(port)},
-                         {"DATABASE_URL", "postgresql://outbox:not-this-secret@127.0.0.1:" + std::to_string(nowhere) +
-                                              "/outbox"}});
+                         {"DATABASE_URL", "postgresql://outbox:not-this-secret@127.0.0.1:" +
+                                              std::to_string(nowhere) + "/outbox"}});
     INFO(service.log());
     HttpReply health;
-    REQUIRE(wait_until([&] {
-        health = http_get(port, "/health");
-        return health.status != 0;
-    }, 20s, 100ms));
+    REQUIRE(wait_until(
+        [&] {
+            health = http_get(port, "/health");
+            return health.status != 0;
+        },
+        20s, 100ms));
     CHECK(health.status == 503);
     CHECK(health.body.find("database unreachable") != std::string::npos);
     HttpReply ready = http_get(port, "/ready");
@@ -557,9 +592,12 @@ TEST_CASE("/metrics is valid Prometheus text with the right numbers", "[ops]") {
     INFO(why);
     REQUIRE(families);
     INFO(outbox::json_print(families.get()));
-    CHECK(sample_value(families, "outbox_events_completed_total", {{"event_type", "example.ok"}}) == 30.0);
-    CHECK(sample_value(families, "outbox_events_completed_total", {{"event_type", "example.crash"}}) == std::nullopt);
-    CHECK(sample_value(families, "outbox_events_dead_lettered_total", {{"event_type", "example.crash"}}) == 1.0);
+    CHECK(sample_value(families, "outbox_events_completed_total", {{"event_type", "example.ok"}}) ==
+          30.0);
+    CHECK(sample_value(families, "outbox_events_completed_total",
+                       {{"event_type", "example.crash"}}) == std::nullopt);
+    CHECK(sample_value(families, "outbox_events_dead_lettered_total",
+                       {{"event_type", "example.crash"}}) == 1.0);
     CHECK(sample_value(families, "outbox_rows", {{"status", "COMPLETED"}}) == 30.0);
     CHECK(sample_value(families, "outbox_rows", {{"status", "FAILED"}}) == 1.0);
     CHECK(sample_value(families, "outbox_rows", {{"status", "PENDING"}}) == 0.0);
@@ -571,7 +609,8 @@ TEST_CASE("/metrics is valid Prometheus text with the right numbers", "[ops]") {
     CHECK(sample_value(families, "outbox_event_latency_seconds_count") == 30.0);
     CHECK(sample_value(families, "outbox_event_latency_seconds_bucket", {{"le", "+Inf"}}) == 30.0);
     CHECK(family_type(families, "outbox_handler_duration_seconds") == "histogram");
-    CHECK(sample_value(families, "outbox_handler_duration_seconds_count", {{"event_type", "example.ok"}}) == 30.0);
+    CHECK(sample_value(families, "outbox_handler_duration_seconds_count",
+                       {{"event_type", "example.ok"}}) == 30.0);
     // The crashed handler process was replaced, and the restart counted by its reason.
     CHECK(sample_value(families, "outbox_worker_restarts_total", {{"reason", "crashed"}}) == 1.0);
     CHECK(family_type(families, "outbox_events_completed") == "counter");
@@ -581,7 +620,8 @@ TEST_CASE("/metrics is valid Prometheus text with the right numbers", "[ops]") {
     REQUIRE(enhanced);
     // One FAILED row and one DLQ row: degraded, not healthy.
     CHECK(outbox::json_string(enhanced.get(), "health") == "degraded");
-    CHECK(json_number(cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox"), "backlogAgeSeconds") == 0);
+    CHECK(json_number(cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox"),
+                      "backlogAgeSeconds") == 0);
     stop_cleanly(service, db);
 }
 
@@ -640,35 +680,47 @@ TEST_CASE("SIGHUP reloads the handlers file without losing or repeating an event
     std::string record = temp_path("slow-deliveries.txt");
     // Each slow delivery appends "<outbox id> <handler process pid>" once it is done.
     std::string slow = R"({"eventTypes": ["slow.*"],
-        "exec": {"command": ["sh", "-c", "cat >/dev/null; sleep 0.3; echo \"$OUTBOX_EVENT_ID $PPID\" >> )" + record +
-                       R"("]}})";
-    std::string handlers = write_handlers_file(R"([{"eventTypes": ["a.*"], "log": {}}, )" + slow + "]");
+        "exec": {"command": ["sh", "-c", "cat >/dev/null; sleep 0.3; echo \"$OUTBOX_EVENT_ID $PPID\" >> )" +
+                       record + R"("]}})";
+    std::string handlers =
+        write_handlers_file(R"([{"eventTypes": ["a.*"], "log": {}}, )" + slow + "]");
     write_events(db, "a.first", 5);
     write_events(db, "b.waiting", 5);
     Service service(db, {{"OUTBOX_HANDLERS", handlers}});
     REQUIRE(service.wait_ready());
     INFO(service.log());
-    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'a.first' AND status = 'COMPLETED')",
-                           5));
+    REQUIRE(wait_for_count(
+        db,
+        R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'a.first' AND status = 'COMPLETED')",
+        5));
     // b.* has no subscriber yet: reported, and left alone.
     REQUIRE(wait_until([&] { return service.log().find("b.waiting") != std::string::npos; }, 20s));
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'b.waiting' AND status = 'PENDING'
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'b.waiting' AND status = 'PENDING'
                       AND "retryCount" = 0)") == 5);
 
     // Reload while slow events are running and queued in the old handler processes.
     write_events(db, "slow.job", 20);
     REQUIRE(wait_until([&] { return read_deliveries(record).ids.size() >= 2; }, 20s));
     std::ofstream(handlers, std::ios::trunc)
-        << R"([{"eventTypes": ["a.*"], "log": {}}, {"eventTypes": ["b.*"], "log": {}}, )" + slow + "]";
+        << R"([{"eventTypes": ["a.*"], "log": {}}, {"eventTypes": ["b.*"], "log": {}}, )" + slow +
+               "]";
     size_t before_reload = read_deliveries(record).ids.size();
     service.process().send_signal(SIGHUP);
-    REQUIRE(wait_until([&] { return service.log().find("SIGHUP: handlers file reloaded") != std::string::npos; }, 10s));
+    REQUIRE(wait_until(
+        [&] { return service.log().find("SIGHUP: handlers file reloaded") != std::string::npos; },
+        10s));
     CHECK(before_reload < 20);
 
-    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'b.waiting' AND status = 'COMPLETED')",
-                           5));
-    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'slow.job' AND status = 'COMPLETED')",
-                           20));
+    REQUIRE(wait_for_count(
+        db,
+        R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'b.waiting' AND status = 'COMPLETED')",
+        5));
+    REQUIRE(wait_for_count(
+        db,
+        R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'slow.job' AND status = 'COMPLETED')",
+        20));
     Deliveries d = read_deliveries(record);
     CHECK(d.ids.size() == 20);
     std::set<std::string> expected;
@@ -685,8 +737,11 @@ TEST_CASE("SIGHUP reloads the handlers file without losing or repeating an event
     // An invalid file is refused and the handlers in use stay.
     std::ofstream(handlers, std::ios::trunc) << R"([{"eventTypes": ["a.*"], "log": )";
     service.process().send_signal(SIGHUP);
-    REQUIRE(wait_until([&] { return service.log().find("SIGHUP: keeping the current handlers") != std::string::npos; },
-                       10s));
+    REQUIRE(wait_until(
+        [&] {
+            return service.log().find("SIGHUP: keeping the current handlers") != std::string::npos;
+        },
+        10s));
     write_events(db, "a.later", 3);
     write_events(db, "b.later", 3);
     REQUIRE(wait_for_count(db, kCompleted, 5 + 5 + 20 + 3 + 3));
@@ -706,17 +761,23 @@ TEST_CASE("retention deletes old COMPLETED rows and keeps EventLog", "[ops]") {
     write_events(db, "r.failed", 1);
     // Completed two hours ago, as far as the table can tell; and a FAILED row of that age, which
     // retention must not touch.
-    db.exec(R"(UPDATE "Outbox" SET status = 'COMPLETED', "processedAt" = now() - interval '2 hours', "updatedAt" = now()
+    db.exec(
+        R"(UPDATE "Outbox" SET status = 'COMPLETED', "processedAt" = now() - interval '2 hours', "updatedAt" = now()
                WHERE "eventType" = 'r.old')");
-    db.exec(R"(UPDATE "Outbox" SET status = 'FAILED', "processedAt" = now() - interval '2 hours', "updatedAt" = now(),
+    db.exec(
+        R"(UPDATE "Outbox" SET status = 'FAILED', "processedAt" = now() - interval '2 hours', "updatedAt" = now(),
                       "lastError" = 'given up' WHERE "eventType" = 'r.failed')");
     Service service(db, {{"OUTBOX_HANDLERS", handlers},
                          {"OUTBOX_RETENTION_HOURS", "1"},
                          {"OUTBOX_HTTP_PORT", std::to_string(port)}});
     INFO(service.log());
-    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'r.old')", 0, 30s));
+    REQUIRE(
+        wait_for_count(db, R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'r.old')", 0, 30s));
     REQUIRE(wait_for_count(db, kCompleted, 4));
-    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'r.new' AND status = 'COMPLETED')") == 4);
+    CHECK(
+        db.count(
+            R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'r.new' AND status = 'COMPLETED')") ==
+        4);
     CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE "eventType" = 'r.failed')") == 1);
     CHECK(db.count(R"(SELECT count(*) FROM "EventLog")") == 11);
     CHECK(service.log().find("retention: deleted 6 completed events") != std::string::npos);
@@ -739,14 +800,18 @@ TEST_CASE("the metrics log line carries the row counts", "[ops]") {
     write_events(db, "m.unowned", 2);
     // Two older DLQ rows, so that the failed and DLQ counts differ and cannot be confused.
     insert_dlq_rows(db, 2, "older");
-    Service service(db, {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_METRICS_LOG_INTERVAL_MS", "1000"}});
+    Service service(db,
+                    {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_METRICS_LOG_INTERVAL_MS", "1000"}});
     INFO(service.log());
     REQUIRE(wait_for_count(db, kCompleted, 7));
     REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 3, 30s));
-    CHECK(wait_until([&] {
-        return service.log().find("metrics: total=10 pending=2 processing=0 completed=7 failed=1 dlq=3") !=
-               std::string::npos;
-    }, 20s));
+    CHECK(wait_until(
+        [&] {
+            return service.log().find(
+                       "metrics: total=10 pending=2 processing=0 completed=7 failed=1 dlq=3") !=
+                   std::string::npos;
+        },
+        20s));
     // About one line a second, not one per count refresh or per event.
     size_t first = occurrences(service.log(), "metrics: ");
     CHECK(wait_until([&] { return occurrences(service.log(), "metrics: ") >= first + 2; }, 5s));
@@ -758,7 +823,8 @@ TEST_CASE("LOG_FORMAT=json writes one JSON object a line and never the password"
     db.migrate();
     REQUIRE(!db.password().empty());
     bool uri = GENERATE(true, false);
-    std::string handlers = write_handlers_file(R"([{"eventTypes": ["j.*"], "log": {"level": "info"}}])");
+    std::string handlers =
+        write_handlers_file(R"([{"eventTypes": ["j.*"], "log": {"level": "info"}}])");
     write_events(db, "j.thing", 5);
     Service service(db, {{"OUTBOX_HANDLERS", handlers},
                          {"DATABASE_URL", uri ? db.url() : db.conninfo()},
@@ -768,9 +834,11 @@ TEST_CASE("LOG_FORMAT=json writes one JSON object a line and never the password"
     INFO(service.log());
     REQUIRE(wait_for_count(db, kCompleted, 5));
     // A reconnect logs the connection's story again.
-    db.exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name LIKE 'outbox-worker%'");
-    REQUIRE(wait_until([&] { return service.log().find("re-established") != std::string::npos; }, 20s));
+    db.exec(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name LIKE 'outbox-worker%'");
+    REQUIRE(
+        wait_until([&] { return service.log().find("re-established") != std::string::npos; }, 20s));
     stop_cleanly(service, db);
 
     std::string log = service.log();
@@ -794,7 +862,8 @@ TEST_CASE("under journald, text lines carry syslog priority prefixes", "[ops]") 
     TestDatabase db;
     db.migrate();
     REQUIRE(!db.password().empty());
-    std::string handlers = write_handlers_file(R"([{"eventTypes": ["j.*"], "log": {"level": "warn"}}])");
+    std::string handlers =
+        write_handlers_file(R"([{"eventTypes": ["j.*"], "log": {"level": "warn"}}])");
     write_events(db, "j.thing", 3);
     Service service(db, {{"OUTBOX_HANDLERS", handlers},
                          {"JOURNAL_STREAM", "8:123456"},

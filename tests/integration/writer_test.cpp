@@ -18,8 +18,12 @@ using outbox::test::TestDatabase;
 
 namespace {
 
-long event_logs(const TestDatabase& db) { return db.count(R"(SELECT count(*) FROM "EventLog")"); }
-long outbox_rows(const TestDatabase& db) { return db.count(R"(SELECT count(*) FROM "Outbox")"); }
+long event_logs(const TestDatabase& db) {
+    return db.count(R"(SELECT count(*) FROM "EventLog")");
+}
+long outbox_rows(const TestDatabase& db) {
+    return db.count(R"(SELECT count(*) FROM "Outbox")");
+}
 
 void exec_ok(PGconn* conn, const char* sql) {
     outbox::PgResult res = outbox::pg_exec(conn, sql);
@@ -110,8 +114,8 @@ TEST_CASE("writer SQL: a repeated (eventKey, tenantId) is a duplicate", "[writer
     CHECK(db.scalar(R"(SELECT "eventType" FROM "Outbox")") == "a");
 
     // The same key for another tenant is another event.
-    outbox::PgResult other = db.exec(
-        "SELECT duplicate FROM outbox_write_event('k1', 't2', 'a', '{}')");
+    outbox::PgResult other =
+        db.exec("SELECT duplicate FROM outbox_write_event('k1', 't2', 'a', '{}')");
     CHECK(other.value(0, 0) == "f");
     CHECK(outbox_rows(db) == 2);
 }
@@ -143,8 +147,10 @@ TEST_CASE("writer: EventWriter::write in the caller's transaction, duplicates", 
     CHECK(written.outboxId != written.eventLogId);
     CHECK(event_logs(db) == 1);
     CHECK(outbox_rows(db) == 1);
-    CHECK(db.scalar(R"(SELECT "projectId" || ' ' || "metadata"::text || ' ' || "correlationId" FROM "EventLog")") ==
-          R"(p9 {"source": "test"} corr-9)");
+    CHECK(
+        db.scalar(
+            R"(SELECT "projectId" || ' ' || "metadata"::text || ' ' || "correlationId" FROM "EventLog")") ==
+        R"(p9 {"source": "test"} corr-9)");
     CHECK(db.scalar(R"(SELECT "maxRetries" FROM "Outbox")") == "3");
     CHECK(db.scalar(R"(SELECT "eventLogId" FROM "Outbox")") == written.eventLogId);
 
@@ -157,8 +163,10 @@ TEST_CASE("writer: EventWriter::write in the caller's transaction, duplicates", 
 
     // Unset optional fields are NULL, and maxRetries falls back to the column default.
     WrittenEvent plain = writer.write(event("k2"));
-    CHECK(db.scalar(R"(SELECT ("projectId" IS NULL AND "metadata" IS NULL AND "correlationId" IS NULL)::text FROM "EventLog" WHERE "id" = ')" +
-                    plain.eventLogId + "'") == "true");
+    CHECK(
+        db.scalar(
+            R"(SELECT ("projectId" IS NULL AND "metadata" IS NULL AND "correlationId" IS NULL)::text FROM "EventLog" WHERE "id" = ')" +
+            plain.eventLogId + "'") == "true");
     CHECK(db.scalar(R"(SELECT "maxRetries" FROM "Outbox" WHERE "id" = ')" + plain.outboxId + "'") ==
           "5");
 }
@@ -196,13 +204,17 @@ TEST_CASE("writer: write_batch keeps the input order and reports duplicates in a
     // Each result belongs to its input: the ids lead back to the event's own key.
     for (size_t i = 0; i < batch.size(); ++i) {
         INFO(i);
-        CHECK(db.scalar(R"(SELECT e."eventKey" FROM "Outbox" o JOIN "EventLog" e ON e."id" = o."eventLogId" WHERE o."id" = ')" +
-                        results[i].outboxId + "'") == batch[i].eventKey);
+        CHECK(
+            db.scalar(
+                R"(SELECT e."eventKey" FROM "Outbox" o JOIN "EventLog" e ON e."id" = o."eventLogId" WHERE o."id" = ')" +
+                results[i].outboxId + "'") == batch[i].eventKey);
     }
     CHECK(db.scalar(R"(SELECT "payload"->>'text' FROM "EventLog" WHERE "eventKey" = 'k-a')") ==
           R"(with "quotes", commas, {braces} and \ backslashes)");
-    CHECK(db.scalar(R"(SELECT "metadata"::text || "projectId" FROM "EventLog" WHERE "eventKey" = 'k-b')") ==
-          R"(["m"]p)");
+    CHECK(
+        db.scalar(
+            R"(SELECT "metadata"::text || "projectId" FROM "EventLog" WHERE "eventKey" = 'k-b')") ==
+        R"(["m"]p)");
     CHECK(db.scalar(R"(SELECT "maxRetries" FROM "Outbox" WHERE "id" = ')" + results[3].outboxId +
                     "'") == "9");
     CHECK(event_logs(db) == 5);
@@ -236,7 +248,8 @@ TEST_CASE("writer: concurrent writers of one key write exactly one event", "[wri
                 }
                 try {
                     results[i] = writer.write(event("same-key"));
-                    outbox::PgResult sleep = outbox::pg_exec(connections[i].get(), "SELECT pg_sleep(0.05)");
+                    outbox::PgResult sleep =
+                        outbox::pg_exec(connections[i].get(), "SELECT pg_sleep(0.05)");
                     outbox::PgResult commit = outbox::pg_exec(connections[i].get(), "COMMIT");
                     if (!commit.ok()) {
                         errors[i] = commit.error();
@@ -281,9 +294,9 @@ TEST_CASE("writer: invalid input is a WriteError and writes nothing", "[writer]"
 
     std::vector<NewEvent> batch = {event("b1"), event("b2"), event("b3")};
     batch[2].payload = "{\"a\": }";
-    CHECK_THROWS_WITH(writer.write_batch(batch),
-                      Catch::Contains("event 2") && Catch::Contains("b3") &&
-                          Catch::Contains("payload is not valid JSON"));
+    CHECK_THROWS_WITH(writer.write_batch(batch), Catch::Contains("event 2") &&
+                                                     Catch::Contains("b3") &&
+                                                     Catch::Contains("payload is not valid JSON"));
 
     NewEvent bad_retries = event("k3");
     bad_retries.maxRetries = 0;

@@ -23,7 +23,7 @@ namespace outbox::test {
 std::string admin_conninfo();
 
 class TestDatabase {
-public:
+  public:
     TestDatabase();
     ~TestDatabase();
     TestDatabase(const TestDatabase&) = delete;
@@ -55,7 +55,7 @@ public:
     // compatibility with the application's schema rather than with our own copy of it.
     void create_calibr_tables_like_the_application() const;
 
-private:
+  private:
     std::string name_;
     std::string conninfo_;
     std::string url_;

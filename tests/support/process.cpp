@@ -246,7 +246,9 @@ bool ChildProcess::reap(int flags) {
     return true;
 }
 
-bool ChildProcess::is_running() { return !reap(WNOHANG); }
+bool ChildProcess::is_running() {
+    return !reap(WNOHANG);
+}
 
 void ChildProcess::send_signal(int sig) {
     if (!status_ && pid_ > 0) {
@@ -265,8 +267,12 @@ std::optional<ExitStatus> ChildProcess::wait_exit(std::chrono::milliseconds time
     return status_;
 }
 
-std::string ChildProcess::stdout_text() const { return read_text_file(stdout_path_); }
-std::string ChildProcess::stderr_text() const { return read_text_file(stderr_path_); }
+std::string ChildProcess::stdout_text() const {
+    return read_text_file(stdout_path_);
+}
+std::string ChildProcess::stderr_text() const {
+    return read_text_file(stderr_path_);
+}
 
 std::string ChildProcess::describe() const {
     std::string command = program_;

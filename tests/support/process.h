@@ -32,8 +32,8 @@
 namespace outbox::test {
 
 struct ExitStatus {
-    int code = -1;   // the exit code when the process exited, else -1
-    int signal = 0;  // the terminating signal when it was killed, else 0
+    int code = -1;  // the exit code when the process exited, else -1
+    int signal = 0; // the terminating signal when it was killed, else 0
     bool core_dumped = false;
 
     bool exited() const { return code >= 0; }
@@ -54,7 +54,7 @@ struct SpawnOptions {
 };
 
 class ChildProcess {
-public:
+  public:
     // Starts `program` (a path, or a name looked up in PATH). A failure to start (no such file,
     // not executable) fails the current test.
     explicit ChildProcess(std::string program, SpawnOptions options = {});
@@ -85,7 +85,7 @@ public:
     // The command line and both outputs, for INFO() when a check fails.
     std::string describe() const;
 
-private:
+  private:
     bool reap(int flags);
 
     std::string program_;

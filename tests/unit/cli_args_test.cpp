@@ -21,7 +21,8 @@ TEST_CASE("cli args: --name value, --name=value, flags and positionals", "[cli]"
 }
 
 TEST_CASE("cli args: values may look like options or be empty", "[cli]") {
-    auto r = parse_args({"--payload", "-", "--key", "--odd", "--tenant="}, {{"payload", true}, {"key", true}, {"tenant", true}});
+    auto r = parse_args({"--payload", "-", "--key", "--odd", "--tenant="},
+                        {{"payload", true}, {"key", true}, {"tenant", true}});
     REQUIRE(r.error.empty());
     CHECK(r.args.value("payload") == "-");
     CHECK(r.args.value("key") == "--odd");
@@ -71,7 +72,8 @@ TEST_CASE("cli args: durations", "[cli]") {
     CHECK(parse_duration_seconds("12h") == 43200);
     CHECK(parse_duration_seconds("7d") == 604800);
     CHECK(parse_duration_seconds("2w") == 1209600);
-    for (const char* bad : {"", "7", "d", "0d", "-1d", "1.5h", "7 d", "7D", "1h30m", "99999999999d"}) {
+    for (const char* bad :
+         {"", "7", "d", "0d", "-1d", "1.5h", "7 d", "7D", "1h30m", "99999999999d"}) {
         INFO(bad);
         CHECK_FALSE(parse_duration_seconds(bad));
     }

@@ -73,33 +73,79 @@ std::vector<IntegerVariable> integer_variables() {
     unsigned cpus = std::thread::hardware_concurrency();
     long long default_workers = cpus == 0 ? 1 : std::min(cpus, 256u);
     return {
-        {"OUTBOX_POLL_INTERVAL_MS", 10, 3600000, 5000, [](const Config& c) { return c.poll_interval_ms; }},
-        {"OUTBOX_MAX_RETRIES", 1, 1000, 5, [](const Config& c) { return c.max_retries; }},
-        {"OUTBOX_INITIAL_DELAY_MS", 0, 86400000, 1000, [](const Config& c) { return c.initial_delay_ms; }},
-        {"OUTBOX_MAX_DELAY_MS", 1, 604800000, 60000, [](const Config& c) { return c.max_delay_ms; }},
-        {"OUTBOX_WORKERS", 1, 256, default_workers, [](const Config& c) { return c.workers; }},
-        {"OUTBOX_BATCH_SIZE", 1, 10000, 100, [](const Config& c) { return c.batch_size; }},
-        {"OUTBOX_LEASE_MS", 1000, 86400000, 30000, [](const Config& c) { return c.lease_ms; }},
+        {"OUTBOX_POLL_INTERVAL_MS", 10, 3600000, 5000,
+         [](const Config& c) {
+             return c.poll_interval_ms;
+         }},
+        {"OUTBOX_MAX_RETRIES", 1, 1000, 5,
+         [](const Config& c) {
+             return c.max_retries;
+         }},
+        {"OUTBOX_INITIAL_DELAY_MS", 0, 86400000, 1000,
+         [](const Config& c) {
+             return c.initial_delay_ms;
+         }},
+        {"OUTBOX_MAX_DELAY_MS", 1, 604800000, 60000,
+         [](const Config& c) {
+             return c.max_delay_ms;
+         }},
+        {"OUTBOX_WORKERS", 1, 256, default_workers,
+         [](const Config& c) {
+             return c.workers;
+         }},
+        {"OUTBOX_BATCH_SIZE", 1, 10000, 100,
+         [](const Config& c) {
+             return c.batch_size;
+         }},
+        {"OUTBOX_LEASE_MS", 1000, 86400000, 30000,
+         [](const Config& c) {
+             return c.lease_ms;
+         }},
         {"OUTBOX_HANDLER_TIMEOUT_MS", 1, 86400000, 30000,
-         [](const Config& c) { return c.handler_timeout_ms; }},
+         [](const Config& c) {
+             return c.handler_timeout_ms;
+         }},
         {"OUTBOX_SHUTDOWN_TIMEOUT_MS", 0, 3600000, 25000,
-         [](const Config& c) { return c.shutdown_timeout_ms; }},
-        {"OUTBOX_WORKER_MAX_EVENTS", 0, 1000000000, 0, [](const Config& c) { return c.worker_max_events; }},
-        {"OUTBOX_WORKER_MEMORY_MB", 0, 1048576, 0, [](const Config& c) { return c.worker_memory_mb; },
-         {1, 15}, "0 (no limit) or 16 to 1048576"},
-        {"OUTBOX_RETENTION_HOURS", 0, 876000, 168, [](const Config& c) { return c.retention_hours; }},
-        {"OUTBOX_HTTP_PORT", 0, 65535, 3001, [](const Config& c) { return c.http_port; }},
+         [](const Config& c) {
+             return c.shutdown_timeout_ms;
+         }},
+        {"OUTBOX_WORKER_MAX_EVENTS", 0, 1000000000, 0,
+         [](const Config& c) {
+             return c.worker_max_events;
+         }},
+        {"OUTBOX_WORKER_MEMORY_MB",
+         0,
+         1048576,
+         0,
+         [](const Config& c) { return c.worker_memory_mb; },
+         {1, 15},
+         "0 (no limit) or 16 to 1048576"},
+        {"OUTBOX_RETENTION_HOURS", 0, 876000, 168,
+         [](const Config& c) {
+             return c.retention_hours;
+         }},
+        {"OUTBOX_HTTP_PORT", 0, 65535, 3001,
+         [](const Config& c) {
+             return c.http_port;
+         }},
         {"OUTBOX_DLQ_ALERT_THRESHOLD", 0, 1000000000, 100,
-         [](const Config& c) { return c.dlq_alert_threshold; }},
-        {"OUTBOX_METRICS_LOG_INTERVAL_MS", 0, 86400000, 60000,
-         [](const Config& c) { return c.metrics_log_interval_ms; }, {1, 999},
+         [](const Config& c) {
+             return c.dlq_alert_threshold;
+         }},
+        {"OUTBOX_METRICS_LOG_INTERVAL_MS",
+         0,
+         86400000,
+         60000,
+         [](const Config& c) { return c.metrics_log_interval_ms; },
+         {1, 999},
          "0 (off) or 1000 to 86400000"},
     };
 }
 
 // OUTBOX_MAX_DELAY_MS must not be below OUTBOX_INITIAL_DELAY_MS; single-variable checks keep the
 // other one where the bound under test is valid.
-std::map<std::string, std::string> with_companions(const std::string& name, const std::string& value) {
+std::map<std::string, std::string> with_companions(const std::string& name,
+                                                   const std::string& value) {
     std::map<std::string, std::string> vars{{name, value}};
     if (name == "OUTBOX_INITIAL_DELAY_MS") {
         vars["OUTBOX_MAX_DELAY_MS"] = "604800000";
@@ -143,8 +189,7 @@ TEST_CASE("config: an empty variable means its default", "[config]") {
 TEST_CASE("config: integer variables accept their bounds and refuse everything else", "[config]") {
     for (const auto& v : integer_variables()) {
         const std::string name = v.name;
-        const std::string range =
-            "from " + std::to_string(v.min) + " to " + std::to_string(v.max);
+        const std::string range = "from " + std::to_string(v.min) + " to " + std::to_string(v.max);
         SECTION(name) {
             // The bounds themselves are valid.
             for (long long ok : {v.min, v.max}) {
@@ -156,7 +201,8 @@ TEST_CASE("config: integer variables accept their bounds and refuse everything e
             }
             // Not a number, trailing garbage, a decimal, spaces, a sign: "not an integer" with
             // the allowed range.
-            for (const char* bad : {"abc", "12abc", "5ms", "1.5", " 5", "5 ", "+5", "0x10", "1e3"}) {
+            for (const char* bad :
+                 {"abc", "12abc", "5ms", "1.5", " 5", "5 ", "+5", "0x10", "1e3"}) {
                 std::string error = load_error(name, bad);
                 CHECK(error.find("not an integer") != std::string::npos);
                 CHECK(error.find(range) != std::string::npos);
@@ -297,13 +343,12 @@ TEST_CASE("config: DATABASE_URL is required, parsed by libpq, and never shown wi
         }
     }
     SECTION("a bad one names the variable and hides the password") {
-        for (const char* bad : {"postgresql://app:s3cret-pw@db/calibr?bogus=1",
-                                "host=db password=s3cret-pw bogus=1",
-                                "host=db password='s3cret-pw",
-                                "postgresql://app:s3cret-pw@[::1/calibr",
-                                "postgresql://app:s3cret-pw@[::1]x/calibr",
-                                "postgresql://app:s3cret-pw@db/calibr?host=%00",
-                                "postgresql://app:s3cret-pw%zz@db/calibr"}) {
+        for (const char* bad :
+             {"postgresql://app:s3cret-pw@db/calibr?bogus=1", "host=db password=s3cret-pw bogus=1",
+              "host=db password='s3cret-pw", "postgresql://app:s3cret-pw@[::1/calibr",
+              "postgresql://app:s3cret-pw@[::1]x/calibr",
+              "postgresql://app:s3cret-pw@db/calibr?host=%00",
+              "postgresql://app:s3cret-pw%zz@db/calibr"}) {
             ConfigResult r = load({{"DATABASE_URL", bad}});
             INFO(bad);
             INFO(r.error);
