@@ -17,20 +17,6 @@ namespace {
 
 std::string g_process_name = "supervisor";
 
-spdlog::level::level_enum to_spdlog(LogLevel level) {
-    switch (level) {
-    case LogLevel::debug:
-        return spdlog::level::debug;
-    case LogLevel::info:
-        return spdlog::level::info;
-    case LogLevel::warn:
-        return spdlog::level::warn;
-    case LogLevel::error:
-        return spdlog::level::err;
-    }
-    return spdlog::level::info;
-}
-
 const char* level_word(spdlog::level::level_enum level) {
     switch (level) {
     case spdlog::level::trace:
@@ -137,6 +123,20 @@ class LineFormatter final : public spdlog::formatter {
 
 } // namespace
 
+spdlog::level::level_enum to_spdlog_level(LogLevel level) {
+    switch (level) {
+    case LogLevel::debug:
+        return spdlog::level::debug;
+    case LogLevel::info:
+        return spdlog::level::info;
+    case LogLevel::warn:
+        return spdlog::level::warn;
+    case LogLevel::error:
+        return spdlog::level::err;
+    }
+    return spdlog::level::info;
+}
+
 LogSettings log_settings_for(const Config& config) {
     LogSettings s;
     s.level = config.log_level;
@@ -153,7 +153,7 @@ void setup_logging(const LogSettings& settings) {
     auto sink = std::make_shared<spdlog::sinks::stderr_sink_st>();
     auto logger = std::make_shared<spdlog::logger>("outbox", sink);
     logger->set_formatter(std::make_unique<LineFormatter>(settings));
-    logger->set_level(to_spdlog(settings.level));
+    logger->set_level(to_spdlog_level(settings.level));
     logger->flush_on(spdlog::level::trace);
     spdlog::set_default_logger(logger);
 }

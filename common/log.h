@@ -9,6 +9,8 @@
 
 #include "common/config.h"
 
+#include <spdlog/common.h>
+
 #include <string>
 
 namespace outbox {
@@ -22,6 +24,9 @@ struct LogSettings {
 
 // From the validated configuration and the environment (JOURNAL_STREAM).
 LogSettings log_settings_for(const Config& config);
+
+// The spdlog level of a configured level (also used by the `log` handler kind).
+spdlog::level::level_enum to_spdlog_level(LogLevel level);
 
 // Installs the default logger. May be called again (after fork, or to change the level).
 void setup_logging(const LogSettings& settings);

@@ -201,7 +201,9 @@ size_t skip_value(std::string_view text, size_t i) {
 
 bool key_equals(std::string_view raw_key, std::string_view key) {
     if (raw_key.find('\\') == std::string_view::npos) {
-        return raw_key == key;
+        // cJSON keeps keys as C strings, so a raw NUL byte in a key ends the key it looks up by;
+        // comparing past it would skip the member cJSON finds and return a later one.
+        return raw_key.substr(0, raw_key.find('\0')) == key;
     }
     // An escaped key is rare enough to let cJSON unescape it.
     const Json parsed = json_parse("\"" + std::string(raw_key) + "\"");

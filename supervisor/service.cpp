@@ -67,37 +67,6 @@ int64_t wall_clock_us() {
         .count();
 }
 
-// PostgreSQL rejects text with NUL bytes or invalid UTF-8, and one bad error string would fail
-// the whole batch of results: replace offending bytes.
-std::string sanitize_utf8(std::string_view in) {
-    std::string out;
-    out.reserve(in.size());
-    size_t i = 0;
-    while (i < in.size()) {
-        unsigned char c = static_cast<unsigned char>(in[i]);
-        size_t len = c < 0x80           ? 1
-                     : (c >> 5) == 0x6  ? 2
-                     : (c >> 4) == 0xe  ? 3
-                     : (c >> 3) == 0x1e ? 4
-                                        : 0;
-        bool valid = len > 0 && i + len <= in.size() && c != 0;
-        for (size_t k = 1; valid && k < len; ++k) {
-            valid = (static_cast<unsigned char>(in[i + k]) & 0xc0) == 0x80;
-        }
-        if (valid && len == 2 && c < 0xc2) {
-            valid = false; // overlong
-        }
-        if (valid) {
-            out.append(in.substr(i, len));
-            i += len;
-        } else {
-            out += '?';
-            ++i;
-        }
-    }
-    return out;
-}
-
 struct Delivery {
     std::string id;
     int64_t token = 0;
@@ -718,7 +687,9 @@ void Supervisor::on_failed(uint64_t seq, const std::string& error, bool permanen
     Delivery& d = it->second;
     d.finished = true;
     int attempt = d.retry_count + 1;
-    std::string why = sanitize_utf8(error.empty() ? "handler failed without a message" : error);
+    // PostgreSQL rejects NUL bytes and invalid UTF-8, and one bad string would fail a whole batch
+    // of outcomes: errors are made safe (and bounded) exactly as the channel protocol does.
+    std::string why = bounded_error(error.empty() ? "handler failed without a message" : error);
     if (permanent || attempt >= d.max_retries) {
         spdlog::warn("event {} ({}) failed attempt {}/{}{}: {}; moving it to the dead-letter queue",
                      d.id, d.event_type, attempt, d.max_retries, permanent ? " permanently" : "",

@@ -377,8 +377,22 @@ class HandlersParser {
     }
 
   private:
+    // Keys, names and variable names from the file end up in the message; a control character
+    // among them (a "\n" in a key) would split the one-line error, so each is shown as \xNN.
     HandlersFileResult fail(const std::string& problem) const {
-        return {std::nullopt, origin_ + ": " + problem};
+        std::string message;
+        for (const char c : origin_ + ": " + problem) {
+            const auto byte = static_cast<unsigned char>(c);
+            if (byte < 0x20 || byte == 0x7f) {
+                static constexpr char kHex[] = "0123456789abcdef";
+                message += "\\x";
+                message += kHex[byte >> 4];
+                message += kHex[byte & 0xf];
+            } else {
+                message += c;
+            }
+        }
+        return {std::nullopt, std::move(message)};
     }
 
     static std::string invalid_json(std::string_view text, const char* where, const char* what) {

@@ -120,6 +120,19 @@ inline bool wait_for_count(const TestDatabase& db, const std::string& sql, long 
     return wait_until([&] { return db.count(sql) == expected; }, timeout, 50ms);
 }
 
+inline const std::string kCompleted = R"(SELECT count(*) FROM "Outbox" WHERE status = 'COMPLETED')";
+inline const std::string kProcessing =
+    R"(SELECT count(*) FROM "Outbox" WHERE status = 'PROCESSING')";
+
+// SIGTERM, then exit 0 and nothing left PROCESSING: how every engine test ends.
+inline void stop_cleanly(Service& service, const TestDatabase& db) {
+    auto status = service.stop();
+    REQUIRE(status.has_value());
+    INFO(service.log());
+    CHECK(status->exited_with(0));
+    CHECK(db.count(kProcessing) == 0);
+}
+
 // Lines "<outbox id> <pid>" written by the example application's record_delivery().
 struct Deliveries {
     std::multiset<std::string> ids;

@@ -27,17 +27,6 @@ using outbox::Json;
 
 namespace {
 
-const std::string kCompleted = R"(SELECT count(*) FROM "Outbox" WHERE status = 'COMPLETED')";
-const std::string kProcessing = R"(SELECT count(*) FROM "Outbox" WHERE status = 'PROCESSING')";
-
-void stop_cleanly(Service& service, const TestDatabase& db) {
-    auto status = service.stop();
-    REQUIRE(status.has_value());
-    INFO(service.log());
-    CHECK(status->exited_with(0));
-    CHECK(db.count(kProcessing) == 0);
-}
-
 // ---- a plain HTTP client ----------------------------------------------------------------------
 
 struct HttpReply {
