@@ -8,9 +8,11 @@
 // nothing else.
 #include <outbox/outbox.h>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -93,6 +95,29 @@ int main(int argc, char** argv) {
                           std::raise(SIGSEGV);
                           return outbox::Result::ok();
                       }});
+
+    // Reports what a handler process holds, for the isolation test: its open descriptors and
+    // whether the database location reached its environment. It "fails" permanently so that the
+    // report lands in the dead-letter queue's failureReason.
+    worker.subscribe(
+        {{"example.inspect"}, [](const outbox::Event&) {
+             std::string fds;
+             if (DIR* dir = opendir("/proc/self/fd")) {
+                 std::vector<int> open_fds;
+                 while (dirent* entry = readdir(dir)) {
+                     if (entry->d_name[0] != '.' && std::atoi(entry->d_name) != dirfd(dir)) {
+                         open_fds.push_back(std::atoi(entry->d_name));
+                     }
+                 }
+                 closedir(dir);
+                 std::sort(open_fds.begin(), open_fds.end());
+                 for (int fd : open_fds) {
+                     fds += (fds.empty() ? "" : " ") + std::to_string(fd);
+                 }
+             }
+             return outbox::Result::permanent(
+                 "fds=" + fds + " database_url=" + (std::getenv("DATABASE_URL") ? "set" : "unset"));
+         }});
 
     // For the chaos test: a fixed fate per event, from a hash of its id. One in ten crashes its
     // handler process on the first attempt, one fails twice before succeeding, one is rejected

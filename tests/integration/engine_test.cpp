@@ -462,3 +462,18 @@ TEST_CASE("every event ends COMPLETED when PostgreSQL restarts mid-run", "[engin
     CHECK(std::set<std::string>(d.ids.begin(), d.ids.end()).size() == 60);
     stop_cleanly(service, db);
 }
+
+TEST_CASE("a handler process holds only its channel and stdio, and no database location",
+          "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    write_events(db, "example.inspect", 1, 1);
+    Service service(db, {{"OUTBOX_HTTP_PORT", std::to_string(free_tcp_port())}},
+                    OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+    // stdin, stdout, stderr and the channel on descriptor 3: no database socket, no listener.
+    CHECK(db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")")
+              .ends_with(": fds=0 1 2 3 database_url=unset"));
+    stop_cleanly(service, db);
+}
