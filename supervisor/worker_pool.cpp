@@ -81,8 +81,6 @@ struct WorkerPool::Slot {
     bool channel_closed = false;        // EOF seen; waiting for the exit status
     RestartReason kill_reason = RestartReason::crashed;
     std::string kill_error;
-    uint64_t head_started_ms = 0;
-    uint64_t spawned_ms = 0;
 };
 
 WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options,
@@ -196,7 +194,6 @@ void WorkerPool::spawn(int index) {
     slot->pool = this;
     slot->index = index;
     slot->pid = pid;
-    slot->spawned_ms = uv_now(loop_);
     slot->channel = new uv_pipe_t;
     uv_pipe_init(loop_, slot->channel, 0);
     ++open_handles_;
@@ -424,7 +421,6 @@ void WorkerPool::arm_timeout(Slot& slot) {
     }
     // The head of the pipeline is running from now on: its predecessor just finished (or it was
     // sent to an idle process).
-    slot.head_started_ms = uv_now(loop_);
     if (callbacks_.on_started) {
         callbacks_.on_started(slot.pipeline.front().seq);
     }
@@ -614,7 +610,6 @@ void WorkerPool::respawn_later(int index, long delay_ms) {
 
 void WorkerPool::replace_subscribers(std::shared_ptr<const std::vector<Subscriber>> subscribers) {
     subscribers_ = std::move(subscribers);
-    ++generation_;
     std::vector<int> indexes;
     for (auto& [index, slot] : slots_) {
         indexes.push_back(index);

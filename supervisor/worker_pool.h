@@ -131,7 +131,6 @@ class WorkerPool {
     bool final_handles_closing_ = false;
     int open_handles_ = 0;
     std::function<void()> on_closed_;
-    uint64_t generation_ = 0;
 };
 
 } // namespace outbox
