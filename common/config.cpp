@@ -8,7 +8,6 @@
 
 #include <charconv>
 #include <cstdlib>
-#include <regex>
 #include <thread>
 #include <vector>
 
@@ -170,40 +169,43 @@ class Parser {
     std::string error_;
 };
 
-// libpq's parse errors quote the part of the string they stumbled on, which may be the password
-// itself: every password-looking substring of the URL is blanked out of the message.
-std::string redact_secrets(std::string message, const std::string& url) {
-    std::vector<std::string> secrets;
-    static const std::regex userinfo(R"(://[^:/@?#]*:([^@/?#]*)@)");
-    static const std::regex query(R"([?&]password=([^&#]*))", std::regex::icase);
-    static const std::regex keyword(R"((?:^|\s)password\s*=\s*('(?:\\.|[^'])*'|\S*))",
-                                    std::regex::icase);
-    for (const std::regex* re : {&userinfo, &query, &keyword}) {
-        for (std::sregex_iterator it(url.begin(), url.end(), *re), end; it != end; ++it) {
-            std::string secret = (*it)[1].str();
-            while (!secret.empty() && secret.front() == '\'') {
-                secret.erase(0, 1);
-            }
-            while (!secret.empty() && secret.back() == '\'') {
-                secret.pop_back();
-            }
-            if (!secret.empty()) {
-                secrets.push_back(secret);
-            }
+// Replaces every occurrence of `secret` in `text` with "****" in one pass that never looks at
+// what it inserted (a password of stars must not make it loop).
+std::string replace_all_once(const std::string& text, const std::string& secret) {
+    std::string out;
+    out.reserve(text.size());
+    size_t pos = 0;
+    while (pos < text.size()) {
+        size_t hit = text.find(secret, pos);
+        if (hit == std::string::npos) {
+            break;
         }
+        out.append(text, pos, hit - pos);
+        out += "****";
+        pos = hit + secret.size();
     }
-    for (const auto& secret : secrets) {
-        for (size_t pos = message.find(secret); pos != std::string::npos;
-             pos = message.find(secret, pos)) {
-            message.replace(pos, secret.size(), "****");
+    out.append(text, pos, std::string::npos);
+    return out;
+}
+
+// libpq's parse errors quote the part of the string they stumbled on, which may be the password
+// itself (whole, or the token it failed on): every password of the URL, and its first half, is
+// blanked out of the message.
+std::string redact_secrets(std::string message, const std::string& url) {
+    for (auto [start, length] : password_spans(url)) {
+        std::string secret = url.substr(start, length);
+        while (!secret.empty() && secret.front() == '\'') {
+            secret.erase(0, 1);
         }
-        // A password may be quoted only in part (libpq reports the token it failed on).
+        while (!secret.empty() && secret.back() == '\'') {
+            secret.pop_back();
+        }
+        if (secret.empty()) {
+            continue;
+        }
+        message = replace_all_once(message, secret);
         if (secret.size() >= 4) {
-            std::string head = secret.substr(0, secret.size() / 2);
-            for (size_t pos = message.find(head); pos != std::string::npos;
-                 pos = message.find(head, pos)) {
-                message.replace(pos, head.size(), "****");
-            }
+            message = replace_all_once(message, secret.substr(0, secret.size() / 2));
         }
     }
     return message;
@@ -253,7 +255,8 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
             }
             PQfreemem(err);
             p.fail("DATABASE_URL", mask_conninfo(*url),
-                   redact_secrets(why, *url) + "; allowed: a libpq connection string or URI");
+                   Parser::printable(redact_secrets(why, *url)) +
+                       "; allowed: a libpq connection string or URI");
         } else {
             PQconninfoFree(opts);
             c.database_url = *url;

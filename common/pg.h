@@ -10,6 +10,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace outbox {
@@ -88,5 +89,9 @@ std::string pg_text_array(const std::vector<std::optional<std::string>>& values)
 // (postgresql://user:secret@host/db, ?password=secret) and key=value form (password=secret).
 // Used wherever the database location is shown: logs, errors, check-config.
 std::string mask_conninfo(std::string_view conninfo);
+
+// Where the password values sit in a connection string (offset, length), in URI form (userinfo
+// and ?password=) and key=value form. Linear time; shared by mask_conninfo and error redaction.
+std::vector<std::pair<size_t, size_t>> password_spans(std::string_view conninfo);
 
 } // namespace outbox

@@ -488,8 +488,18 @@ class HandlersParser {
             subscriber.timeout_ms = resolve_timeout(subscriber_timeout, std::nullopt);
             subscriber.handler = make_log_handler(level);
         }
-        subscriber.name =
-            name.empty() ? basename_ + "#" + std::to_string(index) + " (" + kind_name + ")" : name;
+        if (!name.empty()) {
+            subscriber.name = name;
+            return std::nullopt;
+        }
+        subscriber.name = basename_ + "#" + std::to_string(index) + " (" + kind_name + ")";
+        // A default name names the subscriber in logs as much as a given one does, so it must be
+        // unique too: a given name may spell another subscriber's default.
+        if (auto [it, inserted] = names_.try_emplace(subscriber.name, index); !inserted) {
+            return field_error("name", "is needed: the default \"" + subscriber.name +
+                                           "\" is already used by subscriber " +
+                                           std::to_string(it->second));
+        }
         return std::nullopt;
     }
 

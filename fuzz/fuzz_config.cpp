@@ -1,0 +1,11 @@
+// libFuzzer target: configuration from the environment (fuzz/fuzz_config.h says what is checked).
+#include "fuzz/fuzz_config.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    outbox::fuzz::fuzz_config(std::string_view(reinterpret_cast<const char*>(data), size));
+    return 0;
+}
