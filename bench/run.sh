@@ -571,7 +571,8 @@ out="$results_dir/$(date -u +%Y%m%dT%H%M%SZ).json"
 jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --arg started "$started_at" \
     --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg load_begin "$load_at_begin" --arg load_end "$(loadavg)" \
     --arg build "$build_dir" --argjson events "$events" --argjson maxload "$max_load" '
-    def median: sort | if length == 0 then null else .[(length / 2 | floor)] end;
+    def median: sort | if length == 0 then null elif length % 2 == 1 then .[(length / 2 | floor)]
+                       else (.[length / 2 - 1] + .[length / 2]) / 2 end;
     . as $r |
     ($r | map(select(.kind == "burndown")) | group_by([.system, .instances, .handler_processes_per_instance])
         | map({system: .[0].system, instances: .[0].instances,
