@@ -61,6 +61,8 @@ RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
 // from a result that was already recorded (a retry after a connection broke mid-commit).
 //   $1 ids, $2 tokens, $3 kinds, $4 errors, $5 delays (ms)
 // Returns one row per input: id, applied (this statement changed it), already (recorded before).
+// `applied` is an IN over the CTE, which PostgreSQL hashes; a join on the CTE was planned as a
+// nested loop, quadratic in the batch size (docs/PERFORMANCE.md, Evidence 4).
 inline constexpr const char* kRecordResults = R"sql(
 WITH r AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
@@ -90,9 +92,8 @@ dlq AS (
       FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
      WHERE u.kind = 2
 )
-SELECT r.id, (u."id" IS NOT NULL) AS applied, (prev."id" IS NOT NULL) AS already
+SELECT r.id, (r.id IN (SELECT "id" FROM upd)) AS applied, (prev."id" IS NOT NULL) AS already
   FROM r
-  LEFT JOIN upd u ON u."id" = r.id
   LEFT JOIN "Outbox" prev ON prev."id" = r.id AND prev."leaseToken" = r.token
                          AND prev."status" <> 'PROCESSING'
 )sql";
