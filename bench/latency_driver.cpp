@@ -1,14 +1,16 @@
 // Small libpq tool for bench/run.sh. Built by it with
-//   g++ -std=c++20 -O2 bench/latency_driver.cpp -o latency_driver -I$(pg_config --includedir) -lpq -lpthread
+//   g++ -std=c++20 -O2 bench/latency_driver.cpp -o latency_driver -I$(pg_config --includedir) -lpq
+//   -lpthread
 //
-// latency_driver emit --system outbox|graphile --rate R --seconds S [--connections K] [--ack-file F]
+// latency_driver emit --system outbox|graphile --rate R --seconds S [--connections K] [--ack-file
+// F]
 //     Commits R events per second for S seconds, open loop: event i is due at start + i/R and is
 //     sent as soon as it is due (never earlier), each as its own single-statement transaction
 //     (autocommit): outbox_write_event(...) for outbox, graphile_worker.add_job(...) for
-//     graphile-worker. K connections (threads) share the schedule round-robin, each with at most one
-//     statement in flight, so a slow commit on one does not hold back the others. With --ack-file,
-//     writes "<id> <wall clock µs when the commit was acknowledged>" per event. Prints one JSON
-//     line: events, achieved rate, and how late the sends were against the schedule.
+//     graphile-worker. K connections (threads) share the schedule round-robin, each with at most
+//     one statement in flight, so a slow commit on one does not hold back the others. With
+//     --ack-file, writes "<id> <wall clock µs when the commit was acknowledged>" per event. Prints
+//     one JSON line: events, achieved rate, and how late the sends were against the schedule.
 //
 // latency_driver wait --sql QUERY [--interval-ms N] [--timeout-s N]
 //     Runs QUERY (one boolean) on one connection every N ms (default 25) until it returns true,
@@ -82,7 +84,8 @@ int cmd_wait(int argc, char** argv) {
         PQclear(r);
         if (done) {
             int64_t t = wall_us();
-            std::printf("%lld.%06lld\n", static_cast<long long>(t / 1000000), static_cast<long long>(t % 1000000));
+            std::printf("%lld.%06lld\n", static_cast<long long>(t / 1000000),
+                        static_cast<long long>(t % 1000000));
             PQfinish(c);
             return 0;
         }
@@ -107,7 +110,8 @@ int cmd_emit(int argc, char** argv) {
     const char* sql = nullptr;
     int nparams = 0;
     if (system == "outbox") {
-        sql = "SELECT outbox_id FROM outbox_write_event($1, 'bench-tenant', 'bench.latency', '{}'::jsonb)";
+        sql = "SELECT outbox_id FROM outbox_write_event($1, 'bench-tenant', 'bench.latency', "
+              "'{}'::jsonb)";
         nparams = 1;
     } else if (system == "graphile") {
         sql = "SELECT (graphile_worker.add_job('noop', '{}'::json)).id";
@@ -139,20 +143,23 @@ int cmd_emit(int argc, char** argv) {
         threads.emplace_back([&, k] {
             PGconn* c = conns[static_cast<size_t>(k)];
             for (long i = k; i < total && !failed; i += connections) {
-                auto due = t0 + std::chrono::nanoseconds(static_cast<long long>(static_cast<double>(i) * period_ns));
+                auto due = t0 + std::chrono::nanoseconds(
+                                    static_cast<long long>(static_cast<double>(i) * period_ns));
                 std::this_thread::sleep_until(due);
                 auto sent = Clock::now();
                 lateness_us[static_cast<size_t>(i)] =
                     std::chrono::duration_cast<std::chrono::microseconds>(sent - due).count();
                 std::string key = key_prefix + std::to_string(i);
                 const char* values[1] = {key.c_str()};
-                PGresult* r = PQexecPrepared(c, "ev", nparams, nparams ? values : nullptr, nullptr, nullptr, 0);
+                PGresult* r = PQexecPrepared(c, "ev", nparams, nparams ? values : nullptr, nullptr,
+                                             nullptr, 0);
                 int64_t ack = wall_us();
                 if (PQresultStatus(r) != PGRES_TUPLES_OK || PQntuples(r) != 1) {
                     std::fprintf(stderr, "latency_driver: emit failed: %s", PQerrorMessage(c));
                     failed = true;
                 } else if (ack_path != nullptr) {
-                    ack_lines[static_cast<size_t>(i)] = std::string(PQgetvalue(r, 0, 0)) + " " + std::to_string(ack);
+                    ack_lines[static_cast<size_t>(i)] =
+                        std::string(PQgetvalue(r, 0, 0)) + " " + std::to_string(ack);
                 }
                 PQclear(r);
             }
@@ -181,12 +188,17 @@ int cmd_emit(int argc, char** argv) {
     std::vector<int64_t> sorted = lateness_us;
     std::sort(sorted.begin(), sorted.end());
     auto pct = [&](double p) {
-        return sorted.empty() ? 0 : sorted[std::min(sorted.size() - 1, static_cast<size_t>(p * static_cast<double>(sorted.size())))];
+        return sorted.empty()
+                   ? 0
+                   : sorted[std::min(sorted.size() - 1,
+                                     static_cast<size_t>(p * static_cast<double>(sorted.size())))];
     };
-    std::printf("{\"events\": %ld, \"seconds\": %.3f, \"achieved_rate\": %.1f, \"connections\": %d, "
-                "\"send_lateness_us\": {\"p50\": %lld, \"p99\": %lld, \"max\": %lld}}\n",
-                total, elapsed, static_cast<double>(total) / elapsed, connections, static_cast<long long>(pct(0.5)),
-                static_cast<long long>(pct(0.99)), static_cast<long long>(sorted.empty() ? 0 : sorted.back()));
+    std::printf(
+        "{\"events\": %ld, \"seconds\": %.3f, \"achieved_rate\": %.1f, \"connections\": %d, "
+        "\"send_lateness_us\": {\"p50\": %lld, \"p99\": %lld, \"max\": %lld}}\n",
+        total, elapsed, static_cast<double>(total) / elapsed, connections,
+        static_cast<long long>(pct(0.5)), static_cast<long long>(pct(0.99)),
+        static_cast<long long>(sorted.empty() ? 0 : sorted.back()));
     return 0;
 }
 

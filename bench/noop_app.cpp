@@ -1,8 +1,8 @@
 // The benchmark's application: the outbox-worker service (Worker::main: run, migrate, emit, ...)
 // with one no-op C++ subscriber for "bench.*". Built by bench/run.sh against the static library:
 //
-//   g++ -std=c++20 -O2 -I include bench/noop_app.cpp BUILD_DIR/liboutbox.a -lpq -luv -lcjson \
-//       -lspdlog -lfmt -lcurl -lhttp_parser -lpthread
+//   g++ -std=c++20 -O2 -I include bench/noop_app.cpp BUILD_DIR/liboutbox.a
+//       -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lpthread
 //
 // When BENCH_START_FILE is set, the handler appends "<outbox id> <wall clock in µs>" for every
 // delivery, taken as the handler starts; that is the "handler start" of the latency runs. The file
@@ -40,12 +40,15 @@ void record_start(const outbox::Event& event, int64_t start_us) {
     if (fd < 0) {
         fd = ::open(start_file(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
         if (fd < 0) {
-            throw std::runtime_error(std::string("cannot open BENCH_START_FILE: ") + std::strerror(errno));
+            throw std::runtime_error(std::string("cannot open BENCH_START_FILE: ") +
+                                     std::strerror(errno));
         }
     }
     char line[256];
-    int n = std::snprintf(line, sizeof line, "%s %lld\n", event.id.c_str(), static_cast<long long>(start_us));
-    if (n <= 0 || n >= static_cast<int>(sizeof line) || ::write(fd, line, static_cast<size_t>(n)) != n) {
+    int n = std::snprintf(line, sizeof line, "%s %lld\n", event.id.c_str(),
+                          static_cast<long long>(start_us));
+    if (n <= 0 || n >= static_cast<int>(sizeof line) ||
+        ::write(fd, line, static_cast<size_t>(n)) != n) {
         throw std::runtime_error("cannot write to BENCH_START_FILE");
     }
 }
