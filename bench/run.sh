@@ -16,9 +16,9 @@
 #     into a pgbench script (claim up to 100 with the service's parameters, then record every
 #     claimed id as a success through the unnest() result statement, each statement its own
 #     transaction as in the service), driven by pgbench alone on a copy of the same template: what
-#     this database can do in this schema. Extended protocol (unnamed statements, as the service
-#     sends them) with 1, 2 and 4 clients: the best is the ceiling. Prepared statements as well, for
-#     reference.
+#     this database can do in this schema. Prepared statements planned for every call
+#     (plan_cache_mode = force_custom_plan), as the service runs them, with 1, 2 and 4 clients: the
+#     best is the ceiling. The extended protocol with unnamed statements as well, for reference.
 #  3. Latency. bench/latency_driver.cpp commits events one per transaction (outbox_write_event())
 #     at a fixed rate (100/s and 1,000/s) for 30 s into an idle service (1 instance, 2 handler
 #     processes). Commit-to-handler-start: the handler's own wall clock (BENCH_START_FILE) minus
@@ -319,18 +319,24 @@ ceiling() { # protocol clients repetition
     load=$(wait_for_quiet)
     per_client=$(((events / batch + c - 1) / c))
     log "ceiling: pgbench -M $mode -c $c -t $per_client (run $rep): load $(jq -r .load1 <<<"$load")"
-    out=$(pgbench -n -M "$mode" -c "$c" -j "$c" -t "$per_client" -f "$work/ceiling.sql" \
+    local session_options=""
+    if [ "$mode" = prepared ]; then
+        session_options="-c plan_cache_mode=force_custom_plan" # as supervisor/db_connection.cpp
+    fi
+    out=$(PGOPTIONS="${PGOPTIONS:-} $session_options" \
+        pgbench -n -M "$mode" -c "$c" -j "$c" -t "$per_client" -f "$work/ceiling.sql" \
         -D owner=pgbench-ceiling -D batch="$batch" -D patterns='{bench.%}' -D lease_ms=30000 \
         "$(db_url "$db")" 2>&1) || { echo "$out" >&2; exit 1; }
     tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' <<<"$out")
     completed=$(q "$db" "SELECT count(*) FROM \"Outbox\" WHERE \"status\" = 'COMPLETED'")
     record "$(jq -nc --argjson tps "$tps" --argjson completed "$completed" --argjson tx "$((per_client * c))" \
         --argjson c "$c" --arg mode "$mode" --argjson rep "$rep" --argjson load "$load" --arg load_end "$(loadavg)" \
-        --argjson n "$events" --argjson batch "$batch" --argjson per "$per_client" '
+        --argjson n "$events" --argjson batch "$batch" --argjson per "$per_client" --arg opts "$session_options" '
         {kind: "ceiling", system: "pgbench (service statements)", protocol: $mode, clients: $c, repetition: $rep,
          batch: $batch, transactions: $tx, tps: $tps, completed: $completed,
          events_per_s: ($tps * $completed / $tx), load_at_start: $load, load_at_end: $load_end,
-         command: "BENCH_PARTS=ceiling BENCH_EVENTS=\($n) bash bench/run.sh  (pgbench -n -M \($mode) -c \($c) -j \($c) -t \($per) -f ceiling.sql)"}')"
+         session_options: $opts,
+         command: "BENCH_PARTS=ceiling BENCH_EVENTS=\($n) bash bench/run.sh  (PGOPTIONS=\"\($opts)\" pgbench -n -M \($mode) -c \($c) -j \($c) -t \($per) -f ceiling.sql)"}')"
     log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (\(.completed) completed)"')"
     drop_db "$db"
 }
@@ -584,7 +590,7 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --arg started "$s
                events_per_s: (map(.events_per_s) | median)})) as $ceil |
     ([$bd[] | select(.system == "outbox-worker") | .events_per_s] | max) as $ob_best |
     ([$bd[] | select(.system == "graphile-worker") | .events_per_s] | max) as $gw_best |
-    ([$ceil[] | select(.protocol == "extended") | .events_per_s] | max) as $ceiling |
+    ([$ceil[] | select(.protocol == "prepared") | .events_per_s] | max) as $ceiling |
     ([$r[] | select(.kind == "burndown" and .system == "outbox-worker") | .peak_rss_mib.supervisor[]] | max) as $sup |
     ([$r[] | select(.kind == "burndown" and .system == "outbox-worker") | .peak_rss_mib.handler_processes[]] | max) as $hand |
     ([$r[] | select(.kind == "latency" and .system == "outbox-worker" and .rate == 1000) | .commit_to_start_ms.p99] | first) as $p99 |

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <cstring>
 #include <random>
 
 namespace outbox {
@@ -90,13 +91,16 @@ void DbConnection::continue_connect() {
     state_ = State::setup;
     watch_socket(UV_READABLE);
     // Setup runs ahead of any queued query: it goes straight to current_.
-    std::string setup = "SET statement_timeout = 0";
+    // Prepared statements (query_prepared) are planned for their parameters on every call, as
+    // unnamed ones are: a generic plan chosen after five calls could not adapt to a backlog that
+    // changes shape.
+    std::string setup = "SET statement_timeout = 0; SET plan_cache_mode = force_custom_plan";
+    prepared_.clear();
     if (!listen_channel_.empty()) {
         setup += "; LISTEN " + listen_channel_;
     }
-    current_ = Pending{setup, {}, [this](QueryResult&& r) {
-                           on_setup_done(std::move(r));
-                       }};
+    current_ =
+        Pending{setup, {}, [this](QueryResult&& r) { on_setup_done(std::move(r)); }, {}, false};
     if (PQsendQuery(conn_, current_->sql.c_str()) != 1) {
         current_.reset();
         fail_connection(trim(PQerrorMessage(conn_)));
@@ -232,6 +236,32 @@ void DbConnection::on_readable() {
             }
             continue;
         }
+        if (current_->preparing) {
+            // The Parse of a prepared statement finished: run it now, or report why it failed.
+            current_->preparing = false;
+            const bool ok =
+                current_result_ != nullptr && PQresultStatus(current_result_) == PGRES_COMMAND_OK;
+            if (ok) {
+                PQclear(current_result_);
+                current_result_ = nullptr;
+                prepared_.insert(current_->statement);
+                if (send_current()) {
+                    flush_output();
+                }
+                return;
+            }
+        } else if (!current_->statement.empty() && current_result_ != nullptr) {
+            const char* code = PQresultErrorField(current_result_, PG_DIAG_SQLSTATE);
+            if (code != nullptr && std::strcmp(code, "26000") == 0) {
+                // The statement is gone (a DISCARD by a pooler in front): prepare it again.
+                prepared_.erase(current_->statement);
+            } else if (code != nullptr && std::strcmp(code, "0A000") == 0) {
+                // "cached plan must not change result type": a table changed underneath. The
+                // name is stuck with the old plan for this session; prepare under a new one.
+                prepared_.erase(current_->statement);
+                ++generation_[current_->statement];
+            }
+        }
         Pending done = std::move(*current_);
         current_.reset();
         QueryResult qr{PgResult(current_result_), false};
@@ -261,10 +291,30 @@ void DbConnection::query(std::string sql, std::vector<std::optional<std::string>
         done(std::move(r));
         return;
     }
-    queue_.push_back(Pending{std::move(sql), std::move(params), std::move(done)});
+    queue_.push_back(Pending{std::move(sql), std::move(params), std::move(done), {}, false});
     if (state_ == State::ready) {
         send_next();
     }
+}
+
+void DbConnection::query_prepared(const char* name, const char* sql,
+                                  std::vector<std::optional<std::string>> params, Callback done) {
+    if (state_ == State::closing || state_ == State::closed) {
+        QueryResult r;
+        r.lost = true;
+        done(std::move(r));
+        return;
+    }
+    queue_.push_back(Pending{sql, std::move(params), std::move(done), name, false});
+    if (state_ == State::ready) {
+        send_next();
+    }
+}
+
+std::string DbConnection::server_name(const std::string& statement) const {
+    auto it = generation_.find(statement);
+    unsigned g = it == generation_.end() ? 0 : it->second;
+    return g == 0 ? statement : statement + "_" + std::to_string(g);
 }
 
 void DbConnection::send_next() {
@@ -273,18 +323,38 @@ void DbConnection::send_next() {
     }
     current_ = std::move(queue_.front());
     queue_.pop_front();
+    if (send_current()) {
+        state_ = State::busy;
+        flush_output();
+    }
+}
+
+// Sends current_: as text, as the execution of a prepared statement, or as the Parse that comes
+// first. False when the connection failed (already handled).
+bool DbConnection::send_current() {
     std::vector<const char*> values;
     values.reserve(current_->params.size());
     for (const auto& p : current_->params) {
         values.push_back(p ? p->c_str() : nullptr);
     }
-    if (PQsendQueryParams(conn_, current_->sql.c_str(), static_cast<int>(values.size()), nullptr,
-                          values.data(), nullptr, nullptr, 0) != 1) {
-        fail_connection(trim(PQerrorMessage(conn_)));
-        return;
+    const int n = static_cast<int>(values.size());
+    int sent;
+    if (current_->statement.empty()) {
+        sent = PQsendQueryParams(conn_, current_->sql.c_str(), n, nullptr, values.data(), nullptr,
+                                 nullptr, 0);
+    } else if (!prepared_.contains(current_->statement)) {
+        current_->preparing = true;
+        sent = PQsendPrepare(conn_, server_name(current_->statement).c_str(), current_->sql.c_str(),
+                             n, nullptr);
+    } else {
+        sent = PQsendQueryPrepared(conn_, server_name(current_->statement).c_str(), n,
+                                   values.data(), nullptr, nullptr, 0);
     }
-    state_ = State::busy;
-    flush_output();
+    if (sent != 1) {
+        fail_connection(trim(PQerrorMessage(conn_)));
+        return false;
+    }
+    return true;
 }
 
 void DbConnection::fail_connection(const std::string& why) {

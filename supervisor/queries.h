@@ -60,9 +60,13 @@ RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
 // the row afterwards, which lets the final SELECT tell a lost lease (someone else's claim now)
 // from a result that was already recorded (a retry after a connection broke mid-commit).
 //   $1 ids, $2 tokens, $3 kinds, $4 errors, $5 delays (ms)
-// Returns one row per input: id, applied (this statement changed it), already (recorded before).
-// `applied` is an IN over the CTE, which PostgreSQL hashes; a join on the CTE was planned as a
-// nested loop, quadratic in the batch size (docs/PERFORMANCE.md, Evidence 4).
+// Returns one row per input row that this statement did NOT change: id, token, and whether the
+// outcome had been recorded before (a retry after a connection broke mid-commit); otherwise the
+// lease was lost. Every input row not returned was applied. Returning only the exceptions keeps
+// the usual case to the updates themselves (no second index probe per row, no result rows).
+// The filter is a NOT IN over the CTE, which PostgreSQL hashes (by id and token: one batch may
+// hold two claims of one event, the first one's lease lost); a join on the CTE was planned as
+// a nested loop, quadratic in the batch size (docs/PERFORMANCE.md).
 inline constexpr const char* kRecordResults = R"sql(
 WITH r AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
@@ -80,7 +84,7 @@ upd AS (
            "updatedAt" = now()
       FROM r
      WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
-    RETURNING o."id", r.kind, o."eventLogId", o."tenantId", o."eventType", o."payload",
+    RETURNING o."id", r.token, r.kind, o."eventLogId", o."tenantId", o."eventType", o."payload",
               o."retryCount", r.err
 ),
 dlq AS (
@@ -92,10 +96,11 @@ dlq AS (
       FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
      WHERE u.kind = 2
 )
-SELECT r.id, (r.id IN (SELECT "id" FROM upd)) AS applied, (prev."id" IS NOT NULL) AS already
+SELECT r.id, r.token, (prev."id" IS NOT NULL) AS already
   FROM r
   LEFT JOIN "Outbox" prev ON prev."id" = r.id AND prev."leaseToken" = r.token
                          AND prev."status" <> 'PROCESSING'
+ WHERE (r.id, r.token) NOT IN (SELECT "id", token FROM upd)
 )sql";
 
 // Extends the leases of events this instance still holds. Rows not returned were lost (swept and

@@ -554,29 +554,34 @@ void Supervisor::maybe_claim() {
         !claim_db_->connected()) {
         return;
     }
-    // Hold at most what the handler processes can take now plus one batch of read-ahead, so that
-    // one instance never hoards a backlog that others could be working on.
+    // Read ahead: claim a whole batch whenever at most half a batch is left waiting for a handler
+    // process. Whole batches keep the statements
+    // per event low; half a batch of slack covers the claim's round trip at full speed. One
+    // instance holds at most one and a half batches beyond what its processes run, so it never
+    // hoards a backlog that other instances could be working on.
     long holding = static_cast<long>(ready_.size());
-    long room = static_cast<long>(pool_->capacity()) + config_.batch_size - holding;
-    if (room <= 0) {
+    if (holding > config_.batch_size) {
         return;
     }
-    int requested = static_cast<int>(std::min<long>(room, config_.batch_size));
-    // Avoid a stream of tiny claims while a backlog is being worked off: wait for a quarter
-    // batch of room unless we are nearly empty.
-    if (holding > 0 && requested < std::max(1, config_.batch_size / 4)) {
+    // Outcomes not yet recorded count against claiming too: when the result statements fall
+    // behind (a slow or overloaded database), claiming more would only grow what this instance
+    // holds in memory and under lease.
+    long unrecorded =
+        static_cast<long>(deliveries_.size()) - holding - static_cast<long>(pool_->in_flight());
+    if (unrecorded >= static_cast<long>(kMaxResultsPerStatement)) {
         return;
     }
+    int requested = config_.batch_size;
     int64_t token = next_token_++;
     claim_in_flight_ = true;
     more_due_ = false;
     uint64_t sent_at = uv_now(&loop_);
-    claim_db_->query(sql::kClaim,
-                     {config_.instance_id, std::to_string(requested), like_patterns_,
-                      std::to_string(token), std::to_string(config_.lease_ms)},
-                     [this, requested, sent_at, token](QueryResult&& r) {
-                         on_claimed(std::move(r), requested, token, sent_at);
-                     });
+    claim_db_->query_prepared("outbox_claim", sql::kClaim,
+                              {config_.instance_id, std::to_string(requested), like_patterns_,
+                               std::to_string(token), std::to_string(config_.lease_ms)},
+                              [this, requested, sent_at, token](QueryResult&& r) {
+                                  on_claimed(std::move(r), requested, token, sent_at);
+                              });
 }
 
 void Supervisor::on_claimed(QueryResult&& r, int requested, int64_t token, uint64_t sent_at) {
@@ -764,12 +769,12 @@ void Supervisor::flush_results() {
         delays.push_back(std::to_string(p.delay_ms));
     }
     results_in_flight_ = true;
-    result_db_->query(sql::kRecordResults,
-                      {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds),
-                       pg_text_array(errors), pg_text_array(delays)},
-                      [this, batch = std::move(batch)](QueryResult&& r) mutable {
-                          on_results_recorded(std::move(r), std::move(batch));
-                      });
+    result_db_->query_prepared("outbox_record_results", sql::kRecordResults,
+                               {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds),
+                                pg_text_array(errors), pg_text_array(delays)},
+                               [this, batch = std::move(batch)](QueryResult&& r) mutable {
+                                   on_results_recorded(std::move(r), std::move(batch));
+                               });
 }
 
 void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult> batch) {
@@ -789,9 +794,12 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
         }
         return;
     }
-    std::unordered_map<std::string, std::pair<bool, bool>> outcome;
+    // Only the outcomes that were not applied come back, with whether they had been recorded
+    // before (a retry after a connection broke mid-commit); every other one was applied.
+    std::unordered_map<std::string, bool> not_applied; // "id token" -> recorded before
     for (int i = 0; i < r.result.rows(); ++i) {
-        outcome[r.result.value(i, 0)] = {r.result.view(i, 1) == "t", r.result.view(i, 2) == "t"};
+        not_applied[std::string(r.result.view(i, 0)) + ' ' + std::string(r.result.view(i, 1))] =
+            r.result.view(i, 2) == "t";
     }
     int64_t now_ms = wall_clock_us() / 1000;
     for (const auto& p : batch) {
@@ -800,7 +808,15 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
             continue;
         }
         const Delivery& d = it->second;
-        auto [applied, already] = outcome[d.id];
+        bool applied = true;
+        bool already = false;
+        if (!not_applied.empty()) {
+            auto n = not_applied.find(d.id + ' ' + std::to_string(d.token));
+            if (n != not_applied.end()) {
+                applied = false;
+                already = n->second;
+            }
+        }
         if (!applied && !already) {
             spdlog::warn("event {}: lease lost before its outcome was recorded (another instance "
                          "took it over); "
@@ -832,6 +848,7 @@ void Supervisor::on_results_recorded(QueryResult&& r, std::vector<PendingResult>
     if (!pending_results_.empty()) {
         flush_results();
     }
+    maybe_claim(); // claiming may have waited for these outcomes to be recorded
     if (draining_) {
         check_drain_progress();
     }
