@@ -633,6 +633,7 @@ void Supervisor::pump() {
         return;
     }
     uint64_t now = uv_now(&loop_);
+    WorkerPool::WriteBatch batch(*pool_); // one write per handler process for this whole pump
     while (!ready_.empty() && !draining_) {
         uint64_t seq = ready_.front();
         auto it = deliveries_.find(seq);

@@ -24,6 +24,7 @@ constexpr long kRespawnBrakeInitialMs = 100;
 constexpr long kRespawnBrakeMaxMs = 30000;
 constexpr int kChildChannelFd = 3;
 constexpr uint64_t kChannelCloseGraceMs = 1000;
+constexpr size_t kReadBufferSize = 64 * 1024;
 
 std::string describe_status(pid_t pid, int status) {
     if (WIFSIGNALED(status)) {
@@ -75,6 +76,8 @@ struct WorkerPool::Slot {
         long timeout_ms;
     };
     std::deque<InFlight> pipeline;
+    std::string held;                    // frames gathered by a WriteBatch, not yet written
+    std::unique_ptr<char[]> read_buffer; // the channel's one read buffer, reused for every read
     long events_done = 0;
     bool killed = false;
     bool stopped_by_supervisor = false; // killed while draining: its events are not charged
@@ -204,16 +207,18 @@ void WorkerPool::spawn(int index) {
     Slot* raw = slot.get();
     slot->channel->data = raw;
     slot->timer->data = raw;
+    // libuv asks for a buffer right before each read of this stream and hands it back in the
+    // read callback, so one buffer per channel serves every read.
+    slot->read_buffer = std::make_unique<char[]>(kReadBufferSize);
     uv_read_start(
         reinterpret_cast<uv_stream_t*>(slot->channel),
-        [](uv_handle_t*, size_t suggested, uv_buf_t* buf) {
-            buf->base = new char[suggested];
-            buf->len = suggested;
+        [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
+            auto* s = static_cast<Slot*>(handle->data);
+            *buf = uv_buf_init(s->read_buffer.get(), kReadBufferSize);
         },
         [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
             auto* s = static_cast<Slot*>(stream->data);
             s->pool->on_channel_read(*s, nread, buf);
-            delete[] buf->base;
         });
     slots_[index] = std::move(slot);
     spdlog::debug("handler process {} started (slot {})", pid, index);
@@ -247,6 +252,9 @@ void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf)
         return;
     }
     slot.decoder.feed(buf->base, static_cast<size_t>(nread));
+    // The events dispatched in answer to these results (through on_result and on_capacity) go
+    // out together once every frame of this read is handled.
+    WriteBatch batch(*this);
     for (;;) {
         FrameDecoder::Next next = slot.decoder.next();
         if (next.status == FrameDecoder::Status::need_more) {
@@ -335,12 +343,39 @@ void WorkerPool::send(Slot& slot, std::string frame) {
     if (slot.channel == nullptr) {
         return;
     }
+    if (hold_writes_ > 0) {
+        slot.held += frame;
+        return;
+    }
+    write_now(slot, std::move(frame));
+}
+
+void WorkerPool::flush_writes() {
+    auto flush = [this](Slot& slot) {
+        if (slot.held.empty()) {
+            return;
+        }
+        std::string bytes;
+        bytes.swap(slot.held);
+        if (slot.channel != nullptr) {
+            write_now(slot, std::move(bytes));
+        }
+    };
+    for (auto& [index, slot] : slots_) {
+        flush(*slot);
+    }
+    for (auto& slot : retired_) {
+        flush(*slot);
+    }
+}
+
+void WorkerPool::write_now(Slot& slot, std::string bytes) {
     struct WriteReq {
         uv_write_t req;
         std::string data;
     };
     auto* w = new WriteReq;
-    w->data = std::move(frame);
+    w->data = std::move(bytes);
     uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
     int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(slot.channel), &buf, 1,
                       [](uv_write_t* req, int) {

@@ -70,6 +70,24 @@ class WorkerPool {
     // Sends one event to the least-loaded ready slot; false when no slot has room.
     bool dispatch(uint64_t seq, std::string_view event_json, long timeout_ms);
 
+    // While one of these lives, frames for a process are gathered and written together when the
+    // outermost one ends: one write (and one wake-up of the process) for all the events a loop
+    // turn dispatches to it, instead of one per event. Nested scopes are fine.
+    class WriteBatch {
+      public:
+        explicit WriteBatch(WorkerPool& pool) : pool_(pool) { ++pool_.hold_writes_; }
+        ~WriteBatch() {
+            if (--pool_.hold_writes_ == 0) {
+                pool_.flush_writes();
+            }
+        }
+        WriteBatch(const WriteBatch&) = delete;
+        WriteBatch& operator=(const WriteBatch&) = delete;
+
+      private:
+        WorkerPool& pool_;
+    };
+
     // SIGHUP: new processes with the new subscribers take over at once; the old ones finish what
     // they hold, then exit. Nothing is lost or run twice.
     void replace_subscribers(std::shared_ptr<const std::vector<Subscriber>> subscribers);
@@ -92,6 +110,8 @@ class WorkerPool {
     void on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf);
     void handle_frame(Slot& slot, Frame&& frame);
     void send(Slot& slot, std::string frame);
+    void write_now(Slot& slot, std::string bytes);
+    void flush_writes();
     void arm_timeout(Slot& slot);
     void on_timeout(Slot& slot);
     void kill_slot(Slot& slot, RestartReason reason, std::string why);
@@ -126,6 +146,7 @@ class WorkerPool {
     std::vector<std::unique_ptr<RespawnTimer>> respawn_timers_;
     std::vector<int> consecutive_crashes_;
     uv_signal_t sigchld_;
+    int hold_writes_ = 0; // open WriteBatch scopes
     bool draining_ = false;
     bool closing_ = false;
     bool final_handles_closing_ = false;
