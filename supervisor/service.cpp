@@ -162,6 +162,10 @@ class Supervisor {
     uv_loop_t loop_{};
     std::unique_ptr<DbConnection> claim_db_;
     std::unique_ptr<DbConnection> result_db_;
+    // Status counts, the lease sweep and retention: statements that scan the table and may take
+    // long on a big one (a retention catch-up runs batch after batch), kept off the claim and
+    // result connections so that they never hold up delivery.
+    std::unique_ptr<DbConnection> house_db_;
     std::unique_ptr<WorkerPool> pool_;
     std::unique_ptr<HttpServer> http_;
     SystemdNotifier notifier_;
@@ -330,8 +334,12 @@ void Supervisor::start_handles() {
                                                                    }
                                                                },
                                                                nullptr, nullptr});
+    house_db_ = std::make_unique<DbConnection>(
+        &loop_, config_.database_url, "housekeeping", "",
+        DbConnection::Callbacks{[this] { refresh_counts(); }, nullptr, nullptr});
     claim_db_->start();
     result_db_->start();
+    house_db_->start();
 
     if (config_.http_port != 0) {
         HttpRouter router;
@@ -913,10 +921,10 @@ void Supervisor::renew_leases() {
 }
 
 void Supervisor::sweep_expired_leases() {
-    if (draining_ || !schema_ok_ || !claim_db_->connected()) {
+    if (draining_ || !schema_ok_ || !house_db_->connected()) {
         return;
     }
-    claim_db_->query(
+    house_db_->query(
         sql::kSweepExpiredLeases, {std::to_string(config_.lease_ms), std::to_string(kSweepBatch)},
         [this](QueryResult&& r) {
             if (!r.ok()) {
@@ -989,10 +997,10 @@ void Supervisor::refresh_counts() {
 }
 
 void Supervisor::refresh_counts_then(std::function<void()> then) {
-    if (!schema_ok_ || !claim_db_->connected() || finishing_) {
+    if (!schema_ok_ || !house_db_->connected() || finishing_) {
         return;
     }
-    claim_db_->query(sql::kStatusCounts, {like_patterns_},
+    house_db_->query(sql::kStatusCounts, {like_patterns_},
                      [this, then = std::move(then)](QueryResult&& r) {
                          if (!r.ok()) {
                              if (!r.lost) {
@@ -1024,10 +1032,10 @@ void Supervisor::refresh_counts_then(std::function<void()> then) {
 }
 
 void Supervisor::run_retention() {
-    if (draining_ || !schema_ok_ || !claim_db_->connected()) {
+    if (draining_ || !schema_ok_ || !house_db_->connected()) {
         return;
     }
-    claim_db_->query(sql::kRetentionBatch,
+    house_db_->query(sql::kRetentionBatch,
                      {std::to_string(config_.retention_hours), std::to_string(kRetentionBatch)},
                      [this](QueryResult&& r) {
                          if (!r.ok()) {
@@ -1049,7 +1057,7 @@ void Supervisor::run_retention() {
 }
 
 void Supervisor::log_metrics_line() {
-    if (schema_ok_ && claim_db_->connected()) {
+    if (schema_ok_ && house_db_->connected()) {
         // Fresh counts for the line, not the cached ones of up to five seconds ago.
         refresh_counts_then([this] { write_metrics_line(); });
         return;
@@ -1196,6 +1204,7 @@ void Supervisor::finish() {
     }
     claim_db_->close([] {});
     result_db_->close([] {});
+    house_db_->close([] {});
 }
 
 // ---- HTTP -----------------------------------------------------------------------------------
