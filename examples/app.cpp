@@ -95,6 +95,25 @@ int main(int argc, char** argv) {
                           std::raise(SIGSEGV);
                           return outbox::Result::ok();
                       }});
+    // Misbehaving handlers for the bad-input tests: one writes bytes that are no frame into the
+    // handler process's channel to the supervisor (descriptor 3), one closes that channel and
+    // carries on as if nothing happened, one fails with an error message that is not UTF-8.
+    worker.subscribe({{"example.garbage"}, [](const outbox::Event&) -> outbox::Result {
+                          static const char junk[] = "\xff\xff\xff\xffnot a frame";
+                          (void)!::write(3, junk, sizeof junk - 1);
+                          std::this_thread::sleep_for(std::chrono::seconds(5));
+                          return outbox::Result::ok();
+                      }});
+    worker.subscribe({{"example.closechannel"}, [](const outbox::Event&) -> outbox::Result {
+                          ::close(3);
+                          std::this_thread::sleep_for(std::chrono::seconds(60));
+                          return outbox::Result::ok();
+                      }});
+    worker.subscribe(
+        {{"example.badutf8"}, [](const outbox::Event&) {
+             static const char message[] = "bad bytes \xc3\x28 and \xff\xfe, a NUL \0 here";
+             return outbox::Result::permanent(std::string(message, sizeof message - 1));
+         }});
 
     // Reports what a handler process holds, for the isolation test: its open descriptors and
     // whether the database location reached its environment. It "fails" permanently so that the

@@ -138,8 +138,13 @@ TEST_CASE("a crashing handler process costs only its own event", "[engine]") {
         const char* type;
         const char* expected_error;
     };
+    // Besides crashes, the two ways a handler can break its channel: bytes that are no frame
+    // (the process is killed for it) and closing it while carrying on (killed after a grace
+    // period).
     auto c = GENERATE(Case{"example.crash", "SIGSEGV"}, Case{"example.abort", "SIGABRT"},
-                      Case{"example.exit3", "exited with code 3"});
+                      Case{"example.exit3", "exited with code 3"},
+                      Case{"example.garbage", "broke the channel protocol"},
+                      Case{"example.closechannel", "closed its channel"});
     TestDatabase db;
     db.migrate();
     std::string record = temp_path("deliveries.txt");
@@ -363,7 +368,7 @@ TEST_CASE("an oversized event fails permanently with a clear error", "[engine]")
     db.migrate();
     std::string handlers = write_handlers_file(R"([{"eventTypes": ["*"], "log": {}}])");
     db.exec(R"(SELECT * FROM outbox_write_event('big', 't', 'big.event',
-               jsonb_build_object('blob', repeat('x', 17 * 1024 * 1024))))");
+               jsonb_build_object('blob', repeat('x', 20 * 1024 * 1024))))");
     write_events(db, "small.event", 3);
     Service service(db, {{"OUTBOX_HANDLERS", handlers}});
     INFO(service.log());
@@ -371,6 +376,25 @@ TEST_CASE("an oversized event fails permanently with a clear error", "[engine]")
     CHECK(db.scalar(R"(SELECT "lastError" FROM "Outbox" WHERE "eventType" = 'big.event')")
               .find("too large") != std::string::npos);
     REQUIRE(wait_for_count(db, kCompleted, 3));
+    stop_cleanly(service, db);
+}
+
+TEST_CASE("an error message that is not UTF-8 is recorded, made safe", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    write_events(db, "example.badutf8", 1);
+    write_events(db, "example.ok", 5);
+    Service service(db, {}, OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    // PostgreSQL refuses invalid UTF-8 and NUL bytes; one such message must not fail the whole
+    // batch of outcomes it is recorded with.
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1, 30s));
+    REQUIRE(wait_for_count(db, kCompleted, 5));
+    std::string reason = db.scalar(R"(SELECT "failureReason" FROM "DlqEventLog")");
+    INFO(reason);
+    CHECK(reason.find(
+              "bad bytes \xEF\xBF\xBD( and \xEF\xBF\xBD\xEF\xBF\xBD, a NUL \xEF\xBF\xBD here") !=
+          std::string::npos);
     stop_cleanly(service, db);
 }
 
