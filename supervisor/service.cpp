@@ -562,10 +562,10 @@ void Supervisor::maybe_claim() {
         !claim_db_->connected()) {
         return;
     }
-    // Read ahead: claim a whole batch whenever at most half a batch is left waiting for a handler
-    // process. Whole batches keep the statements
-    // per event low; half a batch of slack covers the claim's round trip at full speed. One
-    // instance holds at most one and a half batches beyond what its processes run, so it never
+    // Read ahead: claim a whole batch whenever at most one batch is left waiting for a handler
+    // process. Whole batches keep the statements per event low (a claim of 100 costs little more
+    // than a claim of 20), and the batch still waiting covers the claim's round trip at full
+    // speed. One instance holds at most two batches beyond what its processes run, so it never
     // hoards a backlog that other instances could be working on.
     long holding = static_cast<long>(ready_.size());
     if (holding > config_.batch_size) {
