@@ -181,7 +181,11 @@ void DbConnection::on_poll(int status, int events) {
         return;
     }
     if (status < 0) {
-        fail_connection(std::string("socket error: ") + uv_strerror(status));
+        // libpq closes the socket itself when the server ends the session, and has its reason
+        // (say, "terminating connection due to administrator command") by then; the poll error
+        // only says that the descriptor is gone.
+        std::string why = trim(PQerrorMessage(conn_));
+        fail_connection(why.empty() ? std::string("socket error: ") + uv_strerror(status) : why);
         return;
     }
     if (events & UV_WRITABLE) {
@@ -271,6 +275,12 @@ void DbConnection::on_readable() {
         }
         done.done(std::move(qr));
         if (conn_ == nullptr || state_ == State::closing || state_ == State::closed) {
+            return;
+        }
+        if (PQstatus(conn_) == CONNECTION_BAD) {
+            // The server ended the session with that result (a FATAL error): report it as the
+            // reason rather than waiting for the closed socket to be noticed.
+            fail_connection(trim(PQerrorMessage(conn_)));
             return;
         }
         if (state_ == State::ready) {

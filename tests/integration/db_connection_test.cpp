@@ -34,12 +34,16 @@ struct Harness {
     uv_loop_t loop{};
     std::optional<DbConnection> db;
     bool connected = false;
+    std::string lost_reason;
 
     explicit Harness(const std::string& conninfo) {
         uv_loop_init(&loop);
         DbConnection::Callbacks callbacks;
         callbacks.on_connected = [this] {
             connected = true;
+        };
+        callbacks.on_lost = [this](const std::string& why) {
+            lost_reason = why;
         };
         db.emplace(&loop, conninfo, "test", "", callbacks);
         db->start();
@@ -140,6 +144,9 @@ TEST_CASE("prepared statements are prepared again after a reconnect", "[db]") {
         CHECK(during.lost);
     }
     REQUIRE(run_until(&h.loop, [&h] { return h.connected; }));
+    // The reason logged is the server's, not the closed descriptor's.
+    CHECK(h.lost_reason.find("terminating connection") != std::string::npos);
+    CHECK(h.lost_reason.find("bad file descriptor") == std::string::npos);
     QueryResult after = h.prepared("t_select", kSelectAll, {"1"});
     REQUIRE(after.ok());
     CHECK(after.result.value(0, 1) == "a");
