@@ -298,6 +298,11 @@ TEST_CASE("writer: invalid input is a WriteError and writes nothing", "[writer]"
                                                      Catch::Contains("b3") &&
                                                      Catch::Contains("payload is not valid JSON"));
 
+    // Bytes that are not UTF-8 inside a JSON string: PostgreSQL refuses them, the writer says so.
+    NewEvent bad_utf8 = event("k4");
+    bad_utf8.payload = "{\"name\": \"caf\xe9\"}";
+    CHECK_THROWS_WITH(writer.write(bad_utf8), Catch::Contains("UTF8") || Catch::Contains("UTF-8"));
+
     NewEvent bad_retries = event("k3");
     bad_retries.maxRetries = 0;
     CHECK_THROWS_AS(writer.write(bad_retries), WriteError);
