@@ -1,9 +1,10 @@
 // One asynchronous PostgreSQL connection driven by the supervisor's libuv loop.
 //
 // libpq runs in non-blocking mode: connecting goes through PQconnectPoll, queries through
-// PQsendQueryParams/PQflush/PQconsumeInput, all woken by a uv_poll_t on the connection's socket,
-// so no call here ever blocks the loop. Queries run one at a time in submission order; a query
-// submitted while the connection is down or busy waits in the queue.
+// PQsendQueryParams (or PQsendPrepare and PQsendQueryPrepared)/PQflush/PQconsumeInput, all woken by
+// a uv_poll_t on the connection's socket, so no call here ever blocks the loop. Queries run one at
+// a time in submission order; a query submitted while the connection is down or busy waits in the
+// queue.
 //
 // When the connection breaks, the running query and every queued one complete with an error
 // (PgResult whose ok() is false, `lost` true): the caller still holds whatever state it needs to
@@ -67,9 +68,9 @@ class DbConnection {
     void query(std::string sql, std::vector<std::optional<std::string>> params, Callback done);
     // The same, as a named prepared statement of this connection: prepared on first use after
     // every (re)connect, then only bound and executed, which saves PostgreSQL parsing and
-    // analysing the statement on every call (a quarter of its time for the claim and result
-    // statements, docs/PERFORMANCE.md). `name` identifies `sql`: one text per name. Named
-    // statements live in the server session, which is why the service needs a session (not a
+    // analysing the statement on every call (for the claim and result statements up to a fifth
+    // of the database's time, docs/PERFORMANCE.md). `name` identifies `sql`: one text per name.
+    // Named statements live in the server session, which is why the service needs a session (not a
     // transaction-pooled) connection; it needs one for LISTEN anyway.
     void query_prepared(const char* name, const char* sql,
                         std::vector<std::optional<std::string>> params, Callback done);
