@@ -398,6 +398,33 @@ TEST_CASE("an error message that is not UTF-8 is recorded, made safe", "[engine]
     stop_cleanly(service, db);
 }
 
+TEST_CASE("claiming pauses while a thousand outcomes wait to be recorded", "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    write_events(db, "example.ok", 3000);
+    // The result statement inserts into "DlqEventLog" (for dead letters), so a SHARE lock on that
+    // table holds every result statement back, while claims, which do not touch it, go on.
+    outbox::PgConn lock = db.connect();
+    REQUIRE(outbox::pg_exec(lock.get(), "BEGIN").ok());
+    REQUIRE(outbox::pg_exec(lock.get(), R"(LOCK TABLE "DlqEventLog" IN SHARE MODE)").ok());
+    Service service(db, {{"OUTBOX_WORKERS", "2"}, {"OUTBOX_BATCH_SIZE", "100"}},
+                    OUTBOX_EXAMPLE_APP);
+    INFO(service.log());
+    REQUIRE(wait_until([&] { return db.count(kProcessing) >= 1000; }, 30s, 50ms));
+    // At most 1,000 unrecorded outcomes, plus what waits for a handler process (two batches at
+    // most) and what the processes hold (2 x 4): claiming stops there instead of taking all 3,000.
+    const auto until = std::chrono::steady_clock::now() + 2s;
+    while (std::chrono::steady_clock::now() < until) {
+        REQUIRE(db.count(kProcessing) <= 1000 + 2 * 100 + 8 + 100);
+        REQUIRE(db.count(kCompleted) == 0);
+        std::this_thread::sleep_for(100ms);
+    }
+    CHECK(count_status(db, "PENDING") >= 3000 - 1308);
+    REQUIRE(outbox::pg_exec(lock.get(), "COMMIT").ok());
+    REQUIRE(wait_for_count(db, kCompleted, 3000));
+    stop_cleanly(service, db);
+}
+
 TEST_CASE("the service rides out a lost database connection", "[engine]") {
     TestDatabase db;
     db.migrate();
