@@ -181,9 +181,17 @@ void DbConnection::on_poll(int status, int events) {
         return;
     }
     if (status < 0) {
-        // libpq closes the socket itself when the server ends the session, and has its reason
-        // (say, "terminating connection due to administrator command") by then; the poll error
-        // only says that the descriptor is gone.
+        // libuv reports a socket with a pending error (POLLERR, for instance a reset after the
+        // server ended the session) as UV_EBADF. What the server sent before it went away (its
+        // FATAL message, "terminating connection due to administrator command") may still be
+        // unread: let libpq read it first, so that the running query fails with the server's
+        // error and the reason logged is the server's, not the descriptor's.
+        if (state_ == State::ready || state_ == State::busy) {
+            on_readable();
+            if (conn_ == nullptr || (state_ != State::ready && state_ != State::busy)) {
+                return;
+            }
+        }
         std::string why = trim(PQerrorMessage(conn_));
         fail_connection(why.empty() ? std::string("socket error: ") + uv_strerror(status) : why);
         return;
