@@ -37,6 +37,10 @@ const char* to_string(LogLevel level) {
     return "info";
 }
 
+const char* to_string(OnComplete mode) {
+    return mode == OnComplete::remove ? "delete" : "keep";
+}
+
 namespace {
 
 // Collects the first error; every parse_* is a no-op once one has been recorded, so load_config
@@ -309,6 +313,8 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
     p.word("LOG_FORMAT", c.log_format, {{"text", LogFormat::text}, {"json", LogFormat::json}},
            "text, json", &c.log_format_explicit);
     p.text("SERVICE_NAME", c.service_name, 100);
+    p.word("OUTBOX_ON_COMPLETE", c.on_complete,
+           {{"keep", OnComplete::keep}, {"delete", OnComplete::remove}}, "keep, delete");
 
     if (!p.failed() && c.max_delay_ms < c.initial_delay_ms) {
         p.fail("OUTBOX_MAX_DELAY_MS", std::to_string(c.max_delay_ms),

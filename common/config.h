@@ -16,6 +16,10 @@ constexpr int kExitConfig = 78; // EX_CONFIG
 
 enum class LogLevel { debug, info, warn, error };
 enum class LogFormat { text, json };
+// OUTBOX_ON_COMPLETE (SPEC 2): what a success does to the Outbox row. `keep` marks it COMPLETED
+// (retention deletes it later); `remove` (the word "delete") deletes it in the statement that
+// records the success, the EventLog row keeping the history.
+enum class OnComplete { keep, remove };
 
 struct Config {
     std::string database_url;
@@ -43,6 +47,7 @@ struct Config {
     LogFormat log_format = LogFormat::text;
     bool log_format_explicit = false; // LOG_FORMAT was set (journald prefixes only when it was not)
     std::string service_name = "calibr-outbox-worker";
+    OnComplete on_complete = OnComplete::keep;
 };
 
 struct ConfigResult {
@@ -60,5 +65,6 @@ EnvLookup process_environment();
 [[nodiscard]] ConfigResult load_config(const EnvLookup& env, bool require_database = true);
 
 const char* to_string(LogLevel level);
+const char* to_string(OnComplete mode); // "keep" or "delete", as OUTBOX_ON_COMPLETE spells it
 
 } // namespace outbox

@@ -4,10 +4,43 @@
 // inserts, the lease sweep) atomic.
 #pragma once
 
+#include <array>
+#include <cstddef>
+
 namespace outbox::sql {
 
-// The channel the insert trigger of migration 002 notifies.
-inline constexpr const char* kNotifyChannel = "outbox_worker";
+// Joins string literals at compile time, for statements that share a part written once.
+template <size_t... N>
+consteval auto join(const char (&... parts)[N]) {
+    std::array<char, (N + ...) - sizeof...(N) + 1> out{};
+    size_t at = 0;
+    auto append = [&](const char* p, size_t n) {
+        for (size_t i = 0; i + 1 < n; ++i) {
+            out[at++] = p[i];
+        }
+    };
+    (append(parts, N), ...);
+    out[at] = '\0';
+    return out;
+}
+
+// The dead-letter insert, written once and shared by every statement that dead-letters (the
+// outcome statements and the lease sweep): from a CTE named `upd` returning the updated Outbox
+// rows with `kind` (2 = dead letter) and `err` (the failure reason), one "DlqEventLog" row per
+// dead-lettered event, in the same statement and so the same transaction as the Outbox update.
+// The EventLog row supplies eventKey, projectId and metadata when it exists.
+inline constexpr char kDlqInsertFromUpd[] = R"sql(
+    INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "projectId", "eventType",
+                               "payload", "metadata", "failureReason", "retryCount")
+    SELECT 'dlq_' || replace(gen_random_uuid()::text, '-', ''), u."id",
+           COALESCE(e."eventKey", u."eventLogId"), u."tenantId", e."projectId", u."eventType",
+           u."payload", e."metadata", COALESCE(u.err, 'unknown error'), u."retryCount"
+      FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
+     WHERE u.kind = 2)sql";
+
+// The channel the insert trigger of migration 002 notifies (there, in SQL, it is spelled out; in
+// C++ only here).
+inline constexpr char kNotifyChannel[] = "outbox_worker";
 
 // Claims up to $2 due events, oldest first, and returns each with the handler-facing event object
 // built by PostgreSQL (SPEC 2: EventLog fields when the row exists, else the Outbox row's), so the
@@ -60,17 +93,18 @@ RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
 // the row afterwards, which lets the final SELECT tell a lost lease (someone else's claim now)
 // from a result that was already recorded (a retry after a connection broke mid-commit).
 //   $1 ids, $2 tokens, $3 kinds, $4 errors, $5 delays (ms)
-// Returns one row per input row that this statement did NOT change: id, token, and whether the
-// outcome had been recorded before (a retry after a connection broke mid-commit); otherwise the
-// lease was lost. Every input row not returned was applied. Returning only the exceptions keeps
-// the usual case to the updates themselves (no second index probe per row, no result rows).
-// The filter is a NOT IN over the CTE, which PostgreSQL hashes (by id and token: one batch may
-// hold two claims of one event, the first one's lease lost); a join on the CTE was planned as
-// a nested loop, quadratic in the batch size (docs/PERFORMANCE.md).
-inline constexpr const char* kRecordResults = R"sql(
+// Returns one row per input row that this statement did NOT change: its 1-based position in the
+// input, and whether the outcome had been recorded before (a retry after a connection broke
+// mid-commit); otherwise the lease was lost. Every input row not returned was applied. Returning
+// only the exceptions keeps the usual case to the updates themselves (no second index probe per
+// row, no result rows). The filter is a NOT IN over the CTE, which PostgreSQL hashes; a join on
+// the CTE was planned as a nested loop, quadratic in the batch size (docs/PERFORMANCE.md).
+// The final SELECT reads "Outbox" as it was before this statement (PostgreSQL shows a statement's
+// own data-modifying CTEs to none of its other parts), which is what `prev` needs.
+inline constexpr auto kRecordResultsText = join(R"sql(
 WITH r AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
-                  AS r(id, token, kind, err, delay_ms)
+                  WITH ORDINALITY AS r(id, token, kind, err, delay_ms, n)
 ),
 upd AS (
     UPDATE "Outbox" o
@@ -84,41 +118,80 @@ upd AS (
            "updatedAt" = now()
       FROM r
      WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
-    RETURNING o."id", r.token, r.kind, o."eventLogId", o."tenantId", o."eventType", o."payload",
+    RETURNING r.n, r.kind, o."id", o."eventLogId", o."tenantId", o."eventType", o."payload",
               o."retryCount", r.err
 ),
 dlq AS (
-    INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "projectId", "eventType",
-                               "payload", "metadata", "failureReason", "retryCount")
-    SELECT 'dlq_' || replace(gen_random_uuid()::text, '-', ''), u."id",
-           COALESCE(e."eventKey", u."eventLogId"), u."tenantId", e."projectId", u."eventType",
-           u."payload", e."metadata", COALESCE(u.err, 'unknown error'), u."retryCount"
-      FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
-     WHERE u.kind = 2
+)sql",
+                                                kDlqInsertFromUpd, R"sql(
 )
-SELECT r.id, r.token, (prev."id" IS NOT NULL) AS already
+SELECT r.n, (prev."id" IS NOT NULL) AS already
   FROM r
   LEFT JOIN "Outbox" prev ON prev."id" = r.id AND prev."leaseToken" = r.token
                          AND prev."status" <> 'PROCESSING'
- WHERE (r.id, r.token) NOT IN (SELECT "id", token FROM upd)
-)sql";
+ WHERE r.n NOT IN (SELECT n FROM upd)
+)sql");
+inline constexpr const char* kRecordResults = kRecordResultsText.data();
 
-// Extends the leases of events this instance still holds. Rows not returned were lost (swept and
-// possibly claimed by another instance): their results will be fenced off.
+// The same for OUTBOX_ON_COMPLETE=delete (SPEC 2): a success deletes the Outbox row instead of
+// marking it COMPLETED (the "EventLog" row keeps the history). A success that is not applied and
+// whose row is gone was recorded before: its earlier statement committed and deleted the row.
+// (The row could also have been completed and deleted by another instance after this one lost the
+// lease; both mean the event was delivered, and neither is counted again.)
+inline constexpr auto kRecordResultsDeleteText = join(R"sql(
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
+                  WITH ORDINALITY AS r(id, token, kind, err, delay_ms, n)
+),
+del AS (
+    DELETE FROM "Outbox" o USING r
+     WHERE r.kind = 0 AND o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+    RETURNING r.n
+),
+upd AS (
+    UPDATE "Outbox" o
+       SET "status" = (CASE r.kind WHEN 1 THEN 'PENDING' ELSE 'FAILED' END)::"OutboxStatus",
+           "retryCount" = o."retryCount" + 1,
+           "lastError" = r.err,
+           "nextRetryAt" = CASE WHEN r.kind = 1 THEN now() + r.delay_ms * interval '1 millisecond'
+                                ELSE o."nextRetryAt" END,
+           "leaseExpiresAt" = NULL,
+           "updatedAt" = now()
+      FROM r
+     WHERE r.kind <> 0 AND o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+    RETURNING r.n, r.kind, o."id", o."eventLogId", o."tenantId", o."eventType", o."payload",
+              o."retryCount", r.err
+),
+dlq AS (
+)sql",
+                                                      kDlqInsertFromUpd, R"sql(
+)
+SELECT r.n, (CASE WHEN r.kind = 0 THEN cur."id" IS NULL OR cur."leaseToken" = r.token
+                  ELSE cur."leaseToken" = r.token AND cur."status" <> 'PROCESSING' END)
+            IS TRUE AS already
+  FROM r
+  LEFT JOIN "Outbox" cur ON cur."id" = r.id
+ WHERE r.n NOT IN (SELECT n FROM upd UNION ALL SELECT n FROM del)
+)sql");
+inline constexpr const char* kRecordResultsDelete = kRecordResultsDeleteText.data();
+
+// Extends the leases of events this instance still holds. Returns the 1-based positions of the
+// leases renewed; the others were lost (swept and possibly claimed by another instance): their
+// results will be fenced off.
 //   $1 ids, $2 tokens, $3 lease length in ms
 inline constexpr const char* kRenewLeases = R"sql(
 UPDATE "Outbox" o
    SET "leaseExpiresAt" = now() + $3::bigint * interval '1 millisecond', "updatedAt" = now()
-  FROM unnest($1::text[], $2::bigint[]) AS r(id, token)
+  FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(id, token, n)
  WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
-RETURNING o."id"
+RETURNING r.n
 )sql";
 
 // Gives back claimed events that never started (draining, or handed back after a handler process
 // died with them queued behind the running one): due again, no attempt charged. The NOTIFY lets
 // other instances pick them up at once.
 //   $1 ids, $2 tokens
-inline constexpr const char* kRelease = R"sql(
+inline constexpr auto kReleaseText = join(R"sql(
 WITH rel AS (
     UPDATE "Outbox" o
        SET "status" = 'PENDING', "leaseExpiresAt" = NULL, "leaseOwner" = NULL, "updatedAt" = now()
@@ -126,8 +199,10 @@ WITH rel AS (
      WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
     RETURNING o."id"
 )
-SELECT count(*), pg_notify('outbox_worker', '') FROM rel
-)sql";
+SELECT count(*), pg_notify(')sql",
+                                          kNotifyChannel, R"sql(', '') FROM rel
+)sql");
+inline constexpr const char* kRelease = kReleaseText.data();
 
 // Returns events whose lease ran out (their instance died or lost the database for longer than a
 // lease) to due, charging the attempt ("lease expired"); an event out of attempts goes to the DLQ
@@ -135,7 +210,7 @@ SELECT count(*), pg_notify('outbox_worker', '') FROM rel
 // replaces) count as expired once untouched for a lease length. Any instance may sweep; SKIP
 // LOCKED keeps two sweeps (or a sweep and a renewal) from charging one event twice.
 //   $1 lease length in ms (for lease-less rows), $2 batch limit
-inline constexpr const char* kSweepExpiredLeases = R"sql(
+inline constexpr auto kSweepExpiredLeasesText = join(R"sql(
 WITH expired AS (
     SELECT o."id"
       FROM "Outbox" o
@@ -155,21 +230,18 @@ upd AS (
            "updatedAt" = now()
       FROM expired
      WHERE o."id" = expired."id"
-    RETURNING o."id", o."status", o."eventLogId", o."tenantId", o."eventType", o."payload",
-              o."retryCount", o."lastError"
+    RETURNING o."id", (CASE WHEN o."status" = 'FAILED' THEN 2 ELSE 1 END) AS kind,
+              o."eventLogId", o."tenantId", o."eventType", o."payload", o."retryCount",
+              o."lastError" AS err
 ),
 dlq AS (
-    INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "projectId", "eventType",
-                               "payload", "metadata", "failureReason", "retryCount")
-    SELECT 'dlq_' || replace(gen_random_uuid()::text, '-', ''), u."id",
-           COALESCE(e."eventKey", u."eventLogId"), u."tenantId", e."projectId", u."eventType",
-           u."payload", e."metadata", u."lastError", u."retryCount"
-      FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
-     WHERE u."status" = 'FAILED'
+)sql",
+                                                     kDlqInsertFromUpd, R"sql(
 )
-SELECT count(*) FILTER (WHERE "status" = 'PENDING'), count(*) FILTER (WHERE "status" = 'FAILED')
+SELECT count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2)
   FROM upd
-)sql";
+)sql");
+inline constexpr const char* kSweepExpiredLeases = kSweepExpiredLeasesText.data();
 
 // Counts for health, metrics and the metrics log line. Cheap enough to run every few seconds,
 // and cached between runs rather than queried per HTTP request.

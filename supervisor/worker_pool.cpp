@@ -58,6 +58,8 @@ const char* to_string(RestartReason reason) {
         return "reloaded";
     case RestartReason::protocol_error:
         return "protocol_error";
+    case RestartReason::stopped:
+        return "stopped";
     }
     return "crashed";
 }
@@ -691,7 +693,7 @@ void WorkerPool::kill_all() {
     auto stop = [&](Slot& slot) {
         if (!slot.killed && slot.state != SlotState::dead) {
             slot.stopped_by_supervisor = true;
-            kill_slot(slot, RestartReason::reloaded, "stopped by the supervisor");
+            kill_slot(slot, RestartReason::stopped, "stopped by the supervisor");
         }
     };
     for (auto& [index, slot] : slots_) {

@@ -34,8 +34,9 @@ struct PoolOptions {
     long quit_grace_ms = 5000;       // how long a process asked to QUIT may take before SIGKILL
 };
 
-// Why a process was replaced, as the metric label outbox_worker_restarts_total{reason}.
-enum class RestartReason { crashed, timed_out, recycled, reloaded, protocol_error };
+// Why a process was replaced, as the metric label outbox_worker_restarts_total{reason}; `stopped`
+// is a process the supervisor killed at the drain deadline, which is never replaced.
+enum class RestartReason { crashed, timed_out, recycled, reloaded, protocol_error, stopped };
 const char* to_string(RestartReason reason);
 
 class WorkerPool {

@@ -881,3 +881,52 @@ TEST_CASE("under journald, text lines carry syslog priority prefixes", "[ops]") 
     CHECK(priorities.count('6') == 1);
     CHECK(priorities.count('4') == 1);
 }
+
+// ---- completion mode --------------------------------------------------------------------------
+
+TEST_CASE("OUTBOX_ON_COMPLETE=delete deletes delivered rows, keeps the failures and the history",
+          "[ops]") {
+    TestDatabase db;
+    db.migrate();
+    int port = free_tcp_port();
+    std::string mark = temp_path("flaky-mark");
+    // del.ok succeeds; del.flaky fails once, then succeeds; del.bad is rejected for good.
+    std::string handlers = write_handlers_file(R"([
+        {"eventTypes": ["del.ok"], "log": {}},
+        {"eventTypes": ["del.flaky"], "exec": {"command": ["sh", "-c",
+            "test -f )" + mark + R"( || { touch )" +
+                                               mark + R"(; echo 'not yet' >&2; exit 1; }"]}},
+        {"eventTypes": ["del.bad"], "exec": {"command": ["sh", "-c",
+            "echo 'rejected' >&2; exit 65"]}}])");
+    write_events(db, "del.ok", 300);
+    write_events(db, "del.flaky", 1);
+    write_events(db, "del.bad", 2);
+    Service service(db, {{"OUTBOX_HANDLERS", handlers},
+                         {"OUTBOX_ON_COMPLETE", "delete"},
+                         {"OUTBOX_HTTP_PORT", std::to_string(port)}});
+    INFO(service.log());
+    // Every delivered row is gone, the rejected ones stay FAILED beside their DLQ rows, and the
+    // EventLog keeps all 303 events.
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "Outbox")", 2, 60s));
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE status = 'FAILED'
+                        AND "eventType" = 'del.bad')") == 2);
+    CHECK(db.count(R"(SELECT count(*) FROM "DlqEventLog")") == 2);
+    CHECK(db.count(R"(SELECT count(*) FROM "EventLog")") == 303);
+    CHECK(db.count(kCompleted) == 0);
+    // The metrics count completions, not rows; the JSON says what "completed" means here.
+    REQUIRE(
+        wait_for_sample(port, "outbox_events_completed_total", {{"event_type", "del.ok"}}, 300));
+    std::string why;
+    Json families = scrape_metrics(port, why);
+    INFO(why);
+    CHECK(sample_value(families, "outbox_events_completed_total", {{"event_type", "del.flaky"}}) ==
+          1.0);
+    CHECK(sample_value(families, "outbox_events_retried_total", {{"event_type", "del.flaky"}}) ==
+          1.0);
+    Json enhanced = json_body(http_get(port, "/api/metrics/enhanced"));
+    REQUIRE(enhanced);
+    const cJSON* outbox_obj = cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox");
+    CHECK(outbox::json_string(outbox_obj, "onComplete") == "delete");
+    CHECK(json_number(outbox_obj, "completedByThisInstance") == 301);
+    stop_cleanly(service, db);
+}

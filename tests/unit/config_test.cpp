@@ -283,6 +283,12 @@ TEST_CASE("config: words", "[config]") {
     for (const char* bad : {"yaml", "JSON", "logfmt"}) {
         CHECK(load_error("LOG_FORMAT", bad).find("text, json") != std::string::npos);
     }
+    CHECK(load_ok({}).on_complete == outbox::OnComplete::keep);
+    CHECK(load_ok({{"OUTBOX_ON_COMPLETE", "delete"}}).on_complete == outbox::OnComplete::remove);
+    CHECK(load_ok({{"OUTBOX_ON_COMPLETE", "keep"}}).on_complete == outbox::OnComplete::keep);
+    for (const char* bad : {"drop", "DELETE", "remove", "true"}) {
+        CHECK(load_error("OUTBOX_ON_COMPLETE", bad).find("keep, delete") != std::string::npos);
+    }
 }
 
 TEST_CASE("config: text variables", "[config]") {

@@ -1,0 +1,172 @@
+#include "supervisor/relay_store.h"
+
+#include "common/pg.h"
+#include "supervisor/queries.h"
+
+#include <charconv>
+
+namespace outbox {
+
+namespace {
+
+// A column that PostgreSQL produced as an integer; nullopt when it is not one (which would be a
+// bug in a statement, reported as an error value rather than thrown from a libuv callback).
+template <typename Int>
+std::optional<Int> parse_int(std::string_view text) {
+    Int value{};
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (ec != std::errc() || end != text.data() + text.size()) {
+        return std::nullopt;
+    }
+    return value;
+}
+
+StoreStatus status_of(const QueryResult& r) {
+    if (r.lost) {
+        return StoreStatus::connection_lost();
+    }
+    if (!r.result.ok()) {
+        return StoreStatus::failed(r.result.error());
+    }
+    return {};
+}
+
+std::string ids_of(const std::vector<LeaseRef>& leases) {
+    std::vector<std::string> ids;
+    ids.reserve(leases.size());
+    for (const auto& l : leases) {
+        ids.push_back(*l.id);
+    }
+    return pg_text_array(ids);
+}
+
+std::string tokens_of(const std::vector<LeaseRef>& leases) {
+    std::vector<std::string> tokens;
+    tokens.reserve(leases.size());
+    for (const auto& l : leases) {
+        tokens.push_back(std::to_string(l.token));
+    }
+    return pg_text_array(tokens);
+}
+
+} // namespace
+
+PgRelayStore::PgRelayStore(Options options, DbConnection& claim_db, DbConnection& result_db,
+                           const std::optional<std::string>& like_patterns)
+    : options_(std::move(options)), claim_db_(claim_db), result_db_(result_db),
+      like_patterns_(like_patterns) {}
+
+void PgRelayStore::claim(int limit, int64_t token,
+                         std::function<void(StoreStatus, std::vector<ClaimedEvent>)> done) {
+    claim_db_.query_prepared(
+        "outbox_claim", sql::kClaim,
+        {options_.instance_id, std::to_string(limit), like_patterns_, std::to_string(token),
+         std::to_string(options_.lease_ms)},
+        [done = std::move(done)](QueryResult&& r) {
+            StoreStatus status = status_of(r);
+            std::vector<ClaimedEvent> events;
+            if (!status.ok) {
+                done(std::move(status), {});
+                return;
+            }
+            int rows = r.result.rows();
+            events.reserve(static_cast<size_t>(rows));
+            for (int i = 0; i < rows; ++i) {
+                ClaimedEvent e;
+                e.id = r.result.value(i, 0);
+                auto retry_count = parse_int<int>(r.result.view(i, 1));
+                auto max_retries = parse_int<int>(r.result.view(i, 2));
+                auto created_at = parse_int<int64_t>(r.result.view(i, 4));
+                if (!retry_count || !max_retries || !created_at) {
+                    // Rows claimed but unreadable: their leases expire and they are retried.
+                    done(
+                        StoreStatus::failed("the claim returned a malformed row for event " + e.id),
+                        {});
+                    return;
+                }
+                e.retry_count = *retry_count;
+                e.max_retries = *max_retries;
+                e.event_type = r.result.value(i, 3);
+                e.created_at_ms = *created_at;
+                e.wire = r.result.value(i, 5);
+                events.push_back(std::move(e));
+            }
+            done({}, std::move(events));
+        });
+}
+
+void PgRelayStore::record(
+    const std::vector<OutcomeRow>& rows,
+    std::function<void(StoreStatus, std::vector<std::pair<size_t, bool>>)> done) {
+    std::vector<std::string> ids, tokens, kinds, delays;
+    std::vector<std::optional<std::string>> errors;
+    ids.reserve(rows.size());
+    tokens.reserve(rows.size());
+    kinds.reserve(rows.size());
+    delays.reserve(rows.size());
+    errors.reserve(rows.size());
+    for (const auto& row : rows) {
+        ids.push_back(*row.id);
+        tokens.push_back(std::to_string(row.token));
+        kinds.push_back(std::to_string(static_cast<int>(row.kind)));
+        errors.push_back(row.error ? std::optional<std::string>(*row.error) : std::nullopt);
+        delays.push_back(std::to_string(row.delay_ms));
+    }
+    bool remove = options_.on_complete == OnComplete::remove;
+    result_db_.query_prepared(
+        remove ? "outbox_record_delete" : "outbox_record",
+        remove ? sql::kRecordResultsDelete : sql::kRecordResults,
+        {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds), pg_text_array(errors),
+         pg_text_array(delays)},
+        [done = std::move(done), count = rows.size()](QueryResult&& r) {
+            StoreStatus status = status_of(r);
+            std::vector<std::pair<size_t, bool>> not_applied;
+            if (status.ok) {
+                for (int i = 0; i < r.result.rows(); ++i) {
+                    auto n = parse_int<size_t>(r.result.view(i, 0));
+                    if (!n || *n < 1 || *n > count) {
+                        status = StoreStatus::failed("the record statement answered with row " +
+                                                     r.result.value(i, 0));
+                        break;
+                    }
+                    not_applied.emplace_back(*n - 1, r.result.view(i, 1) == "t");
+                }
+            }
+            done(std::move(status), std::move(not_applied));
+        });
+}
+
+void PgRelayStore::renew(const std::vector<LeaseRef>& leases,
+                         std::function<void(StoreStatus, std::vector<size_t>)> done) {
+    result_db_.query_prepared(
+        "outbox_renew", sql::kRenewLeases,
+        {ids_of(leases), tokens_of(leases), std::to_string(options_.lease_ms)},
+        [done = std::move(done), count = leases.size()](QueryResult&& r) {
+            StoreStatus status = status_of(r);
+            std::vector<size_t> renewed;
+            if (status.ok) {
+                for (int i = 0; i < r.result.rows(); ++i) {
+                    auto n = parse_int<size_t>(r.result.view(i, 0));
+                    if (n && *n >= 1 && *n <= count) {
+                        renewed.push_back(*n - 1);
+                    }
+                }
+            }
+            done(std::move(status), std::move(renewed));
+        });
+}
+
+void PgRelayStore::release(const std::vector<LeaseRef>& leases,
+                           std::function<void(StoreStatus, long)> done) {
+    result_db_.query(sql::kRelease, {ids_of(leases), tokens_of(leases)},
+                     [done = std::move(done)](QueryResult&& r) {
+                         StoreStatus status = status_of(r);
+                         long released = 0;
+                         if (status.ok) {
+                             released = parse_int<long>(r.result.view(0, 0)).value_or(0);
+                         }
+                         done(std::move(status), released);
+                     });
+}
+
+} // namespace outbox

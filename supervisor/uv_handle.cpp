@@ -1,0 +1,96 @@
+#include "supervisor/uv_handle.h"
+
+#include "common/check.h"
+
+#include <map>
+
+namespace outbox {
+
+Timer::Timer(uv_loop_t* loop, std::function<void()> on_fire) {
+    Block* b = adopt(std::move(on_fire));
+    OUTBOX_CHECK(uv_timer_init(loop, &b->raw) == 0);
+}
+
+void Timer::start(uint64_t timeout_ms, uint64_t repeat_ms) {
+    if (block_ == nullptr) {
+        return;
+    }
+    uv_timer_start(
+        &block_->raw,
+        [](uv_timer_t* t) noexcept {
+            Block* b = block_of(t);
+            if (!b->closed && b->callback) {
+                b->callback();
+            }
+        },
+        timeout_ms, repeat_ms);
+}
+
+void Timer::stop() {
+    if (block_ != nullptr) {
+        uv_timer_stop(&block_->raw);
+    }
+}
+
+bool Timer::active() const {
+    return block_ != nullptr && uv_is_active(reinterpret_cast<const uv_handle_t*>(&block_->raw));
+}
+
+uint64_t Timer::due_in() const {
+    if (!active()) {
+        return 0;
+    }
+    uint64_t due = uv_timer_get_due_in(&block_->raw);
+    return due;
+}
+
+Signal::Signal(uv_loop_t* loop, int signum, std::function<void(int)> on_signal) {
+    Block* b = adopt(std::move(on_signal));
+    OUTBOX_CHECK(uv_signal_init(loop, &b->raw) == 0);
+    OUTBOX_CHECK(uv_signal_start(
+                     &b->raw,
+                     [](uv_signal_t* s, int sig) noexcept {
+                         Block* blk = block_of(s);
+                         if (!blk->closed && blk->callback) {
+                             blk->callback(sig);
+                         }
+                     },
+                     signum) == 0);
+}
+
+Check::Check(uv_loop_t* loop, std::function<void()> on_check) {
+    Block* b = adopt(std::move(on_check));
+    OUTBOX_CHECK(uv_check_init(loop, &b->raw) == 0);
+    OUTBOX_CHECK(uv_check_start(&b->raw, [](uv_check_t* c) noexcept {
+                     Block* blk = block_of(c);
+                     if (!blk->closed && blk->callback) {
+                         blk->callback();
+                     }
+                 }) == 0);
+}
+
+std::string close_loop(uv_loop_t* loop) {
+    // Close callbacks of handles closed during the last iteration run in the next one.
+    uv_run(loop, UV_RUN_NOWAIT);
+    if (uv_loop_close(loop) == 0) {
+        return {};
+    }
+    std::map<std::string, int> open;
+    uv_walk(
+        loop,
+        [](uv_handle_t* h, void* arg) noexcept {
+            auto& m = *static_cast<std::map<std::string, int>*>(arg);
+            m[uv_handle_type_name(uv_handle_get_type(h))] += uv_is_closing(h) ? 0 : 1;
+        },
+        &open);
+    std::string what;
+    for (const auto& [type, n] : open) {
+        if (!what.empty()) {
+            what += ", ";
+        }
+        what += std::to_string(n) + " " + type;
+    }
+    return what.empty() ? "handles still closing" : what;
+}
+
+} // namespace outbox

@@ -1,0 +1,116 @@
+// libuv handles owned once, closed through one path (uvw's Handle<T> is the model).
+//
+// libuv keeps a pointer to a handle until its close callback has run, so a handle must not live
+// in memory that is freed or moved before then. Each wrapper here therefore owns its uv handle
+// on the heap together with the C++ callback it calls; the wrapper object itself is only an
+// owner. Closing (explicitly, or by destroying the wrapper) calls uv_close(), and the heap block
+// is freed in the close callback, never earlier. The wrapper can be destroyed at any time: a
+// callback that was due but had not run is not run.
+//
+// Callbacks from C go through `noexcept` trampolines: an exception escaping a callback is a bug
+// (errors are values inside the supervisor), and it terminates the process loudly instead of
+// unwinding through libuv's C frames.
+//
+// A handle still open when the loop is closed is a leak; close_loop() reports every one of them by
+// type and fails, which makes each engine test a leak test (libuv's MAKE_VALGRIND_HAPPY).
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <utility>
+
+namespace outbox {
+
+namespace detail {
+
+template <typename Raw, typename Callback>
+struct HandleBlock {
+    Raw raw{};
+    Callback callback;
+    // Set by close(). The callback object is destroyed only with the block, in the close
+    // callback, because close() may be called from inside the callback itself.
+    bool closed = false;
+};
+
+// Owns one heap block holding a uv handle. Not copyable; movable (the block does not move).
+template <typename Raw, typename Callback>
+class UvHandle {
+  public:
+    using Block = HandleBlock<Raw, Callback>;
+
+    UvHandle() = default;
+    ~UvHandle() { close(); }
+    UvHandle(const UvHandle&) = delete;
+    UvHandle& operator=(const UvHandle&) = delete;
+    UvHandle(UvHandle&& other) noexcept : block_(std::exchange(other.block_, nullptr)) {}
+    UvHandle& operator=(UvHandle&& other) noexcept {
+        if (this != &other) {
+            close();
+            block_ = std::exchange(other.block_, nullptr);
+        }
+        return *this;
+    }
+
+    // Closes the handle (idempotent). Its memory is freed once libuv has let go of it.
+    void close() noexcept {
+        if (block_ == nullptr) {
+            return;
+        }
+        Block* b = std::exchange(block_, nullptr);
+        b->closed = true; // nothing runs any more, even a callback already due
+        uv_close(reinterpret_cast<uv_handle_t*>(&b->raw),
+                 [](uv_handle_t* h) noexcept { delete static_cast<Block*>(h->data); });
+    }
+    bool is_open() const { return block_ != nullptr; }
+
+  protected:
+    Block* block_ = nullptr;
+
+    Block* adopt(Callback callback) {
+        block_ = new Block;
+        block_->callback = std::move(callback);
+        block_->raw.data = block_;
+        return block_;
+    }
+    static Block* block_of(Raw* raw) { return static_cast<Block*>(raw->data); }
+};
+
+} // namespace detail
+
+// A uv_timer_t. start() re-arms it (replacing any pending expiry); on a closed timer it does
+// nothing, so that work finishing while the service closes cannot re-arm what is gone.
+class Timer : public detail::UvHandle<uv_timer_t, std::function<void()>> {
+  public:
+    Timer() = default;
+    Timer(uv_loop_t* loop, std::function<void()> on_fire);
+
+    void start(uint64_t timeout_ms, uint64_t repeat_ms = 0);
+    void stop();
+    // Whether the timer is armed.
+    bool active() const;
+    // Milliseconds until it fires (0 when not armed or overdue).
+    uint64_t due_in() const;
+};
+
+// A uv_signal_t watching one signal; the callback receives the signal number.
+class Signal : public detail::UvHandle<uv_signal_t, std::function<void(int)>> {
+  public:
+    Signal() = default;
+    Signal(uv_loop_t* loop, int signum, std::function<void(int)> on_signal);
+};
+
+// A uv_check_t: runs once per loop iteration, after the iteration's I/O.
+class Check : public detail::UvHandle<uv_check_t, std::function<void()>> {
+  public:
+    Check() = default;
+    Check(uv_loop_t* loop, std::function<void()> on_check);
+};
+
+// Closes `loop` after running it until every closing handle's callback has run. Returns an empty
+// string when the loop closed, or a description of the handles still open (a leak) otherwise.
+[[nodiscard]] std::string close_loop(uv_loop_t* loop);
+
+} // namespace outbox
