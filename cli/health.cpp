@@ -3,6 +3,7 @@
 // on libcurl's configuration or proxies.
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "common/fd.h"
 
 #include <netdb.h>
 #include <poll.h>
@@ -32,23 +33,6 @@ constexpr size_t kMaxResponseBytes = 1024 * 1024;
 
 using Clock = std::chrono::steady_clock;
 
-// A file descriptor closed when it goes out of scope.
-class Socket {
-  public:
-    explicit Socket(int fd) : fd_(fd) {}
-    ~Socket() {
-        if (fd_ >= 0) {
-            close(fd_);
-        }
-    }
-    Socket(const Socket&) = delete;
-    Socket& operator=(const Socket&) = delete;
-    int get() const { return fd_; }
-
-  private:
-    int fd_;
-};
-
 int remaining_ms(Clock::time_point deadline) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     return left.count() > 0 ? static_cast<int>(left.count()) : 0;
@@ -63,31 +47,30 @@ bool wait_for(int fd, short events, Clock::time_point deadline) {
     return r > 0;
 }
 
-// Connects to one resolved address before the deadline; -1 with `error` set otherwise.
-int connect_with_deadline(const addrinfo* ai, Clock::time_point deadline, std::string& error) {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
-    if (fd < 0) {
+// Connects to one resolved address before the deadline; a closed UniqueFd with `error` set
+// otherwise.
+UniqueFd connect_with_deadline(const addrinfo* ai, Clock::time_point deadline, std::string& error) {
+    UniqueFd fd(
+        socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
+    if (!fd.is_open()) {
         error = std::strerror(errno);
-        return -1;
+        return fd;
     }
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+    if (connect(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
         if (errno != EINPROGRESS) {
             error = std::strerror(errno);
-            close(fd);
-            return -1;
+            return UniqueFd();
         }
-        if (!wait_for(fd, POLLOUT, deadline)) {
+        if (!wait_for(fd.get(), POLLOUT, deadline)) {
             error = "timed out";
-            close(fd);
-            return -1;
+            return UniqueFd();
         }
         int so_error = 0;
         socklen_t len = sizeof so_error;
-        getsockopt(fd, SOL_SOCKET, SO_ERROR, &so_error, &len);
+        getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &so_error, &len);
         if (so_error != 0) {
             error = std::strerror(so_error);
-            close(fd);
-            return -1;
+            return UniqueFd();
         }
     }
     return fd;
@@ -161,16 +144,16 @@ int health_command(const std::vector<std::string>& args) {
         return kExitFailure;
     }
     std::string error = "no address";
-    int fd = -1;
-    for (const addrinfo* ai = resolved; ai != nullptr && fd < 0; ai = ai->ai_next) {
-        fd = connect_with_deadline(ai, deadline, error);
+    UniqueFd socket;
+    for (const addrinfo* ai = resolved; ai != nullptr && !socket.is_open(); ai = ai->ai_next) {
+        socket = connect_with_deadline(ai, deadline, error);
     }
     freeaddrinfo(resolved);
-    if (fd < 0) {
+    if (!socket.is_open()) {
         print_error("health", "cannot connect to " + where + ": " + error);
         return kExitFailure;
     }
-    Socket socket(fd);
+    const int fd = socket.get();
 
     std::string request = "GET /health HTTP/1.1\r\nHost: " + where +
                           "\r\nUser-Agent: outbox-worker-health\r\nAccept: application/json\r\n"

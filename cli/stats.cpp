@@ -18,6 +18,10 @@ the oldest due event (PENDING and not waiting for a retry), in seconds.
   --json    one JSON object: {"pending", "processing", "completed", "failed", "total", "dlq",
             "oldestDueAgeSeconds" (null when nothing is due)}
 
+"completed" counts rows whose status is COMPLETED. Instances running with
+OUTBOX_ON_COMPLETE=delete delete a row when its event succeeds: their deliveries are counted by
+the service's metric outbox_events_completed_total, and every event stays in "EventLog".
+
 Environment: DATABASE_URL (required).
 )";
 

@@ -1,5 +1,7 @@
 #include "common/migrations.h"
 
+#include <charconv>
+
 #include "common/pg.h"
 
 #include <spdlog/spdlog.h>
@@ -42,7 +44,13 @@ int schema_version(PGconn* conn, std::string& error) {
         error = res.error();
         return -1;
     }
-    return std::stoi(res.value(0, 0));
+    int version = -1;
+    std::string_view text = res.view(0, 0);
+    if (std::from_chars(text.data(), text.data() + text.size(), version).ec != std::errc()) {
+        error = "the schema version is not a number: " + res.value(0, 0);
+        return -1;
+    }
+    return version;
 }
 
 MigrateOutcome migrate(PGconn* conn) {

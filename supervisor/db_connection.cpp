@@ -28,15 +28,9 @@ DbConnection::DbConnection(uv_loop_t* loop, std::string conninfo, std::string na
     ++handles_open_;
 }
 
-DbConnection::~DbConnection() {
-    // close() must have completed: libuv still points at our handles otherwise.
-    if (conn_ != nullptr) {
-        PQfinish(conn_);
-    }
-    if (current_result_ != nullptr) {
-        PQclear(current_result_);
-    }
-}
+// The connection and the current result free themselves (PgConn, PgResult). close() must have
+// completed before this runs: libuv still points at our handles otherwise.
+DbConnection::~DbConnection() = default;
 
 void DbConnection::start() {
     begin_connect();
@@ -48,17 +42,16 @@ void DbConnection::begin_connect() {
     }
     if (conn_ != nullptr) {
         stop_watching();
-        PQfinish(conn_);
-        conn_ = nullptr;
+        conn_.reset();
     }
     // The connection string goes in as dbname with expand_dbname, so URIs and key=value strings
     // both work and application_name can still be added as a separate keyword.
     std::string app = "outbox-worker " + name_;
     const char* keywords[] = {"dbname", "fallback_application_name", "connect_timeout", nullptr};
     const char* values[] = {conninfo_.c_str(), app.c_str(), "10", nullptr};
-    conn_ = PQconnectStartParams(keywords, values, 1);
-    if (conn_ == nullptr || PQstatus(conn_) == CONNECTION_BAD) {
-        fail_connection(conn_ ? trim(PQerrorMessage(conn_)) : "out of memory");
+    conn_.reset(PQconnectStartParams(keywords, values, 1));
+    if (conn_ == nullptr || PQstatus(conn_.get()) == CONNECTION_BAD) {
+        fail_connection(conn_ ? trim(PQerrorMessage(conn_.get())) : "out of memory");
         return;
     }
     state_ = State::connecting;
@@ -66,7 +59,7 @@ void DbConnection::begin_connect() {
 }
 
 void DbConnection::continue_connect() {
-    PostgresPollingStatusType st = PQconnectPoll(conn_);
+    PostgresPollingStatusType st = PQconnectPoll(conn_.get());
     switch (st) {
     case PGRES_POLLING_READING:
         watch_socket(UV_READABLE);
@@ -75,7 +68,7 @@ void DbConnection::continue_connect() {
         watch_socket(UV_WRITABLE);
         return;
     case PGRES_POLLING_FAILED:
-        fail_connection(trim(PQerrorMessage(conn_)));
+        fail_connection(trim(PQerrorMessage(conn_.get())));
         return;
     case PGRES_POLLING_OK:
         break;
@@ -83,8 +76,8 @@ void DbConnection::continue_connect() {
         watch_socket(UV_READABLE);
         return;
     }
-    install_notice_logger(conn_);
-    if (PQsetnonblocking(conn_, 1) != 0) {
+    install_notice_logger(conn_.get());
+    if (PQsetnonblocking(conn_.get(), 1) != 0) {
         fail_connection("cannot make the connection non-blocking");
         return;
     }
@@ -101,9 +94,9 @@ void DbConnection::continue_connect() {
     }
     current_ =
         Pending{setup, {}, [this](QueryResult&& r) { on_setup_done(std::move(r)); }, {}, false};
-    if (PQsendQuery(conn_, current_->sql.c_str()) != 1) {
+    if (PQsendQuery(conn_.get(), current_->sql.c_str()) != 1) {
         current_.reset();
-        fail_connection(trim(PQerrorMessage(conn_)));
+        fail_connection(trim(PQerrorMessage(conn_.get())));
         return;
     }
     flush_output();
@@ -130,7 +123,7 @@ void DbConnection::on_setup_done(QueryResult&& r) {
 }
 
 void DbConnection::watch_socket(int events) {
-    int fd = PQsocket(conn_);
+    int fd = PQsocket(conn_.get());
     if (fd < 0) {
         fail_connection("connection has no socket");
         return;
@@ -192,7 +185,7 @@ void DbConnection::on_poll(int status, int events) {
                 return;
             }
         }
-        std::string why = trim(PQerrorMessage(conn_));
+        std::string why = trim(PQerrorMessage(conn_.get()));
         fail_connection(why.empty() ? std::string("socket error: ") + uv_strerror(status) : why);
         return;
     }
@@ -208,9 +201,9 @@ void DbConnection::on_poll(int status, int events) {
 }
 
 void DbConnection::flush_output() {
-    int r = PQflush(conn_);
+    int r = PQflush(conn_.get());
     if (r < 0) {
-        fail_connection(trim(PQerrorMessage(conn_)));
+        fail_connection(trim(PQerrorMessage(conn_.get())));
         return;
     }
     // 1: more to send; wait for the socket to drain, still reading (the server may be sending).
@@ -218,11 +211,11 @@ void DbConnection::flush_output() {
 }
 
 void DbConnection::on_readable() {
-    if (PQconsumeInput(conn_) != 1) {
-        fail_connection(trim(PQerrorMessage(conn_)));
+    if (PQconsumeInput(conn_.get()) != 1) {
+        fail_connection(trim(PQerrorMessage(conn_.get())));
         return;
     }
-    while (PGnotify* n = PQnotifies(conn_)) {
+    while (PGnotify* n = PQnotifies(conn_.get())) {
         std::string channel = n->relname;
         PQfreemem(n);
         if (callbacks_.on_notify) {
@@ -232,38 +225,31 @@ void DbConnection::on_readable() {
             return;
         }
     }
-    while (current_ && !PQisBusy(conn_)) {
-        PGresult* res = PQgetResult(conn_);
-        if (res != nullptr) {
+    while (current_ && !PQisBusy(conn_.get())) {
+        PgResult res(PQgetResult(conn_.get()));
+        if (res.get() != nullptr) {
             // A multi-statement query yields several results; the caller gets the last one, or
             // the first error.
-            if (current_result_ == nullptr || PQresultStatus(current_result_) == PGRES_COMMAND_OK ||
-                PQresultStatus(current_result_) == PGRES_TUPLES_OK) {
-                if (current_result_ != nullptr) {
-                    PQclear(current_result_);
-                }
-                current_result_ = res;
-            } else {
-                PQclear(res);
+            if (current_result_.get() == nullptr || current_result_.ok()) {
+                current_result_ = std::move(res);
             }
             continue;
         }
         if (current_->preparing) {
             // The Parse of a prepared statement finished: run it now, or report why it failed.
             current_->preparing = false;
-            const bool ok =
-                current_result_ != nullptr && PQresultStatus(current_result_) == PGRES_COMMAND_OK;
+            const bool ok = current_result_.get() != nullptr &&
+                            PQresultStatus(current_result_.get()) == PGRES_COMMAND_OK;
             if (ok) {
-                PQclear(current_result_);
-                current_result_ = nullptr;
+                current_result_ = PgResult();
                 prepared_.insert(current_->statement);
                 if (send_current()) {
                     flush_output();
                 }
                 return;
             }
-        } else if (!current_->statement.empty() && current_result_ != nullptr) {
-            const char* code = PQresultErrorField(current_result_, PG_DIAG_SQLSTATE);
+        } else if (!current_->statement.empty() && current_result_.get() != nullptr) {
+            const char* code = PQresultErrorField(current_result_.get(), PG_DIAG_SQLSTATE);
             if (code != nullptr && std::strcmp(code, "26000") == 0) {
                 // The statement is gone (a DISCARD by a pooler in front): prepare it again.
                 prepared_.erase(current_->statement);
@@ -276,8 +262,7 @@ void DbConnection::on_readable() {
         }
         Pending done = std::move(*current_);
         current_.reset();
-        QueryResult qr{PgResult(current_result_), false};
-        current_result_ = nullptr;
+        QueryResult qr{std::move(current_result_), false};
         if (state_ == State::busy) {
             state_ = State::ready;
         }
@@ -285,10 +270,10 @@ void DbConnection::on_readable() {
         if (conn_ == nullptr || state_ == State::closing || state_ == State::closed) {
             return;
         }
-        if (PQstatus(conn_) == CONNECTION_BAD) {
+        if (PQstatus(conn_.get()) == CONNECTION_BAD) {
             // The server ended the session with that result (a FATAL error): report it as the
             // reason rather than waiting for the closed socket to be noticed.
-            fail_connection(trim(PQerrorMessage(conn_)));
+            fail_connection(trim(PQerrorMessage(conn_.get())));
             return;
         }
         if (state_ == State::ready) {
@@ -296,8 +281,8 @@ void DbConnection::on_readable() {
         }
         return;
     }
-    if (PQstatus(conn_) == CONNECTION_BAD) {
-        fail_connection(trim(PQerrorMessage(conn_)));
+    if (PQstatus(conn_.get()) == CONNECTION_BAD) {
+        fail_connection(trim(PQerrorMessage(conn_.get())));
     }
 }
 
@@ -358,18 +343,18 @@ bool DbConnection::send_current() {
     const int n = static_cast<int>(values.size());
     int sent;
     if (current_->statement.empty()) {
-        sent = PQsendQueryParams(conn_, current_->sql.c_str(), n, nullptr, values.data(), nullptr,
-                                 nullptr, 0);
+        sent = PQsendQueryParams(conn_.get(), current_->sql.c_str(), n, nullptr, values.data(),
+                                 nullptr, nullptr, 0);
     } else if (!prepared_.contains(current_->statement)) {
         current_->preparing = true;
-        sent = PQsendPrepare(conn_, server_name(current_->statement).c_str(), current_->sql.c_str(),
-                             n, nullptr);
+        sent = PQsendPrepare(conn_.get(), server_name(current_->statement).c_str(),
+                             current_->sql.c_str(), n, nullptr);
     } else {
-        sent = PQsendQueryPrepared(conn_, server_name(current_->statement).c_str(), n,
+        sent = PQsendQueryPrepared(conn_.get(), server_name(current_->statement).c_str(), n,
                                    values.data(), nullptr, nullptr, 0);
     }
     if (sent != 1) {
-        fail_connection(trim(PQerrorMessage(conn_)));
+        fail_connection(trim(PQerrorMessage(conn_.get())));
         return false;
     }
     return true;
@@ -379,14 +364,8 @@ void DbConnection::fail_connection(const std::string& why) {
     bool was_up = state_ == State::ready || state_ == State::busy || state_ == State::setup;
     last_error_ = why.empty() ? "connection failed" : why;
     stop_watching();
-    if (conn_ != nullptr) {
-        PQfinish(conn_);
-        conn_ = nullptr;
-    }
-    if (current_result_ != nullptr) {
-        PQclear(current_result_);
-        current_result_ = nullptr;
-    }
+    conn_.reset();
+    current_result_ = PgResult();
     bool closing = state_ == State::closing;
     state_ = closing ? State::closing : State::waiting_to_reconnect;
     if (current_) {
@@ -460,10 +439,7 @@ void DbConnection::close(std::function<void()> on_closed) {
     }
     fail_all_queued();
     stop_watching();
-    if (conn_ != nullptr) {
-        PQfinish(conn_);
-        conn_ = nullptr;
-    }
+    conn_.reset();
     uv_close(reinterpret_cast<uv_handle_t*>(&reconnect_timer_), [](uv_handle_t* h) {
         auto* self = static_cast<DbConnection*>(h->data);
         --self->handles_open_;

@@ -60,9 +60,6 @@ class DbConnection {
     void close(std::function<void()> on_closed);
 
     bool connected() const { return state_ == State::ready || state_ == State::busy; }
-    bool idle() const { return state_ == State::ready && queue_.empty(); }
-    size_t queued() const { return queue_.size(); }
-    const std::string& last_error() const { return last_error_; }
 
     using Callback = std::function<void(QueryResult&&)>;
     void query(std::string sql, std::vector<std::optional<std::string>> params, Callback done);
@@ -118,7 +115,7 @@ class DbConnection {
     std::string listen_channel_;
     Callbacks callbacks_;
 
-    PGconn* conn_ = nullptr;
+    PgConn conn_;
     State state_ = State::idle;
     uv_poll_t* poll_ = nullptr; // heap: closed asynchronously, freed in its close callback
     int poll_fd_ = -1;
@@ -137,7 +134,7 @@ class DbConnection {
 
     std::deque<Pending> queue_;
     std::optional<Pending> current_;
-    PGresult* current_result_ = nullptr;
+    PgResult current_result_; // the result the current query will complete with
     std::function<void()> on_closed_;
 };
 

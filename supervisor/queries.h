@@ -100,7 +100,9 @@ RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
 // row, no result rows). The filter is a NOT IN over the CTE, which PostgreSQL hashes; a join on
 // the CTE was planned as a nested loop, quadratic in the batch size (docs/PERFORMANCE.md).
 // The final SELECT reads "Outbox" as it was before this statement (PostgreSQL shows a statement's
-// own data-modifying CTEs to none of its other parts), which is what `prev` needs.
+// own data-modifying CTEs to none of its other parts), which is what `prev` needs. A row still
+// carrying the claim's token is "recorded before" only when it holds exactly this outcome: the
+// lease sweep leaves the token on a row it returns to PENDING, and that is a lost lease.
 inline constexpr auto kRecordResultsText = join(R"sql(
 WITH r AS (
     SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
@@ -128,25 +130,38 @@ dlq AS (
 SELECT r.n, (prev."id" IS NOT NULL) AS already
   FROM r
   LEFT JOIN "Outbox" prev ON prev."id" = r.id AND prev."leaseToken" = r.token
-                         AND prev."status" <> 'PROCESSING'
+                         AND prev."status" = (CASE r.kind WHEN 0 THEN 'COMPLETED' WHEN 1 THEN 'PENDING'
+                                              ELSE 'FAILED' END)::"OutboxStatus"
+                         AND prev."lastError" IS NOT DISTINCT FROM (CASE WHEN r.kind = 0 THEN NULL ELSE r.err END)
  WHERE r.n NOT IN (SELECT n FROM upd)
 )sql");
 inline constexpr const char* kRecordResults = kRecordResultsText.data();
 
 // The same for OUTBOX_ON_COMPLETE=delete (SPEC 2): a success deletes the Outbox row instead of
-// marking it COMPLETED (the "EventLog" row keeps the history). A success that is not applied and
-// whose row is gone was recorded before: its earlier statement committed and deleted the row.
-// (The row could also have been completed and deleted by another instance after this one lost the
-// lease; both mean the event was delivered, and neither is counted again.)
+// marking it COMPLETED (the "EventLog" row keeps the history). Successes come in arrays of their
+// own: they need only id and token, and the DELETE joins them by hash like the UPDATE (a kind
+// filter on one shared array made the planner expect one row and join by nested loop, quadratic
+// in the batch).
+//   $1 success ids, $2 success tokens,
+//   $3 failure ids, $4 failure tokens, $5 kinds (1 retry, 2 dead letter), $6 errors, $7 delays
+// Returns the rows not applied as in kRecordResults, numbered successes first (1..#$1), then
+// failures (#$1+1..). A success not applied whose row is gone was recorded before: its earlier
+// statement committed and deleted the row. (The row could also have been completed and deleted by
+// another instance after this one lost the lease; either way the event was delivered, and neither
+// is counted again.)
 inline constexpr auto kRecordResultsDeleteText = join(R"sql(
-WITH r AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
-                  WITH ORDINALITY AS r(id, token, kind, err, delay_ms, n)
+WITH ok AS (
+    SELECT * FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS ok(id, token, n)
+),
+r AS (
+    SELECT id, token, kind, err, delay_ms, n + cardinality($1::text[]) AS n
+      FROM unnest($3::text[], $4::bigint[], $5::int[], $6::text[], $7::bigint[])
+           WITH ORDINALITY AS f(id, token, kind, err, delay_ms, n)
 ),
 del AS (
-    DELETE FROM "Outbox" o USING r
-     WHERE r.kind = 0 AND o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
-    RETURNING r.n
+    DELETE FROM "Outbox" o USING ok
+     WHERE o."id" = ok.id AND o."leaseToken" = ok.token AND o."status" = 'PROCESSING'
+    RETURNING ok.n
 ),
 upd AS (
     UPDATE "Outbox" o
@@ -158,7 +173,7 @@ upd AS (
            "leaseExpiresAt" = NULL,
            "updatedAt" = now()
       FROM r
-     WHERE r.kind <> 0 AND o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+     WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
     RETURNING r.n, r.kind, o."id", o."eventLogId", o."tenantId", o."eventType", o."payload",
               o."retryCount", r.err
 ),
@@ -166,12 +181,16 @@ dlq AS (
 )sql",
                                                       kDlqInsertFromUpd, R"sql(
 )
-SELECT r.n, (CASE WHEN r.kind = 0 THEN cur."id" IS NULL OR cur."leaseToken" = r.token
-                  ELSE cur."leaseToken" = r.token AND cur."status" <> 'PROCESSING' END)
-            IS TRUE AS already
+SELECT ok.n, (cur."id" IS NULL) AS already
+  FROM ok LEFT JOIN "Outbox" cur ON cur."id" = ok.id
+ WHERE ok.n NOT IN (SELECT n FROM del)
+UNION ALL
+SELECT r.n, (cur."id" IS NOT NULL) AS already
   FROM r
-  LEFT JOIN "Outbox" cur ON cur."id" = r.id
- WHERE r.n NOT IN (SELECT n FROM upd UNION ALL SELECT n FROM del)
+  LEFT JOIN "Outbox" cur ON cur."id" = r.id AND cur."leaseToken" = r.token
+                        AND cur."status" = (CASE r.kind WHEN 1 THEN 'PENDING' ELSE 'FAILED' END)::"OutboxStatus"
+                        AND cur."lastError" IS NOT DISTINCT FROM r.err
+ WHERE r.n NOT IN (SELECT n FROM upd)
 )sql");
 inline constexpr const char* kRecordResultsDelete = kRecordResultsDeleteText.data();
 

@@ -231,7 +231,9 @@ void Relay::flush() {
         std::vector<OutcomeRow> rows;
         rows.reserve(batch.size());
         for (const auto& p : batch) {
-            const Held& h = held_.at(p.seq);
+            auto it = held_.find(p.seq);
+            OUTBOX_CHECK(it != held_.end()); // held until its outcome is recorded
+            const Held& h = it->second;
             rows.push_back({&h.event.id, h.token, p.kind,
                             p.kind == OutcomeKind::success ? nullptr : &p.error, p.delay_ms});
         }

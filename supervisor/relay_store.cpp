@@ -98,38 +98,65 @@ void PgRelayStore::claim(int limit, int64_t token,
 void PgRelayStore::record(
     const std::vector<OutcomeRow>& rows,
     std::function<void(StoreStatus, std::vector<std::pair<size_t, bool>>)> done) {
-    std::vector<std::string> ids, tokens, kinds, delays;
+    // `order[k]` is the input row that the statement numbers k + 1.
+    std::vector<size_t> order;
+    order.reserve(rows.size());
+    std::vector<std::string> ok_ids, ok_tokens, ids, tokens, kinds, delays;
     std::vector<std::optional<std::string>> errors;
-    ids.reserve(rows.size());
-    tokens.reserve(rows.size());
-    kinds.reserve(rows.size());
-    delays.reserve(rows.size());
-    errors.reserve(rows.size());
-    for (const auto& row : rows) {
+    auto add_full = [&](size_t i) {
+        const OutcomeRow& row = rows[i];
         ids.push_back(*row.id);
         tokens.push_back(std::to_string(row.token));
         kinds.push_back(std::to_string(static_cast<int>(row.kind)));
         errors.push_back(row.error ? std::optional<std::string>(*row.error) : std::nullopt);
         delays.push_back(std::to_string(row.delay_ms));
+        order.push_back(i);
+    };
+    const char* name;
+    const char* statement;
+    std::vector<std::optional<std::string>> params;
+    if (options_.on_complete == OnComplete::remove) {
+        // Successes first, in arrays of their own (kRecordResultsDelete), then the failures.
+        for (size_t i = 0; i < rows.size(); ++i) {
+            if (rows[i].kind == OutcomeKind::success) {
+                ok_ids.push_back(*rows[i].id);
+                ok_tokens.push_back(std::to_string(rows[i].token));
+                order.push_back(i);
+            }
+        }
+        for (size_t i = 0; i < rows.size(); ++i) {
+            if (rows[i].kind != OutcomeKind::success) {
+                add_full(i);
+            }
+        }
+        name = "outbox_record_delete";
+        statement = sql::kRecordResultsDelete;
+        params = {pg_text_array(ok_ids), pg_text_array(ok_tokens), pg_text_array(ids),
+                  pg_text_array(tokens), pg_text_array(kinds),     pg_text_array(errors),
+                  pg_text_array(delays)};
+    } else {
+        for (size_t i = 0; i < rows.size(); ++i) {
+            add_full(i);
+        }
+        name = "outbox_record";
+        statement = sql::kRecordResults;
+        params = {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds),
+                  pg_text_array(errors), pg_text_array(delays)};
     }
-    bool remove = options_.on_complete == OnComplete::remove;
     result_db_.query_prepared(
-        remove ? "outbox_record_delete" : "outbox_record",
-        remove ? sql::kRecordResultsDelete : sql::kRecordResults,
-        {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds), pg_text_array(errors),
-         pg_text_array(delays)},
-        [done = std::move(done), count = rows.size()](QueryResult&& r) {
+        name, statement, std::move(params),
+        [done = std::move(done), order = std::move(order)](QueryResult&& r) {
             StoreStatus status = status_of(r);
             std::vector<std::pair<size_t, bool>> not_applied;
             if (status.ok) {
                 for (int i = 0; i < r.result.rows(); ++i) {
                     auto n = parse_int<size_t>(r.result.view(i, 0));
-                    if (!n || *n < 1 || *n > count) {
+                    if (!n || *n < 1 || *n > order.size()) {
                         status = StoreStatus::failed("the record statement answered with row " +
                                                      r.result.value(i, 0));
                         break;
                     }
-                    not_applied.emplace_back(*n - 1, r.result.view(i, 1) == "t");
+                    not_applied.emplace_back(order[*n - 1], r.result.view(i, 1) == "t");
                 }
             }
             done(std::move(status), std::move(not_applied));

@@ -85,23 +85,19 @@ SystemdNotifier::SystemdNotifier(std::string_view notify_socket, std::string_vie
         spdlog::debug("systemd notifications disabled: unusable NOTIFY_SOCKET '{}'", notify_socket);
         return;
     }
-    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd_ < 0) {
+    fd_.reset(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (!fd_.is_open()) {
         spdlog::debug("systemd notifications disabled: socket() failed: {}", std::strerror(errno));
     }
 }
 
-SystemdNotifier::~SystemdNotifier() {
-    if (fd_ >= 0) {
-        ::close(fd_);
-    }
-}
+SystemdNotifier::~SystemdNotifier() = default;
 
 bool SystemdNotifier::notify(std::string_view message) {
-    if (fd_ < 0 || getpid() != owner_pid_) {
+    if (!fd_.is_open() || getpid() != owner_pid_) {
         return false;
     }
-    ssize_t sent = sendto(fd_, message.data(), message.size(), MSG_NOSIGNAL,
+    ssize_t sent = sendto(fd_.get(), message.data(), message.size(), MSG_NOSIGNAL,
                           reinterpret_cast<const sockaddr*>(address_.data()),
                           static_cast<socklen_t>(address_.size()));
     if (sent == static_cast<ssize_t>(message.size())) {

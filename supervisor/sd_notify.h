@@ -18,6 +18,8 @@
 // are; unsetting them is not this class's business.
 #pragma once
 
+#include "common/fd.h"
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -40,7 +42,7 @@ class SystemdNotifier {
     SystemdNotifier& operator=(const SystemdNotifier&) = delete;
 
     // True when NOTIFY_SOCKET named a usable address and the socket could be created.
-    bool enabled() const { return fd_ >= 0; }
+    bool enabled() const { return fd_.is_open(); }
 
     // READY=1: the service is up (connected, handler processes started).
     void ready();
@@ -62,7 +64,7 @@ class SystemdNotifier {
     bool notify(std::string_view message);
 
   private:
-    int fd_ = -1;
+    UniqueFd fd_;
     pid_t owner_pid_;
     std::string address_; // sockaddr_un bytes, length included
     std::optional<std::uint64_t> watchdog_usec_;

@@ -54,13 +54,10 @@ void Telemetry::event_completed(const std::string& type, double latency_s) {
 
 void Telemetry::event_retried(const std::string& type) {
     retried_->with({type}).inc();
-    ++failed_attempts_total_;
 }
 
 void Telemetry::event_dead_lettered(const std::string& type) {
     dead_lettered_->with({type}).inc();
-    ++failed_attempts_total_;
-    ++dead_lettered_total_;
 }
 
 void Telemetry::handler_duration(const std::string& type, double seconds) {

@@ -39,8 +39,6 @@ class Telemetry {
     const DatabaseCounts& counts() const { return counts_; }
     bool database_up() const { return database_up_; }
     uint64_t completed_total() const { return completed_total_; }
-    uint64_t failed_attempts_total() const { return failed_attempts_total_; }
-    uint64_t dead_lettered_total() const { return dead_lettered_total_; }
 
     std::string render_prometheus() const { return registry_.render_prometheus(); }
     Json render_json() const { return registry_.render_json(); }
@@ -66,8 +64,6 @@ class Telemetry {
     DatabaseCounts counts_;
     bool database_up_ = false;
     uint64_t completed_total_ = 0;
-    uint64_t failed_attempts_total_ = 0;
-    uint64_t dead_lettered_total_ = 0;
 };
 
 } // namespace outbox

@@ -1,6 +1,7 @@
 #include "supervisor/worker_pool.h"
 
 #include "common/check.h"
+#include "common/fd.h"
 #include "common/log.h"
 #include "worker/worker_process.h"
 
@@ -122,6 +123,9 @@ void WorkerPool::spawn(int index) {
         respawn_later(index, kRespawnBrakeMaxMs);
         return;
     }
+    // Ours until the child has its copy (child_end) and libuv has the other (supervisor_end).
+    UniqueFd supervisor_end(fds[0]);
+    UniqueFd child_end(fds[1]);
     pid_t parent = getpid();
     // Block every signal across fork(): a signal arriving in the child before its handlers are
     // reset would run libuv's handler there, which writes to the supervisor's signal pipe (and,
@@ -141,8 +145,6 @@ void WorkerPool::spawn(int index) {
     }
     if (pid < 0) {
         spdlog::error("cannot fork handler process {}: {}", index, std::strerror(errno));
-        ::close(fds[0]);
-        ::close(fds[1]);
         respawn_later(index, kRespawnBrakeMaxMs);
         return;
     }
@@ -170,7 +172,7 @@ void WorkerPool::spawn(int index) {
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, nullptr);
         // Keep only stdio and the channel (SPEC 6): no database socket, no listening socket.
-        if (dup2(fds[1], kChildChannelFd) < 0) {
+        if (dup2(child_end.get(), kChildChannelFd) < 0) {
             _exit(kWorkerExitSetupError);
         }
         ::close_range(kChildChannelFd + 1, ~0U, 0);
@@ -194,7 +196,7 @@ void WorkerPool::spawn(int index) {
         run_worker_process(kChildChannelFd, *subscribers_, opts);
     }
 
-    ::close(fds[1]);
+    child_end.reset();
     auto slot = std::make_unique<Slot>();
     slot->pool = this;
     slot->index = index;
@@ -202,7 +204,7 @@ void WorkerPool::spawn(int index) {
     slot->channel = new uv_pipe_t;
     uv_pipe_init(loop_, slot->channel, 0);
     ++open_handles_;
-    uv_pipe_open(slot->channel, fds[0]);
+    uv_pipe_open(slot->channel, supervisor_end.release());
     slot->timer = new uv_timer_t;
     uv_timer_init(loop_, slot->timer);
     ++open_handles_;
@@ -387,16 +389,6 @@ void WorkerPool::write_now(Slot& slot, std::string bytes) {
     if (rc != 0) {
         delete w;
     }
-}
-
-int WorkerPool::capacity() const {
-    int free = 0;
-    for (const auto& [index, slot] : slots_) {
-        if (slot->state == SlotState::ready && !slot->killed) {
-            free += options_.pipeline_depth - static_cast<int>(slot->pipeline.size());
-        }
-    }
-    return free;
 }
 
 int WorkerPool::ready_processes() const {
@@ -702,17 +694,6 @@ void WorkerPool::kill_all() {
     for (auto& slot : retired_) {
         stop(*slot);
     }
-}
-
-std::vector<pid_t> WorkerPool::pids() const {
-    std::vector<pid_t> out;
-    for (const auto& [index, slot] : slots_) {
-        out.push_back(slot->pid);
-    }
-    for (const auto& slot : retired_) {
-        out.push_back(slot->pid);
-    }
-    return out;
 }
 
 void WorkerPool::close(std::function<void()> on_closed) {

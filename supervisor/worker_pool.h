@@ -31,7 +31,6 @@ struct PoolOptions {
     long max_events_per_process = 0; // recycle after N events; 0: never
     long memory_limit_mb = 0;        // RLIMIT_AS of each process; 0: none
     long kill_grace_ms = 500;        // a handler is killed this long after its timeout
-    long quit_grace_ms = 5000;       // how long a process asked to QUIT may take before SIGKILL
 };
 
 // Why a process was replaced, as the metric label outbox_worker_restarts_total{reason}; `stopped`
@@ -62,8 +61,6 @@ class WorkerPool {
 
     void start();
 
-    // Free pipeline positions over all ready slots.
-    int capacity() const;
     int ready_processes() const;
     size_t in_flight() const;
     bool has_processes() const { return !slots_.empty(); }
@@ -100,8 +97,6 @@ class WorkerPool {
     void kill_all();
     // Closes every handle; on_closed runs once all are closed and every child is reaped.
     void close(std::function<void()> on_closed);
-
-    std::vector<pid_t> pids() const;
 
   private:
     struct Slot;
