@@ -1,8 +1,9 @@
-# outbox-worker: the front door. Every target works on a fresh Debian 12 machine; `make test` and
-# `make demo` install what they need first (`make deps`), so either can be the first command run.
+# outbox-worker: the front door. Every target works on a fresh Debian 12 machine: whatever builds
+# (`make`, `make test`, `make demo`, ...) installs the missing Debian packages first (`make deps`,
+# which costs one dpkg-query when nothing is missing), so any of them can be the first command run.
 #
 #   make deps           install the missing Debian packages (apt-get; sudo when not root)
-#   make / make build   configure and build in build/
+#   make / make build   configure (when not yet done, or CMAKE_ARGS changed) and build in build/
 #   make test           build, start a private PostgreSQL, run every test (ctest)
 #   make test-sanitize  the same with AddressSanitizer and UBSan, in build-sanitize/
 #   make demo           run the service end to end on a private database (scripts/demo.sh)
@@ -12,6 +13,8 @@
 #   make format         clang-format every C++ source in place; format-check only reports
 #   make install        install the binary under $(DESTDIR)$(PREFIX)
 #   make clean          remove the build directories
+#
+# Extra CMake arguments go in CMAKE_ARGS (`make build CMAKE_ARGS=-DOUTBOX_BUILD_TESTS=OFF`).
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -19,6 +22,7 @@ SHELL := /bin/bash
 BUILD_DIR ?= build
 SANITIZE_BUILD_DIR ?= build-sanitize
 BUILD_TYPE ?= RelWithDebInfo
+CMAKE_ARGS ?=
 NPROC := $(shell nproc 2>/dev/null || echo 2)
 JOBS ?= $(NPROC)
 # Tests run one at a time by default. Each works in its own database and on its own ports, but
@@ -45,7 +49,11 @@ CXX_SOURCES = $(shell find $(CXX_SOURCE_DIRS) -type f \( -name '*.cpp' -o -name 
 all: build
 
 deps:
-	@missing=(); \
+	@if ! command -v dpkg-query >/dev/null 2>&1; then \
+	    echo "deps: not a Debian system (no dpkg-query): install the equivalents of $(DEB_PACKAGES)"; \
+	    exit 0; \
+	fi; \
+	missing=(); \
 	for p in $(DEB_PACKAGES); do \
 	    if ! dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed'; then \
 	        missing+=("$$p"); \
@@ -60,33 +68,48 @@ deps:
 	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$${missing[@]}"; \
 	fi
 
-$(BUILD_DIR)/CMakeCache.txt:
-	cmake -S . -B $(BUILD_DIR) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+# $(call configure,DIR,CMAKE ARGUMENTS): runs CMake's configure step in DIR unless the last
+# successful one there had the same source directory and arguments. A stamp file holding them is
+# written as the last step, so a configure that failed or was interrupted never counts as done. A
+# failed one also removes CMakeCache.txt: CMake would otherwise start the next run from what it
+# cached (a wrong -D, a library not found), and a cache without generated build files is what
+# `cmake --build` trips over. The recipe runs after `deps`, so the packages are in place before
+# CMake looks for them.
+CONFIGURE_STAMP := .make-configured
+configure = \
+	args='$(strip $(2))'; \
+	if [ "$$(cat "$(1)/$(CONFIGURE_STAMP)" 2>/dev/null || true)" != "$(CURDIR) $$args" ]; then \
+	    rm -f "$(1)/$(CONFIGURE_STAMP)"; \
+	    echo "cmake -S . -B $(1) $$args"; \
+	    if ! cmake -S . -B "$(1)" $$args; then \
+	        rm -f "$(1)/CMakeCache.txt"; \
+	        echo "make: configuring $(1) failed (CMake says why above; \`make deps\` installs the Debian packages); its CMakeCache.txt is removed, so the next run configures afresh" >&2; \
+	        exit 1; \
+	    fi; \
+	    printf '%s\n' "$(CURDIR) $$args" >"$(1)/$(CONFIGURE_STAMP)"; \
+	fi
 
-build: $(BUILD_DIR)/CMakeCache.txt
+build: deps
+	@$(call configure,$(BUILD_DIR),-DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS))
 	cmake --build $(BUILD_DIR) -j$(JOBS)
 
-test: deps
-	$(MAKE) build
+test: build
 	tests/run_with_postgres.sh ctest --test-dir $(BUILD_DIR) --output-on-failure -j$(CTEST_JOBS) $(CTEST_ARGS)
 
 test-sanitize: deps
-	cmake -S . -B $(SANITIZE_BUILD_DIR) -DCMAKE_BUILD_TYPE=Debug -DOUTBOX_SANITIZE=ON
+	@$(call configure,$(SANITIZE_BUILD_DIR),-DCMAKE_BUILD_TYPE=Debug -DOUTBOX_SANITIZE=ON $(CMAKE_ARGS))
 	cmake --build $(SANITIZE_BUILD_DIR) -j$(JOBS)
 	tests/run_with_postgres.sh ctest --test-dir $(SANITIZE_BUILD_DIR) --output-on-failure -j$(CTEST_JOBS) $(CTEST_ARGS)
 
-demo: deps
-	$(MAKE) build
+demo: build
 	bash scripts/demo.sh
 
-bench: deps
-	$(MAKE) build
+bench: build
 	bash bench/run.sh
 
 # The chaos test for longer than the 20 s of its short form in `make test` (CHAOS_SECONDS).
 CHAOS_SECONDS ?= 180
-chaos: deps
-	$(MAKE) build
+chaos: build
 	CHAOS_SECONDS=$(CHAOS_SECONDS) tests/run_with_postgres.sh $(BUILD_DIR)/integration-tests "[chaos]"
 
 # libFuzzer targets (clang from Debian), each for FUZZ_SECONDS.

@@ -6,10 +6,19 @@
 namespace outbox {
 
 long Backoff::nominal_delay_ms(int attempt) const {
+    // An initial delay of 0 (allowed by the configuration) stays 0. It must not reach the product
+    // below: for a large attempt pow() is infinite, and 0 * inf is NaN, whose conversion to long
+    // is undefined (on x86 it gives LONG_MIN).
+    if (policy_.initial_ms <= 0) {
+        return 0;
+    }
     int exponent = std::max(attempt, 1) - 1;
-    // pow() overflows to inf for large exponents, which min() then turns into the cap.
     double raw = static_cast<double>(policy_.initial_ms) * std::pow(policy_.multiplier, exponent);
-    return static_cast<long>(std::min(raw, static_cast<double>(policy_.max_ms)));
+    // pow() overflows to inf for large exponents, which becomes the cap here; so would a NaN.
+    if (!(raw < static_cast<double>(policy_.max_ms))) {
+        return policy_.max_ms;
+    }
+    return static_cast<long>(raw);
 }
 
 long Backoff::delay_ms(int attempt) {
