@@ -86,6 +86,40 @@ RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
               'attempt', o."retryCount" + 1)::text
 )sql";
 
+// The common case: a batch of outcomes that are all successes. A plain UPDATE (or, with
+// OUTBOX_ON_COMPLETE=delete, a DELETE) joined to the arrays, without the CTEs, the dead-letter
+// insert and the final join of kRecordResults: PostgreSQL plans every call of a statement anew
+// (plan_cache_mode = force_custom_plan), and planning the full statement took 1.6 ms, longer than
+// running it for 40 events. Fenced like kRecordResults.
+//   $1 ids, $2 tokens
+// Returns the 1-based positions of the rows applied. The others (rare: a lost lease, or a retry
+// after a connection broke mid-commit) are told apart by kRecordedBefore.
+inline constexpr const char* kRecordSuccesses = R"sql(
+UPDATE "Outbox" o
+   SET "status" = 'COMPLETED', "lastError" = NULL, "processedAt" = now(), "leaseExpiresAt" = NULL,
+       "updatedAt" = now()
+  FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(id, token, n)
+ WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+RETURNING r.n
+)sql";
+inline constexpr const char* kDeleteSuccesses = R"sql(
+DELETE FROM "Outbox" o
+ USING unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(id, token, n)
+ WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
+RETURNING r.n
+)sql";
+
+// For successes that kRecordSuccesses or kDeleteSuccesses did not apply: whether each had been
+// recorded before (the row is COMPLETED under this claim's token, or gone in delete mode) rather
+// than taken over by another instance.
+//   $1 ids, $2 tokens
+// Returns one row per input: its 1-based position and whether it was recorded before.
+inline constexpr const char* kRecordedBefore = R"sql(
+SELECT r.n, (o."id" IS NULL OR (o."leaseToken" = r.token AND o."status" = 'COMPLETED')) AS already
+  FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS r(id, token, n)
+  LEFT JOIN "Outbox" o ON o."id" = r.id
+)sql";
+
 // Records the outcome of many attempts at once. Per input row: kind 0 = success (COMPLETED),
 // 1 = retry (back to PENDING after delay_ms), 2 = dead letter (FAILED plus a "DlqEventLog" row, in
 // this same statement and so the same transaction).
@@ -225,7 +259,9 @@ inline constexpr const char* kRelease = kReleaseText.data();
 
 // Returns events whose lease ran out (their instance died or lost the database for longer than a
 // lease) to due, charging the attempt ("lease expired"); an event out of attempts goes to the DLQ
-// in the same statement. Rows left PROCESSING without a lease (by the Node.js worker this service
+// in the same statement. The claim's token is cleared, so that no late outcome of the swept claim
+// can be taken for one recorded before (the outcome statements' `already`) instead of a lost
+// lease. Rows left PROCESSING without a lease (by the Node.js worker this service
 // replaces) count as expired once untouched for a lease length. Any instance may sweep; SKIP
 // LOCKED keeps two sweeps (or a sweep and a renewal) from charging one event twice.
 //   $1 lease length in ms (for lease-less rows), $2 batch limit
@@ -246,6 +282,7 @@ upd AS (
            "lastError" = 'lease expired (owner ' || COALESCE(o."leaseOwner", 'unknown') || ')',
            "nextRetryAt" = now(),
            "leaseExpiresAt" = NULL,
+           "leaseToken" = NULL,
            "updatedAt" = now()
       FROM expired
      WHERE o."id" = expired."id"

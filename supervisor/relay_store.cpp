@@ -3,6 +3,7 @@
 #include "common/pg.h"
 #include "supervisor/queries.h"
 
+#include <algorithm>
 #include <charconv>
 
 namespace outbox {
@@ -95,9 +96,82 @@ void PgRelayStore::claim(int limit, int64_t token,
         });
 }
 
+void PgRelayStore::record_successes(
+    const std::vector<OutcomeRow>& rows,
+    std::function<void(StoreStatus, std::vector<std::pair<size_t, bool>>)> done) {
+    std::vector<std::string> ids, tokens;
+    ids.reserve(rows.size());
+    tokens.reserve(rows.size());
+    for (const auto& row : rows) {
+        ids.push_back(*row.id);
+        tokens.push_back(std::to_string(row.token));
+    }
+    bool remove = options_.on_complete == OnComplete::remove;
+    // Built before the callback takes the vectors: argument evaluation order is unspecified.
+    std::vector<std::optional<std::string>> params{pg_text_array(ids), pg_text_array(tokens)};
+    result_db_.query_prepared(
+        remove ? "outbox_delete_successes" : "outbox_record_successes",
+        remove ? sql::kDeleteSuccesses : sql::kRecordSuccesses, std::move(params),
+        [this, done = std::move(done), ids = std::move(ids),
+         tokens = std::move(tokens)](QueryResult&& r) mutable {
+            StoreStatus status = status_of(r);
+            if (!status.ok) {
+                done(std::move(status), {});
+                return;
+            }
+            std::vector<bool> applied(ids.size(), false);
+            for (int i = 0; i < r.result.rows(); ++i) {
+                auto n = parse_int<size_t>(r.result.view(i, 0));
+                if (n && *n >= 1 && *n <= applied.size()) {
+                    applied[*n - 1] = true;
+                }
+            }
+            std::vector<size_t> missing;
+            std::vector<std::string> missing_ids, missing_tokens;
+            for (size_t i = 0; i < applied.size(); ++i) {
+                if (!applied[i]) {
+                    missing.push_back(i);
+                    missing_ids.push_back(std::move(ids[i]));
+                    missing_tokens.push_back(std::move(tokens[i]));
+                }
+            }
+            if (missing.empty()) {
+                done({}, {});
+                return;
+            }
+            // The outcomes are recorded (the statement committed); this only tells a lost lease
+            // from an earlier recording, for the log and the metrics. If it fails, they count
+            // as lost leases.
+            result_db_.query_prepared(
+                "outbox_recorded_before", sql::kRecordedBefore,
+                {pg_text_array(missing_ids), pg_text_array(missing_tokens)},
+                [done = std::move(done), missing = std::move(missing)](QueryResult&& before) {
+                    std::vector<std::pair<size_t, bool>> not_applied;
+                    std::vector<bool> already(missing.size(), false);
+                    if (before.ok()) {
+                        for (int i = 0; i < before.result.rows(); ++i) {
+                            auto n = parse_int<size_t>(before.result.view(i, 0));
+                            if (n && *n >= 1 && *n <= missing.size()) {
+                                already[*n - 1] = before.result.view(i, 1) == "t";
+                            }
+                        }
+                    }
+                    for (size_t k = 0; k < missing.size(); ++k) {
+                        not_applied.emplace_back(missing[k], already[k]);
+                    }
+                    done({}, std::move(not_applied));
+                });
+        });
+}
+
 void PgRelayStore::record(
     const std::vector<OutcomeRow>& rows,
     std::function<void(StoreStatus, std::vector<std::pair<size_t, bool>>)> done) {
+    if (std::all_of(rows.begin(), rows.end(),
+                    [](const OutcomeRow& r) { return r.kind == OutcomeKind::success; })) {
+        record_successes(rows, std::move(done));
+        return;
+    }
     // `order[k]` is the input row that the statement numbers k + 1.
     std::vector<size_t> order;
     order.reserve(rows.size());

@@ -40,6 +40,11 @@ class PgRelayStore final : public RelayStore {
                  std::function<void(StoreStatus, long released)> done) override;
 
   private:
+    // The common case, all successes: a statement PostgreSQL plans in a fraction of the time.
+    void
+    record_successes(const std::vector<OutcomeRow>& rows,
+                     std::function<void(StoreStatus, std::vector<std::pair<size_t, bool>>)> done);
+
     Options options_;
     DbConnection& claim_db_;
     DbConnection& result_db_;

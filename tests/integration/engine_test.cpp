@@ -402,11 +402,16 @@ TEST_CASE("claiming pauses while a thousand outcomes wait to be recorded", "[eng
     TestDatabase db;
     db.migrate();
     write_events(db, "example.ok", 3000);
-    // The result statement inserts into "DlqEventLog" (for dead letters), so a SHARE lock on that
-    // table holds every result statement back, while claims, which do not touch it, go on.
+    // A trigger of this test's database makes every update to COMPLETED wait for an advisory lock
+    // that the test holds: the statements that record successes are held back, while claims
+    // (updates to PROCESSING) go on.
+    db.exec(R"(CREATE FUNCTION hold_completions() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$;
+               CREATE TRIGGER hold_completions BEFORE UPDATE ON "Outbox" FOR EACH ROW
+                   WHEN (NEW.status = 'COMPLETED') EXECUTE FUNCTION hold_completions())");
     outbox::PgConn lock = db.connect();
     REQUIRE(outbox::pg_exec(lock.get(), "BEGIN").ok());
-    REQUIRE(outbox::pg_exec(lock.get(), R"(LOCK TABLE "DlqEventLog" IN SHARE MODE)").ok());
+    REQUIRE(outbox::pg_exec(lock.get(), "SELECT pg_advisory_xact_lock(4242)").ok());
     Service service(db, {{"OUTBOX_WORKERS", "2"}, {"OUTBOX_BATCH_SIZE", "100"}},
                     OUTBOX_EXAMPLE_APP);
     INFO(service.log());
