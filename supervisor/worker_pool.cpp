@@ -87,6 +87,7 @@ struct WorkerPool::Slot {
     bool channel_closed = false;        // EOF seen; waiting for the exit status
     RestartReason kill_reason = RestartReason::crashed;
     std::string kill_error;
+    uint64_t kill_seq = 0; // the event running when the supervisor killed the process (0: none)
 };
 
 WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options,
@@ -441,7 +442,7 @@ bool WorkerPool::dispatch(uint64_t seq, std::string_view event_json, long timeou
 }
 
 void WorkerPool::arm_timeout(Slot& slot) {
-    if (slot.timer == nullptr || slot.channel_closed) {
+    if (slot.timer == nullptr || slot.channel_closed || slot.state == SlotState::dead) {
         return;
     }
     uv_timer_stop(slot.timer);
@@ -489,6 +490,7 @@ void WorkerPool::kill_slot(Slot& slot, RestartReason reason, std::string why) {
     slot.killed = true;
     slot.kill_reason = reason;
     slot.kill_error = std::move(why);
+    slot.kill_seq = slot.pipeline.empty() ? 0 : slot.pipeline.front().seq;
     if (slot.timer != nullptr) {
         uv_timer_stop(slot.timer);
     }
@@ -531,8 +533,47 @@ void WorkerPool::on_sigchld() {
     maybe_finish_close();
 }
 
+void WorkerPool::drain_channel(Slot& slot) {
+    uv_os_fd_t fd = -1;
+    if (slot.channel != nullptr &&
+        uv_fileno(reinterpret_cast<const uv_handle_t*>(slot.channel), &fd) != 0) {
+        fd = -1;
+    }
+    WriteBatch batch(*this);
+    for (;;) {
+        // Frames already in the decoder first: once the slot is killed, a read callback stops
+        // after the first frame it handles and leaves the rest there.
+        for (;;) {
+            FrameDecoder::Next next = slot.decoder.next();
+            if (next.status != FrameDecoder::Status::frame) {
+                break;
+            }
+            handle_frame(slot, std::move(next.frame));
+        }
+        if (fd < 0) {
+            return; // end of file was seen already: the decoder held all that was left
+        }
+        // The channel is non-blocking (libuv made it so): this ends at end of file, or at
+        // EAGAIN when something else still holds the process's end.
+        ssize_t n = ::read(fd, slot.read_buffer.get(), kReadBufferSize);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return;
+        }
+        slot.decoder.feed(slot.read_buffer.get(), static_cast<size_t>(n));
+    }
+}
+
 void WorkerPool::on_exit(Slot& slot, int status) {
+    // Dead before anything else: kill_slot() must not signal a pid that waitpid() has released.
     slot.state = SlotState::dead;
+    // on_sigchld() reaps every child that has exited, not only the one whose SIGCHLD woke it, and
+    // libuv runs signal callbacks after the other I/O of the same loop turn: a process can be
+    // reaped here while RESULTs it wrote just before it died are still unread in its channel.
+    // They are read first, so that the head of the pipeline is the event that was really running.
+    drain_channel(slot);
     close_channel(slot);
     if (slot.timer != nullptr) {
         uv_timer_stop(slot.timer);
@@ -552,6 +593,13 @@ void WorkerPool::on_exit(Slot& slot, int status) {
         }
         slot.pipeline.clear();
         if (slot.stopped_by_supervisor) {
+            returned.insert(returned.begin(), head);
+        } else if (slot.killed && slot.kill_seq != head) {
+            // The event the supervisor killed the process for (its timeout) answered after all,
+            // between the kill and the exit: the one behind it is not to blame.
+            spdlog::warn("{}; event #{} it was killed for had answered meanwhile: no event is "
+                         "charged",
+                         how, slot.kill_seq);
             returned.insert(returned.begin(), head);
         } else {
             std::string error = slot.killed ? slot.kill_error : how;

@@ -112,6 +112,8 @@ class WorkerPool {
     void on_timeout(Slot& slot);
     void kill_slot(Slot& slot, RestartReason reason, std::string why);
     void on_sigchld();
+    // Reads and handles what an exited process left unread in its channel.
+    void drain_channel(Slot& slot);
     void on_exit(Slot& slot, int status);
     void close_channel(Slot& slot);
     void respawn_later(int index, long delay_ms);
