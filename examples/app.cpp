@@ -47,6 +47,30 @@ void record_delivery(const outbox::Event& event) {
     }
 }
 
+// The chaos test's record: "<outbox id> <attempt> <pid> <parent pid>", one line per delivery,
+// written as the handler's last act before it returns success, with a single O_APPEND write as
+// above. When an event is delivered again, the test uses the attempt to find in the database the
+// failure that was charged to the earlier delivery, the pid to tell whether the test itself killed
+// the process that ran it, and the parent pid (the supervisor) to tell which instance held it.
+void record_chaos_delivery(const outbox::Event& event) {
+    const char* path = std::getenv("EXAMPLE_RECORD_FILE");
+    if (path == nullptr) {
+        return;
+    }
+    std::string line = event.id + " " + std::to_string(event.attempt) + " " +
+                       std::to_string(getpid()) + " " + std::to_string(getppid()) + "\n";
+    int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        throw std::runtime_error(std::string("cannot open EXAMPLE_RECORD_FILE: ") +
+                                 std::strerror(errno));
+    }
+    ssize_t n = ::write(fd, line.data(), line.size());
+    ::close(fd);
+    if (n != static_cast<ssize_t>(line.size())) {
+        throw std::runtime_error("short write to EXAMPLE_RECORD_FILE");
+    }
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -141,7 +165,9 @@ int main(int argc, char** argv) {
     // For the chaos test: a fixed fate per event, from a hash of its id. One in ten crashes its
     // handler process on the first attempt, one fails twice before succeeding, one is rejected
     // permanently (its place is the dead-letter queue), one hangs on the first attempt until the
-    // supervisor kills it; the rest succeed at once.
+    // supervisor kills it; the rest succeed at once. Every misbehaviour comes before the delivery
+    // is recorded: a recorded delivery is one whose handler finished and reported success, so a
+    // crash or timeout charged to it can only come from outside the handler.
     worker.subscribe({{"example.chaos"},
                       [](const outbox::Event& event) -> outbox::Result {
                           switch (std::hash<std::string>{}(event.id) % 10) {
@@ -167,7 +193,7 @@ int main(int argc, char** argv) {
                           default:
                               break;
                           }
-                          record_delivery(event);
+                          record_chaos_delivery(event);
                           return outbox::Result::ok();
                       },
                       300});
