@@ -121,11 +121,14 @@ void Relay::pump() {
         if (h.lease_deadline_ms < now + static_cast<uint64_t>(options_.lease_safety_ms)) {
             // The lease could not be renewed (database unreachable) and is about to run out:
             // starting the event now risks running it beside the instance that sweeps it.
-            spdlog::warn("event {} not started: its lease could not be renewed in time",
+            // It is given back instead (uncharged, fenced by the claim's token): once the
+            // database answers again, the release reaches it before the lease expires, or finds
+            // the event swept and changes nothing.
+            spdlog::warn("event {} not started: its lease could not be renewed in time; releasing "
+                         "it",
                          h.event.id);
             ready_.pop_front();
-            telemetry_.lease_lost();
-            held_.erase(it);
+            release({seq});
             continue;
         }
         if (!event_fits_in_frame(h.event.wire.size())) {
