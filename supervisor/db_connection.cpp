@@ -23,13 +23,12 @@ DbConnection::DbConnection(uv_loop_t* loop, std::string conninfo, std::string na
                            std::string listen_channel, Callbacks callbacks)
     : loop_(loop), conninfo_(std::move(conninfo)), name_(std::move(name)),
       listen_channel_(std::move(listen_channel)), callbacks_(std::move(callbacks)) {
-    uv_timer_init(loop_, &reconnect_timer_);
-    reconnect_timer_.data = this;
-    ++handles_open_;
+    reconnect_timer_ = Timer(loop_, [this] { begin_connect(); });
 }
 
-// The connection and the current result free themselves (PgConn, PgResult). close() must have
-// completed before this runs: libuv still points at our handles otherwise.
+// Everything frees itself: the handles close (the poll handle before the socket: it is declared
+// after conn_), the connection and the current result are RAII. Callers close() first all the
+// same, so that queries still queued complete with `lost` while their owners are alive.
 DbConnection::~DbConnection() = default;
 
 void DbConnection::start() {
@@ -37,7 +36,7 @@ void DbConnection::start() {
 }
 
 void DbConnection::begin_connect() {
-    if (state_ == State::closing || state_ == State::closed) {
+    if (state_ == State::closed) {
         return;
     }
     if (conn_ != nullptr) {
@@ -130,42 +129,20 @@ void DbConnection::watch_socket(int events) {
     }
     // libpq may switch sockets while connecting (several hosts, SSL then plain): a poll handle is
     // bound to one descriptor, so replace it when the descriptor changes.
-    if (poll_ != nullptr && poll_fd_ != fd) {
+    if (poll_.is_open() && poll_.fd() != fd) {
         stop_watching();
     }
-    if (poll_ == nullptr) {
-        poll_ = new uv_poll_t;
-        if (uv_poll_init_socket(loop_, poll_, fd) != 0) {
-            delete poll_;
-            poll_ = nullptr;
-            fail_connection("cannot watch the database socket");
-            return;
-        }
-        poll_->data = this;
-        poll_fd_ = fd;
-        ++handles_open_;
+    if (!poll_.is_open() &&
+        poll_.open(loop_, fd, [this](int status, int ev) { on_poll(status, ev); }) != 0) {
+        fail_connection("cannot watch the database socket");
+        return;
     }
-    uv_poll_start(poll_, events, poll_cb);
+    poll_.start(events);
 }
 
 void DbConnection::stop_watching() {
-    if (poll_ == nullptr) {
-        return;
-    }
-    uv_poll_stop(poll_);
-    poll_->data = this;
-    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
-        auto* self = static_cast<DbConnection*>(h->data);
-        delete reinterpret_cast<uv_poll_t*>(h);
-        --self->handles_open_;
-        self->maybe_finish_close();
-    });
-    poll_ = nullptr;
-    poll_fd_ = -1;
-}
-
-void DbConnection::poll_cb(uv_poll_t* handle, int status, int events) {
-    static_cast<DbConnection*>(handle->data)->on_poll(status, events);
+    // Before libpq closes the socket: libuv must stop watching a descriptor before it is closed.
+    poll_.close();
 }
 
 void DbConnection::on_poll(int status, int events) {
@@ -267,7 +244,7 @@ void DbConnection::on_readable() {
             state_ = State::ready;
         }
         done.done(std::move(qr));
-        if (conn_ == nullptr || state_ == State::closing || state_ == State::closed) {
+        if (conn_ == nullptr || state_ == State::closed) {
             return;
         }
         if (PQstatus(conn_.get()) == CONNECTION_BAD) {
@@ -288,7 +265,7 @@ void DbConnection::on_readable() {
 
 void DbConnection::query(std::string sql, std::vector<std::optional<std::string>> params,
                          Callback done) {
-    if (state_ == State::closing || state_ == State::closed) {
+    if (state_ == State::closed) {
         QueryResult r;
         r.lost = true;
         done(std::move(r));
@@ -302,7 +279,7 @@ void DbConnection::query(std::string sql, std::vector<std::optional<std::string>
 
 void DbConnection::query_prepared(const char* name, const char* sql,
                                   std::vector<std::optional<std::string>> params, Callback done) {
-    if (state_ == State::closing || state_ == State::closed) {
+    if (state_ == State::closed) {
         QueryResult r;
         r.lost = true;
         done(std::move(r));
@@ -366,8 +343,8 @@ void DbConnection::fail_connection(const std::string& why) {
     stop_watching();
     conn_.reset();
     current_result_ = PgResult();
-    bool closing = state_ == State::closing;
-    state_ = closing ? State::closing : State::waiting_to_reconnect;
+    bool closing = state_ == State::closed;
+    state_ = closing ? State::closed : State::waiting_to_reconnect;
     if (current_) {
         Pending p = std::move(*current_);
         current_.reset();
@@ -377,7 +354,6 @@ void DbConnection::fail_connection(const std::string& why) {
     }
     fail_all_queued();
     if (closing) {
-        maybe_finish_close();
         return;
     }
     if (was_up) {
@@ -407,7 +383,7 @@ void DbConnection::fail_all_queued() {
 }
 
 void DbConnection::schedule_reconnect() {
-    if (state_ == State::closing || state_ == State::closed) {
+    if (state_ == State::closed) {
         return;
     }
     static thread_local std::mt19937 rng{std::random_device{}()};
@@ -417,19 +393,15 @@ void DbConnection::schedule_reconnect() {
     // Jitter keeps a fleet of instances from reconnecting in lockstep after a database restart.
     std::uniform_int_distribution<long> jitter(0, reconnect_delay_ms_ / 4);
     state_ = State::waiting_to_reconnect;
-    uv_timer_start(
-        &reconnect_timer_,
-        [](uv_timer_t* t) { static_cast<DbConnection*>(t->data)->begin_connect(); },
-        static_cast<uint64_t>(reconnect_delay_ms_ + jitter(rng)), 0);
+    reconnect_timer_.start(static_cast<uint64_t>(reconnect_delay_ms_ + jitter(rng)));
 }
 
 void DbConnection::close(std::function<void()> on_closed) {
-    if (state_ == State::closing || state_ == State::closed) {
+    if (state_ == State::closed) {
         return;
     }
-    on_closed_ = std::move(on_closed);
-    state_ = State::closing;
-    uv_timer_stop(&reconnect_timer_);
+    state_ = State::closed;
+    reconnect_timer_.close();
     if (current_) {
         Pending p = std::move(*current_);
         current_.reset();
@@ -440,20 +412,8 @@ void DbConnection::close(std::function<void()> on_closed) {
     fail_all_queued();
     stop_watching();
     conn_.reset();
-    uv_close(reinterpret_cast<uv_handle_t*>(&reconnect_timer_), [](uv_handle_t* h) {
-        auto* self = static_cast<DbConnection*>(h->data);
-        --self->handles_open_;
-        self->maybe_finish_close();
-    });
-}
-
-void DbConnection::maybe_finish_close() {
-    if (state_ == State::closing && handles_open_ == 0) {
-        state_ = State::closed;
-        if (on_closed_) {
-            auto cb = std::move(on_closed_);
-            cb();
-        }
+    if (on_closed) {
+        on_closed();
     }
 }
 

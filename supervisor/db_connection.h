@@ -12,10 +12,11 @@
 // reconnecting). The connection then reconnects by itself with capped exponential backoff.
 //
 // Single-threaded: every method and every callback runs on the loop thread. Callbacks may submit
-// new queries. Not copyable or movable: libuv holds pointers to the handles inside.
+// new queries. Not copyable or movable: the handles' callbacks hold a pointer to it.
 #pragma once
 
 #include "common/pg.h"
+#include "supervisor/uv_handle.h"
 
 #include <uv.h>
 
@@ -55,8 +56,9 @@ class DbConnection {
     DbConnection& operator=(const DbConnection&) = delete;
 
     void start();
-    // Stops reconnecting, fails queued queries, closes the socket and the handles, then calls
-    // on_closed (from the loop). The object may be destroyed after on_closed.
+    // Stops reconnecting, fails the running and queued queries (their callbacks run now, with
+    // `lost`), closes the socket, then calls on_closed. The object may be destroyed right after:
+    // its libuv handles free themselves once libuv lets go of them (supervisor/uv_handle.h).
     void close(std::function<void()> on_closed);
 
     bool connected() const { return state_ == State::ready || state_ == State::busy; }
@@ -73,16 +75,7 @@ class DbConnection {
                         std::vector<std::optional<std::string>> params, Callback done);
 
   private:
-    enum class State {
-        idle,
-        connecting,
-        setup,
-        ready,
-        busy,
-        waiting_to_reconnect,
-        closing,
-        closed
-    };
+    enum class State { idle, connecting, setup, ready, busy, waiting_to_reconnect, closed };
     struct Pending {
         std::string sql;
         std::vector<std::optional<std::string>> params;
@@ -105,9 +98,6 @@ class DbConnection {
     void fail_connection(const std::string& why);
     void fail_all_queued();
     void schedule_reconnect();
-    void maybe_finish_close();
-
-    static void poll_cb(uv_poll_t* handle, int status, int events);
 
     uv_loop_t* loop_;
     std::string conninfo_;
@@ -117,10 +107,8 @@ class DbConnection {
 
     PgConn conn_;
     State state_ = State::idle;
-    uv_poll_t* poll_ = nullptr; // heap: closed asynchronously, freed in its close callback
-    int poll_fd_ = -1;
-    uv_timer_t reconnect_timer_;
-    int handles_open_ = 0;
+    Poll poll_; // the connection's socket, while there is one
+    Timer reconnect_timer_;
     long reconnect_delay_ms_ = 0;
     std::string last_error_;
     bool was_connected_ = false;
@@ -135,7 +123,6 @@ class DbConnection {
     std::deque<Pending> queue_;
     std::optional<Pending> current_;
     PgResult current_result_; // the result the current query will complete with
-    std::function<void()> on_closed_;
 };
 
 } // namespace outbox

@@ -69,6 +69,31 @@ Check::Check(uv_loop_t* loop, std::function<void()> on_check) {
                  }) == 0);
 }
 
+int Poll::open(uv_loop_t* loop, int fd, std::function<void(int, int)> on_event) {
+    close();
+    Block* b = adopt(std::move(on_event));
+    int rc = uv_poll_init_socket(loop, &b->raw, fd);
+    if (rc != 0) {
+        // Never initialised: libuv holds no pointer to it, so it is freed here, not closed.
+        delete std::exchange(block_, nullptr);
+        return rc;
+    }
+    fd_ = fd;
+    return 0;
+}
+
+void Poll::start(int events) {
+    if (block_ == nullptr) {
+        return;
+    }
+    uv_poll_start(&block_->raw, events, [](uv_poll_t* p, int status, int ev) noexcept {
+        Block* blk = block_of(p);
+        if (!blk->closed && blk->callback) {
+            blk->callback(status, ev);
+        }
+    });
+}
+
 std::string close_loop(uv_loop_t* loop) {
     // Close callbacks of handles closed during the last iteration run in the next one.
     uv_run(loop, UV_RUN_NOWAIT);

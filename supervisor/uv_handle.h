@@ -109,6 +109,21 @@ class Check : public detail::UvHandle<uv_check_t, std::function<void()>> {
     Check(uv_loop_t* loop, std::function<void()> on_check);
 };
 
+// A uv_poll_t watching a socket it does not own: close the Poll before the socket, since libuv
+// must stop watching a descriptor before it is closed (and possibly reused).
+class Poll : public detail::UvHandle<uv_poll_t, std::function<void(int status, int events)>> {
+  public:
+    Poll() = default;
+    // Watches `fd`; 0, or a negative libuv error with the Poll left closed.
+    [[nodiscard]] int open(uv_loop_t* loop, int fd,
+                           std::function<void(int status, int events)> on_event);
+    void start(int events);
+    int fd() const { return fd_; }
+
+  private:
+    int fd_ = -1;
+};
+
 // Closes `loop` after running it until every closing handle's callback has run. Returns an empty
 // string when the loop closed, or a description of the handles still open (a leak) otherwise.
 [[nodiscard]] std::string close_loop(uv_loop_t* loop);
