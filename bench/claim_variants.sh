@@ -3,11 +3,13 @@
 #
 #   BUILD_DIR=/tmp/build-bench bash bench/claim_variants.sh [CEILING_SQL]
 #
-# Takes the pgbench script of the ceiling (default: the newest bench/results/*.ceiling.sql, written
-# by bench/run.sh from supervisor/queries.h) and runs it, alternating, three times in three forms on
-# fresh copies of a 100,000-event database, 2 clients, prepared statements planned per call as the
-# service runs them:
-#   full    the claim as the service sends it (joins "EventLog", builds the JSON in PostgreSQL)
+# Takes the pgbench script of the ceiling (default: the newest bench/results/*.ceiling-keep.sql,
+# written by bench/run.sh from supervisor/queries.h, or a *.ceiling.sql of runs before the
+# completion modes) and runs it, alternating, three times in three forms on fresh copies of a
+# 100,000-event database, 2 clients, prepared statements planned per call as the service runs them:
+#   full    the claim as the service sends it (joins "EventLog"; where it builds the handler's
+#           JSON in PostgreSQL, raw shows what that costs; where it returns plain columns, full
+#           and raw are the same statement)
 #   raw     the same join, the columns returned as they are, for a client to format
 #   nojson  the claim returning only its own columns (no join, no JSON): what the lease alone costs
 set -euo pipefail
@@ -16,7 +18,8 @@ if [ -z "${OUTBOX_TEST_PG:-}" ]; then
     exec tests/run_with_postgres.sh bash "$0" "$@"
 fi
 build_dir="${BUILD_DIR:-build}"
-full="${1:-$(ls -t bench/results/*.ceiling.sql | head -n 1)}"
+full="${1:-$(ls -t bench/results/*.ceiling-keep.sql bench/results/*.ceiling.sql 2>/dev/null | head -n 1 || true)}"
+[ -n "$full" ] || { echo "claim_variants: no ceiling script in bench/results: run bench/run.sh first" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 base="${OUTBOX_TEST_PG%/*}"

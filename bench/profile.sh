@@ -106,7 +106,13 @@ awk -v sq="'" '
             next
         }
         flush()
-        if (match($0, /duration: [0-9.]+ ms/)) { have = 1; d = substr($0, RSTART + 10, RLENGTH - 13) + 0; kind = "other" }
+        if (match($0, /duration: [0-9.]+ ms/)) {
+            have = 1; d = substr($0, RSTART + 10, RLENGTH - 13) + 0; kind = "other"
+            # The supervisor prepares its statements under names; the text below is the fallback.
+            if ($0 ~ /execute outbox_claim:/) kind = "claim"
+            else if ($0 ~ /execute outbox_(record|record_delete|record_successes|delete_successes):/) kind = "record results"
+            else if ($0 ~ /execute outbox_renew:/) kind = "renew leases"
+        }
     }
     have && kind == "other" {
         if ($0 ~ /WITH due AS/) kind = "claim"

@@ -1,65 +1,118 @@
 #!/usr/bin/env bash
 # `make bench`: the performance proof of outbox-worker, on a private PostgreSQL 15 cluster
-# (tests/run_with_postgres.sh: fsync off, synchronous_commit off) on this machine. What each
-# figure means and the latest results: docs/PERFORMANCE.md.
+# (tests/run_with_postgres.sh) on this machine, against graphile-worker as the peer, side by side in
+# one run. What each figure means and the latest results: docs/PERFORMANCE.md.
+#
+# Durability. Every figure is measured under each setting of BENCH_DURABILITY, in its order, in one
+# cluster that switches between them by reload (ALTER SYSTEM, pg_reload_conf(), CHECKPOINT):
+#   production  fsync, synchronous_commit and full_page_writes on: PostgreSQL's defaults. First,
+#               and the headline.
+#   relaxed     the three off (the test cluster's own settings), reported beside it, never instead.
+# Before every measurement a new session of the database under test checks with SHOW that the three
+# are in force (the run stops if not), and every result record carries them ("durability").
 #
 #  1. Burn-down. BENCH_EVENTS (100,000) no-op events are enqueued once with
 #     `noop_app emit --type bench.noop --count N` into a template database; every run starts from a
 #     fresh copy of it. The service (bench/noop_app.cpp: Worker::main with one no-op C++ subscriber)
-#     runs with 1, 2 and 4 handler processes, as one instance and as two instances (two `run`
-#     processes, distinct OUTBOX_INSTANCE_ID). The figure is N / (time from launching the service
-#     until no event is PENDING or PROCESSING, polled every 50 ms). Also: the steady-state rate
-#     between the 10th and 90th percentiles of "processedAt", the transactions the database
-#     committed, and the peak RSS (VmHWM) of every supervisor and handler process, read just before
-#     SIGTERM.
-#  2. Ceiling. The service's own claim and result statements, extracted from supervisor/queries.h
-#     into a pgbench script (claim up to 100 with the service's parameters, then record every
-#     claimed id as a success through the unnest() result statement, each statement its own
-#     transaction as in the service), driven by pgbench alone on a copy of the same template: what
-#     this database can do in this schema. Prepared statements planned for every call
-#     (plan_cache_mode = force_custom_plan), as the service runs them, with 1, 2 and 4 clients: the
-#     best is the ceiling. The extended protocol with unnamed statements as well, for reference.
+#     runs with BENCH_WORKERS handler processes per instance, as BENCH_INSTANCES instances (`run`
+#     processes, distinct OUTBOX_INSTANCE_ID), once per completion mode of BENCH_COMPLETION
+#     (OUTBOX_ON_COMPLETE: keep marks a success COMPLETED, delete deletes the Outbox row).
+#     graphile-worker (bench/graphile, version pinned in package.json, installed here with npm) works
+#     the same number of no-op jobs, enqueued in bulk with add_jobs(), with its local queue and
+#     batched completion on, as BENCH_INSTANCES processes. The systems alternate run by run, so that
+#     drift of a shared machine hits them alike: outbox keep, graphile, outbox delete, graphile, and
+#     the whole sequence BENCH_REPEAT times; the summary reports medians, and the ratio of
+#     outbox-worker to graphile-worker as median against median (same durability and instances).
+#     The figure is N / (time from launching the workers until no event is left: no Outbox row
+#     PENDING or PROCESSING, no graphile-worker job), polled every 50 ms. Also: the steady-state rate
+#     between the 10th and 90th percentiles of "processedAt" (keep only: in delete mode the rows are
+#     gone, and the figure is null), the transactions the database committed, the peak RSS (VmHWM)
+#     and the CPU time (utime + stime) per event of every supervisor, handler process and
+#     graphile-worker process, read just before SIGTERM. (bench/syscalls.sh adds system calls.)
+#  2. Ceiling. The service's own claim and result statements, printed from supervisor/queries.h by
+#     bench/print_sql.cpp, in a pgbench script: claim up to BENCH_BATCH with the service's
+#     parameters, then record every claimed id as a success through the statement the service sends
+#     for a batch of successes in the completion mode (keep: kRecordSuccesses where
+#     supervisor/queries.h has it, else kRecordResults; delete: kDeleteSuccesses, else
+#     kRecordResultsDelete), each statement its own transaction as in the service; driven by
+#     pgbench alone on a copy of the same template: what this database can do in this schema. The claim's columns are all produced (each claimed row is
+#     also turned into text, as the service receives it); only the first, the id, is used.
+#     Protocols of BENCH_CEILING_PROTOCOLS: prepared is the service's (statements planned for every
+#     call, plan_cache_mode = force_custom_plan, as supervisor/db_connection.cpp sets); extended
+#     (unnamed statements) for reference. The best over BENCH_CEILING_CLIENTS is the ceiling.
 #  3. Latency. bench/latency_driver.cpp commits events one per transaction (outbox_write_event())
-#     at a fixed rate (100/s and 1,000/s) for 30 s into an idle service (1 instance, 2 handler
-#     processes). Commit-to-handler-start: the handler's own wall clock (BENCH_START_FILE) minus
-#     "createdAt"; commit-to-COMPLETED: "processedAt" minus "createdAt".
-#  4. Peer. graphile-worker (bench/graphile, version pinned in package.json, installed here with
-#     npm) on the same cluster: the same burn-down (jobs enqueued in bulk with add_jobs()) with its
-#     local queue and batched completion on, and the same latency runs (add_job() per transaction).
+#     at a fixed rate (BENCH_RATES) for BENCH_LATENCY_SECONDS into an idle service (1 instance,
+#     BENCH_LATENCY_WORKERS handler processes, OUTBOX_ON_COMPLETE=keep, which the completion time
+#     needs). Commit-to-handler-start: the handler's own wall clock (BENCH_START_FILE) minus
+#     "createdAt"; commit-to-COMPLETED: "processedAt" minus "createdAt". The same for
+#     graphile-worker (add_job() per transaction, one process). Peak RSS of every process as well.
 #
 # Results: one JSON file per run in bench/results/ (machine, PostgreSQL settings, load averages,
-# every figure) and a summary on stdout. Every measurement first waits until the 1-minute load
-# average is below BENCH_MAX_LOAD (the machine may be shared) and records the load it ran under.
+# every record, and a summary per durability setting with the targets) and the same summary on
+# stdout: per durability setting a burn-down table (events/s, ratio to graphile-worker), the
+# ceiling, latency, peak RSS and CPU per event. Every measurement first waits until the 1-minute
+# load average is below BENCH_MAX_LOAD (the machine may be shared) and records the load it ran
+# under.
 #
-# Environment (defaults in brackets):
-#   BENCH_EVENTS [100000]         events per burn-down
-#   BENCH_WORKERS ["1 2 4"]       handler processes per instance
-#   BENCH_INSTANCES ["1 2"]       service instances (and graphile-worker processes)
+# Environment (defaults in brackets). The defaults keep a full run near 30 minutes on 2 cores; the
+# larger matrix of earlier runs is BENCH_WORKERS="1 2 4" BENCH_INSTANCES="1 2"
+# BENCH_CEILING_PROTOCOLS="extended prepared" BENCH_CEILING_CLIENTS="1 2 4".
+#   BENCH_EVENTS [100000]         events per burn-down and ceiling run
+#   BENCH_DURABILITY ["production relaxed"]  settings measured, in this order; the first is the
+#                                 headline
+#   BENCH_WORKERS ["2"]           handler processes per instance
+#   BENCH_INSTANCES ["1"]         service instances (and graphile-worker processes)
+#   BENCH_COMPLETION ["keep delete"]  OUTBOX_ON_COMPLETE of the outbox-worker runs
 #   BENCH_BATCH [100]             OUTBOX_BATCH_SIZE and the ceiling's claim size
+#   BENCH_REPEAT [3]              repetitions of every burn-down and ceiling figure (median reported)
+#   BENCH_CEILING_PROTOCOLS ["prepared"] / BENCH_CEILING_CLIENTS ["1 2"]
 #   BENCH_RATES ["100 1000"]      latency runs, events per second
 #   BENCH_LATENCY_SECONDS [30]
 #   BENCH_LATENCY_WORKERS [2]     handler processes in the latency runs
-#   BENCH_REPEAT [1]              repetitions of every burn-down and ceiling figure (median reported)
+#   BENCH_LATENCY_CONNECTIONS [16]  the driver's connections: each has one commit in flight, so
+#                                 with fsync on (a few ms a commit) 2 cannot reach 1,000/s; the
+#                                 rate achieved is recorded, and a run that fell short by more than
+#                                 5% is flagged and does not count for the target
 #   BENCH_PARTS ["outbox graphile burndown ceiling latency"]: systems (outbox, graphile) and
 #                                 measurements (burndown and latency of the systems named; ceiling)
 #   BENCH_MAX_LOAD [1.5]          0: do not wait for a quiet machine
 #   BENCH_LOAD_POLL_S [30] / BENCH_LOAD_MAX_WAIT_S [3600]
 #   BUILD_DIR [build]             where liboutbox.a is
 #   BENCH_RESULTS_DIR [bench/results]
+#
+# A quick trial (a few minutes): BENCH_EVENTS=3000 BENCH_REPEAT=1 BENCH_LATENCY_SECONDS=5
+# BENCH_MAX_LOAD=0 bash bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+durabilities="${BENCH_DURABILITY:-production relaxed}"
+for d in $durabilities; do
+    case "$d" in
+    production | relaxed) ;;
+    *)
+        echo "bench: BENCH_DURABILITY: unknown setting '$d' (production, relaxed)" >&2
+        exit 64
+        ;;
+    esac
+done
+read -r headline _ <<<"$durabilities"
 if [ -z "${OUTBOX_TEST_PG:-}" ]; then
-    exec tests/run_with_postgres.sh bash "$0" "$@"
+    # The cluster starts in the first setting; the others are switched to by reload.
+    PG_DURABILITY="$headline" exec tests/run_with_postgres.sh bash "$0" "$@"
 fi
 
 events="${BENCH_EVENTS:-100000}"
-workers_list="${BENCH_WORKERS:-1 2 4}"
-instances_list="${BENCH_INSTANCES:-1 2}"
+workers_list="${BENCH_WORKERS:-2}"
+instances_list="${BENCH_INSTANCES:-1}"
+completion_list="${BENCH_COMPLETION:-keep delete}"
 batch="${BENCH_BATCH:-100}"
 rates="${BENCH_RATES:-100 1000}"
 latency_seconds="${BENCH_LATENCY_SECONDS:-30}"
 latency_workers="${BENCH_LATENCY_WORKERS:-2}"
-repeat="${BENCH_REPEAT:-1}"
+latency_connections="${BENCH_LATENCY_CONNECTIONS:-16}"
+repeat="${BENCH_REPEAT:-3}"
+ceiling_protocols="${BENCH_CEILING_PROTOCOLS:-prepared}"
+ceiling_clients="${BENCH_CEILING_CLIENTS:-1 2}"
 parts="${BENCH_PARTS:-outbox graphile burndown ceiling latency}"
 max_load="${BENCH_MAX_LOAD:-1.5}"
 load_poll="${BENCH_LOAD_POLL_S:-30}"
@@ -67,6 +120,25 @@ load_max_wait="${BENCH_LOAD_MAX_WAIT_S:-3600}"
 build_dir="${BUILD_DIR:-build}"
 results_dir="${BENCH_RESULTS_DIR:-bench/results}"
 graphile_version=0.17.3
+
+for c in $completion_list; do
+    case "$c" in
+    keep | delete) ;;
+    *)
+        echo "bench: BENCH_COMPLETION: unknown mode '$c' (keep, delete)" >&2
+        exit 64
+        ;;
+    esac
+done
+for m in $ceiling_protocols; do
+    case "$m" in
+    prepared | extended) ;;
+    *)
+        echo "bench: BENCH_CEILING_PROTOCOLS: unknown protocol '$m' (prepared, extended)" >&2
+        exit 64
+        ;;
+    esac
+done
 
 want() { [[ " $parts " == *" $1 "* ]]; }
 log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
@@ -96,11 +168,12 @@ trap cleanup_children EXIT
 
 lib="$build_dir/liboutbox.a"
 [ -f "$lib" ] || { echo "bench: $lib not found: build first (make build, or set BUILD_DIR)" >&2; exit 1; }
-log "building bench/noop_app.cpp and bench/latency_driver.cpp against $lib"
+log "building bench/noop_app.cpp, bench/latency_driver.cpp and bench/print_sql.cpp against $lib"
 pg_inc=$(pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 g++ -std=c++20 -O2 -g -I include -I "$pg_inc" bench/noop_app.cpp "$lib" \
     -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lpthread -o "$bin/noop_app"
 g++ -std=c++20 -O2 -g -I "$pg_inc" bench/latency_driver.cpp -lpq -lpthread -o "$bin/latency_driver"
+g++ -std=c++20 -O1 -I . bench/print_sql.cpp -o "$bin/print_sql"
 app="$bin/noop_app"
 driver="$bin/latency_driver"
 
@@ -115,7 +188,7 @@ if want graphile; then
     fi
 fi
 
-# ---- machine, load, records ---------------------------------------------------------------------
+# ---- machine, load, durability, records -----------------------------------------------------------
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -146,9 +219,83 @@ wait_for_quiet() {
         '{load1: $a, load5: $b, load15: $c, gate_met: $met, waited_s: $w}'
 }
 
+# The setting being measured, and the values a new session of the database under test showed for
+# it just before the measurement (set by check_durability, added to every record).
+durability=
+durability_in_force='null'
+
+durability_value() { # setting name -> on | off
+    if [ "$1" = production ]; then echo on; else echo off; fi
+}
+
+# What a new session of database $1 shows, as JSON.
+show_durability() {
+    q "$1" "SELECT json_build_object('fsync', current_setting('fsync'),
+                                     'synchronous_commit', current_setting('synchronous_commit'),
+                                     'full_page_writes', current_setting('full_page_writes'))"
+}
+
+# Switches the cluster to setting $1: all three are reloadable. The reload is asynchronous (the
+# postmaster rereads the file when it gets to its SIGHUP), so new sessions are polled until they
+# show the new values. The CHECKPOINT then flushes everything written so far, which after
+# turning fsync on is what makes the data files durable at all; it also starts every measurement
+# of the setting from the same clean state.
+set_durability() {
+    local v shown expected i
+    v=$(durability_value "$1")
+    expected=$(jq -nc --arg v "$v" '{fsync: $v, synchronous_commit: $v, full_page_writes: $v}')
+    log "durability $1: fsync, synchronous_commit, full_page_writes = $v"
+    qpg "ALTER SYSTEM SET fsync = $v" >/dev/null
+    qpg "ALTER SYSTEM SET full_page_writes = $v" >/dev/null
+    qpg "ALTER SYSTEM SET synchronous_commit = $v" >/dev/null
+    qpg "SELECT pg_reload_conf()" >/dev/null
+    for i in $(seq 1 100); do
+        shown=$(show_durability postgres)
+        if jq -e --argjson e "$expected" '. == $e' <<<"$shown" >/dev/null; then
+            break
+        fi
+        if [ "$i" = 100 ]; then
+            echo "bench: durability $1 not in force 10 s after the reload: $shown" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    qpg "CHECKPOINT" >/dev/null
+    durability=$1
+}
+
+# Checks with SHOW, in a new session of database $1, that the setting being measured is in force,
+# and keeps what it showed for the records. Stops the run if not: a figure measured under the
+# wrong durability must not be reported under this one.
+check_durability() {
+    local v shown
+    v=$(durability_value "$durability")
+    shown=$(show_durability "$1")
+    if ! jq -e --arg v "$v" '.fsync == $v and .synchronous_commit == $v and .full_page_writes == $v' \
+        <<<"$shown" >/dev/null; then
+        echo "bench: durability $durability expected ($v), database $1 shows $shown" >&2
+        exit 1
+    fi
+    durability_in_force=$(jq -c --arg d "$durability" '{setting: $d} + .' <<<"$shown")
+}
+
+# Every measurement starts here: the durability check (on the database it measures), then the
+# load gate. Sets the caller's `load`.
+begin_measurement() {
+    check_durability "$1"
+    load=$(wait_for_quiet)
+}
+
 vmhwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# utime + stime of a live process in seconds; the fields are counted after the command name,
+# which is in parentheses and could contain spaces.
+cpu_s() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+    sed -e 's/^.*) //' <<<"$stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($12 + $13) / hz}'
+}
 now_s() { date +%s.%N; }
-record() { echo "$1" >>"$records"; }
+record() { jq -c --argjson d "$durability_in_force" '. + {durability: $d}' <<<"$1" >>"$records"; }
 
 # Transactions committed in a database so far (cumulative statistics: a backend reports its own
 # at the latest when it exits, so this is read after the clients have gone).
@@ -173,6 +320,7 @@ prepare_outbox_templates() {
     DATABASE_URL=$(db_url outbox_empty) "$app" migrate >/dev/null 2>&1
     qpg "CREATE DATABASE outbox_full TEMPLATE outbox_empty" >/dev/null
     log "template outbox_full: emit --type bench.noop --count $events"
+    check_durability outbox_full
     local t0 t1
     t0=$(now_s)
     DATABASE_URL=$(db_url outbox_full) "$app" emit --type bench.noop --count "$events" >/dev/null 2>&1
@@ -193,6 +341,7 @@ prepare_graphile_templates() {
     (cd bench/graphile && DATABASE_URL=$(db_url gw_empty) node worker.js migrate)
     qpg "CREATE DATABASE gw_full TEMPLATE gw_empty" >/dev/null
     log "template gw_full: add_jobs() of $events no-op jobs, 10,000 per call"
+    check_durability gw_full
     local t0 t1 left n
     t0=$(now_s)
     left=$events
@@ -213,39 +362,46 @@ prepare_graphile_templates() {
 
 # ---- burn-down: outbox-worker ---------------------------------------------------------------------
 
-outbox_burndown() { # instances workers repetition
-    local inst=$1 w=$2 rep=$3 db="bd_outbox" k url load
+outbox_burndown() { # instances workers completion repetition
+    local inst=$1 w=$2 completion=$3 rep=$4 db="bd_outbox" k url load
     new_db "$db" outbox_full
     url=$(db_url "$db")
     local x0 x1
     x0=$(xact_commits "$db")
-    load=$(wait_for_quiet)
-    log "burn-down outbox-worker: $inst instance(s) x $w handler processes (run $rep): load $(jq -r .load1 <<<"$load")"
-    local pids=() t_launch t_done logf="$work/outbox-$inst-$w-$rep.log"
+    begin_measurement "$db"
+    log "burn-down outbox-worker $completion: $inst instance(s) x $w handler processes ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
+    local pids=() t_launch t_done logf="$work/outbox-$durability-$completion-$inst-$w-$rep.log"
     t_launch=$(now_s)
     for ((k = 1; k <= inst; k++)); do
-        DATABASE_URL="$url" OUTBOX_WORKERS="$w" OUTBOX_BATCH_SIZE="$batch" OUTBOX_HTTP_PORT=0 \
-            OUTBOX_METRICS_LOG_INTERVAL_MS=0 OUTBOX_INSTANCE_ID="bench-$k" LOG_LEVEL=warn \
+        DATABASE_URL="$url" OUTBOX_WORKERS="$w" OUTBOX_BATCH_SIZE="$batch" OUTBOX_ON_COMPLETE="$completion" \
+            OUTBOX_HTTP_PORT=0 OUTBOX_METRICS_LOG_INTERVAL_MS=0 OUTBOX_INSTANCE_ID="bench-$k" LOG_LEVEL=warn \
             "$app" run 2>>"$logf" &
         pids+=($!)
         children+=($!)
     done
+    # Done in both modes when no event is left to do: in keep mode the rows are COMPLETED, in
+    # delete mode they are gone.
     t_done=$(DATABASE_URL="$url" "$driver" wait --interval-ms 50 \
         --sql "SELECT NOT EXISTS (SELECT 1 FROM \"Outbox\" WHERE \"status\" IN ('PENDING', 'PROCESSING'))")
-    local sup_kb=() handler_kb=() p c
+    local sup_kb=() handler_kb=() sup_cpu=() handler_cpu=() p c
     for p in "${pids[@]}"; do
         sup_kb+=("$(vmhwm_kb "$p")")
+        sup_cpu+=("$(cpu_s "$p")")
         for c in $(pgrep -P "$p" || true); do
             handler_kb+=("$(vmhwm_kb "$c")")
+            handler_cpu+=("$(cpu_s "$c")")
         done
     done
     for p in "${pids[@]}"; do kill -TERM "$p"; done
     for p in "${pids[@]}"; do wait "$p" || log "instance $p exited with $?"; done
     children=()
     x1=$(xact_commits "$db")
+    # A success leaves a COMPLETED row in keep mode and no row in delete mode: "completed" counts
+    # both. Retries and the "processedAt" percentiles are only known of rows that are still there.
     local stats
     stats=$(q "$db" "SELECT json_build_object(
-        'completed', count(*) FILTER (WHERE \"status\" = 'COMPLETED'),
+        'rows_left', count(*),
+        'completed', count(*) FILTER (WHERE \"status\" = 'COMPLETED') + ($events - count(*)),
         'not_completed', count(*) FILTER (WHERE \"status\" <> 'COMPLETED'),
         'retried', count(*) FILTER (WHERE \"retryCount\" > 0),
         'p10', extract(epoch FROM percentile_disc(0.1) WITHIN GROUP (ORDER BY \"processedAt\")),
@@ -255,89 +411,35 @@ outbox_burndown() { # instances workers repetition
         FROM \"Outbox\"")
     record "$(jq -nc --argjson stats "$stats" --argjson load "$load" --arg load_end "$(loadavg)" \
         --argjson n "$events" --argjson inst "$inst" --argjson w "$w" --argjson rep "$rep" --argjson batch "$batch" \
+        --arg completion "$completion" --arg dur "$durability" \
         --argjson t0 "$t_launch" --argjson t1 "$t_done" --argjson xacts "$((x1 - x0))" \
-        --arg sup "${sup_kb[*]}" --arg hand "${handler_kb[*]}" \
-        --arg warnings "$(grep -c . "$logf" || true)" '
+        --arg sup "${sup_kb[*]}" --arg hand "${handler_kb[*]}" --arg sup_cpu "${sup_cpu[*]}" \
+        --arg hand_cpu "${handler_cpu[*]}" --arg warnings "$(grep -c . "$logf" || true)" '
         def kb2mib: (tonumber / 1024 * 10 | round / 10);
-        {kind: "burndown", system: "outbox-worker", instances: $inst, handler_processes_per_instance: $w,
-         batch: $batch, repetition: $rep, events: $n,
+        def nums: [splits(" ") | select(. != "") | tonumber];
+        def per_event_us: (. * 1e6 / $n * 10 | round / 10);
+        ($completion == "keep" and $stats.p10 != null and $stats.p90 != null and $stats.p90 > $stats.p10) as $has_steady |
+        {kind: "burndown", system: "outbox-worker", completion: $completion, instances: $inst,
+         handler_processes_per_instance: $w, batch: $batch, repetition: $rep, events: $n,
          seconds: ($t1 - $t0), events_per_s: ($n / ($t1 - $t0)),
-         steady_events_per_s: (0.8 * $n / ($stats.p90 - $stats.p10)),
-         first_completion_after_launch_s: ($stats.first - $t0), last_completion_before_detection_s: ($t1 - $stats.last),
-         completed: $stats.completed, not_completed: $stats.not_completed, retried: $stats.retried,
+         steady_events_per_s: (if $has_steady then 0.8 * $n / ($stats.p90 - $stats.p10) else null end),
+         first_completion_after_launch_s: (if $completion == "keep" and $stats.first != null then $stats.first - $t0 else null end),
+         last_completion_before_detection_s: (if $completion == "keep" and $stats.last != null then $t1 - $stats.last else null end),
+         completed: $stats.completed, not_completed: $stats.not_completed, rows_left: $stats.rows_left,
+         retried: (if $completion == "keep" then $stats.retried else null end),
          transactions: $xacts, events_per_transaction: ($n / $xacts),
          peak_rss_mib: {supervisor: [$sup | splits(" ") | select(. != "") | kb2mib],
                         handler_processes: [$hand | splits(" ") | select(. != "") | kb2mib]},
+         cpu_s: {supervisor: ($sup_cpu | nums), handler_processes: ($hand_cpu | nums)},
+         cpu_us_per_event: {supervisor: ($sup_cpu | nums | add // 0 | per_event_us),
+                            handler_processes: ($hand_cpu | nums | add // 0 | per_event_us)},
          log_lines_warn_or_error: ($warnings | tonumber),
          load_at_start: $load, load_at_end: $load_end,
-         command: "BENCH_PARTS=\"outbox burndown\" BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh"}')"
-    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s | round)), \(.events_per_transaction * 10 | round / 10) events per transaction, supervisor \(.peak_rss_mib.supervisor) MiB, handlers \(.peak_rss_mib.handler_processes) MiB"')"
-    drop_db "$db"
-}
-
-# ---- ceiling: the service's statements under pgbench --------------------------------------------
-
-extract_sql() { # name of the constant in supervisor/queries.h
-    awk -v name="$1" '
-        index($0, "inline constexpr const char* " name " = R\"sql(") == 1 { on = 1; next }
-        on && /^\)sql"/ { exit }
-        on { print }' supervisor/queries.h
-}
-
-write_ceiling_script() {
-    local claim results
-    claim=$(extract_sql kClaim)
-    results=$(extract_sql kRecordResults)
-    if [ -z "$claim" ] || [ -z "$results" ]; then
-        echo "bench: cannot extract kClaim / kRecordResults from supervisor/queries.h" >&2
-        exit 1
+         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox burndown\" BENCH_COMPLETION=\($completion) BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh"}')"
+    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s // "-" | if type == "number" then round else . end)), \(.events_per_transaction * 10 | round / 10) events per transaction, supervisor \(.peak_rss_mib.supervisor) MiB \(.cpu_us_per_event.supervisor) µs/event, handlers \(.peak_rss_mib.handler_processes) MiB \(.cpu_us_per_event.handler_processes) µs/event"')"
+    if [ "$(tail -n 1 "$records" | jq .not_completed)" != 0 ]; then
+        log "  !! $(tail -n 1 "$records" | jq .not_completed) events not completed (see $logf)"
     fi
-    {
-        echo '-- Generated by bench/run.sh from supervisor/queries.h: the service'"'"'s claim, then its result'
-        echo '-- statement for every claimed id (success); each its own implicit transaction, as in the service.'
-        echo '\set token random(1, 1000000000000000)'
-        echo 'WITH claimed (id, retry_count, max_retries, event_type, created_ms, event_json) AS ('
-        # pgbench takes every ":name" for a variable, even inside a string literal: the two colons
-        # of the to_char() format are spelled chr(58), which the planner folds into the same constant.
-        sed -e 's/\$1/:owner/g' -e 's/\$2/:batch/g' -e 's/\$3/:patterns/g' -e 's/\$4/:token/g' \
-            -e 's/\$5/:lease_ms/g' -e "s/HH24:MI:SS/HH24' || chr(58) || 'MI' || chr(58) || 'SS/" <<<"$claim"
-        echo ')'
-        echo "SELECT COALESCE(array_agg(id), '{}') AS ids, COALESCE(array_agg(:token::bigint), '{}') AS tokens,"
-        echo "       COALESCE(array_agg(0), '{}') AS kinds, COALESCE(array_agg(NULL::text), '{}') AS errors,"
-        echo "       COALESCE(array_agg(0::bigint), '{}') AS delays, sum(length(event_json)) AS claimed_bytes"
-        echo '  FROM claimed'
-        echo '\gset'
-        sed -e 's/\$1/:ids/g' -e 's/\$2/:tokens/g' -e 's/\$3/:kinds/g' -e 's/\$4/:errors/g' \
-            -e 's/\$5/:delays/g' <<<"$results"
-        echo ';'
-    } >"$work/ceiling.sql"
-}
-
-ceiling() { # protocol clients repetition
-    local mode=$1 c=$2 rep=$3 db="ceil_outbox" load per_client out tps completed
-    new_db "$db" outbox_full
-    load=$(wait_for_quiet)
-    per_client=$(((events / batch + c - 1) / c))
-    log "ceiling: pgbench -M $mode -c $c -t $per_client (run $rep): load $(jq -r .load1 <<<"$load")"
-    local session_options=""
-    if [ "$mode" = prepared ]; then
-        session_options="-c plan_cache_mode=force_custom_plan" # as supervisor/db_connection.cpp
-    fi
-    out=$(PGOPTIONS="${PGOPTIONS:-} $session_options" \
-        pgbench -n -M "$mode" -c "$c" -j "$c" -t "$per_client" -f "$work/ceiling.sql" \
-        -D owner=pgbench-ceiling -D batch="$batch" -D patterns='{bench.%}' -D lease_ms=30000 \
-        "$(db_url "$db")" 2>&1) || { echo "$out" >&2; exit 1; }
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' <<<"$out")
-    completed=$(q "$db" "SELECT count(*) FROM \"Outbox\" WHERE \"status\" = 'COMPLETED'")
-    record "$(jq -nc --argjson tps "$tps" --argjson completed "$completed" --argjson tx "$((per_client * c))" \
-        --argjson c "$c" --arg mode "$mode" --argjson rep "$rep" --argjson load "$load" --arg load_end "$(loadavg)" \
-        --argjson n "$events" --argjson batch "$batch" --argjson per "$per_client" --arg opts "$session_options" '
-        {kind: "ceiling", system: "pgbench (service statements)", protocol: $mode, clients: $c, repetition: $rep,
-         batch: $batch, transactions: $tx, tps: $tps, completed: $completed,
-         events_per_s: ($tps * $completed / $tx), load_at_start: $load, load_at_end: $load_end,
-         session_options: $opts,
-         command: "BENCH_PARTS=ceiling BENCH_EVENTS=\($n) bash bench/run.sh  (PGOPTIONS=\"\($opts)\" pgbench -n -M \($mode) -c \($c) -j \($c) -t \($per) -f ceiling.sql)"}')"
-    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (\(.completed) completed)"')"
     drop_db "$db"
 }
 
@@ -349,9 +451,9 @@ graphile_burndown() { # instances repetition
     url=$(db_url "$db")
     local x0 x1
     x0=$(xact_commits "$db")
-    load=$(wait_for_quiet)
-    log "burn-down graphile-worker: $inst process(es) (run $rep): load $(jq -r .load1 <<<"$load")"
-    local pids=() t_launch t_done logf="$work/graphile-$inst-$rep.log"
+    begin_measurement "$db"
+    log "burn-down graphile-worker: $inst process(es) ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
+    local pids=() t_launch t_done logf="$work/graphile-$durability-$inst-$rep.log"
     rm -f "$work"/gw-progress-* "$work"/gw-ready-*
     t_launch=$(now_s)
     for ((k = 1; k <= inst; k++)); do
@@ -363,8 +465,11 @@ graphile_burndown() { # instances repetition
     done
     t_done=$(DATABASE_URL="$url" "$driver" wait --interval-ms 50 \
         --sql "SELECT NOT EXISTS (SELECT 1 FROM graphile_worker._private_jobs)")
-    local rss_kb=() p
-    for p in "${pids[@]}"; do rss_kb+=("$(vmhwm_kb "$p")"); done
+    local rss_kb=() cpu=() p
+    for p in "${pids[@]}"; do
+        rss_kb+=("$(vmhwm_kb "$p")")
+        cpu+=("$(cpu_s "$p")")
+    done
     for p in "${pids[@]}"; do kill -TERM "$p"; done
     for p in "${pids[@]}"; do wait "$p" || true; done
     children=()
@@ -379,19 +484,135 @@ graphile_burndown() { # instances repetition
     ready=$(awk '{printf "%.6f\n", $1 / 1e6}' "$work/gw-ready-1" 2>/dev/null || echo 0)
     record "$(jq -nc --argjson load "$load" --arg load_end "$(loadavg)" --argjson n "$events" --argjson inst "$inst" \
         --argjson rep "$rep" --argjson t0 "$t_launch" --argjson t1 "$t_done" --argjson steady "$steady" \
-        --argjson ready "$ready" --arg rss "${rss_kb[*]}" --argjson xacts "$((x1 - x0))" \
-        --arg warnings "$(grep -c . "$logf" || true)" '
+        --argjson ready "$ready" --arg rss "${rss_kb[*]}" --arg cpu "${cpu[*]}" --argjson xacts "$((x1 - x0))" \
+        --arg dur "$durability" --arg warnings "$(grep -c . "$logf" || true)" '
         def kb2mib: (tonumber / 1024 * 10 | round / 10);
+        def nums: [splits(" ") | select(. != "") | tonumber];
         {kind: "burndown", system: "graphile-worker", instances: $inst,
          settings: "concurrentJobs 24, maxPoolSize 25, localQueue.size 500, completeJobBatchDelay 0, failJobBatchDelay 0",
          repetition: $rep, events: $n, seconds: ($t1 - $t0), events_per_s: ($n / ($t1 - $t0)),
-         steady_events_per_s: $steady, runner_ready_after_launch_s: (if $ready > 0 then $ready - $t0 else null end),
+         steady_events_per_s: (if $steady > 0 then $steady else null end),
+         runner_ready_after_launch_s: (if $ready > 0 then $ready - $t0 else null end),
          transactions: $xacts, events_per_transaction: ($n / $xacts),
          peak_rss_mib: {node_processes: [$rss | splits(" ") | select(. != "") | kb2mib]},
+         cpu_s: {node_processes: ($cpu | nums)},
+         cpu_us_per_event: {node_processes: ($cpu | nums | add // 0 | . * 1e6 / $n * 10 | round / 10)},
          log_lines_warn_or_error: ($warnings | tonumber),
          load_at_start: $load, load_at_end: $load_end,
-         command: "BENCH_PARTS=\"graphile burndown\" BENCH_INSTANCES=\($inst) BENCH_EVENTS=\($n) bash bench/run.sh"}')"
-    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s | round)), \(.events_per_transaction * 10 | round / 10) events per transaction, node \(.peak_rss_mib.node_processes) MiB"')"
+         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"graphile burndown\" BENCH_INSTANCES=\($inst) BENCH_EVENTS=\($n) bash bench/run.sh"}')"
+    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s // "-" | if type == "number" then round else . end)), \(.events_per_transaction * 10 | round / 10) events per transaction, node \(.peak_rss_mib.node_processes) MiB \(.cpu_us_per_event.node_processes) µs/event"')"
+    drop_db "$db"
+}
+
+# ---- ceiling: the service's statements under pgbench --------------------------------------------
+
+# Substitutes the statement's numbered parameters with pgbench variables: $1 (the first word) for
+# $1, and so on. Stops if the statement has a parameter beyond the names given, which means the
+# service's statement changed shape and this script must follow.
+bind_parameters() { # statement-name name-of-$1 name-of-$2 ...
+    local name=$1 sql n used
+    shift
+    sql=$("$bin/print_sql" "$name")
+    used=$(grep -o '\$[0-9]\+' <<<"$sql" | tr -d '$' | sort -n -u | tail -n 1 || true)
+    if [ -n "$used" ] && [ "$used" -gt $# ]; then
+        echo "bench: $name takes \$$used, the ceiling script binds only \$1..\$$# ($*)" >&2
+        exit 1
+    fi
+    # From the highest number down, so that $1 does not eat the start of $10.
+    for ((n = $#; n >= 1; n--)); do
+        sql=${sql//\$$n/:${!n}}
+    done
+    echo "$sql"
+}
+
+# The result statement of each completion mode's ceiling script (set by write_ceiling_script).
+declare -A ceiling_statement=()
+
+# The statement the service sends to record a batch of successes in completion mode $1: the
+# success-only statement where supervisor/queries.h has one (print_sql exits 3 where it has not),
+# else the general result statement. Prints its name and the names of the pgbench variables bound
+# to its parameters.
+results_statement() {
+    local success_only general
+    if [ "$1" = keep ]; then
+        success_only=kRecordSuccesses general=kRecordResults
+    else
+        success_only=kDeleteSuccesses general=kRecordResultsDelete
+    fi
+    if "$bin/print_sql" "$success_only" >/dev/null 2>&1; then
+        echo "$success_only ids tokens"
+    else
+        echo "$general ids tokens kinds errors delays"
+    fi
+}
+
+write_ceiling_script() { # completion -> path of the script
+    local completion=$1 results_stmt results_vars out="$work/ceiling-$1.sql"
+    read -r results_stmt results_vars <<<"$(results_statement "$completion")"
+    ceiling_statement[$completion]=$results_stmt
+    {
+        echo "-- Generated by bench/run.sh from supervisor/queries.h (bench/print_sql.cpp): the service's claim,"
+        echo "-- then its result statement ($results_stmt, OUTBOX_ON_COMPLETE=$completion) for every claimed id"
+        echo '-- (success); each its own implicit transaction, as in the service.'
+        echo '\set token random(1, 1000000000000000)'
+        # Only the first column, the id, is named and used. Each claimed row is also turned into
+        # text (claimed_row_bytes), so that PostgreSQL produces every column as the service
+        # receives it, whatever the claim returns.
+        echo 'WITH claimed (id) AS ('
+        # pgbench takes every ":name" for a variable, even inside a string literal: the two colons
+        # of the to_char() format are spelled chr(58), which the planner folds into the same constant.
+        bind_parameters kClaim owner batch patterns token lease_ms |
+            sed -e "s/HH24:MI:SS/HH24' || chr(58) || 'MI' || chr(58) || 'SS/"
+        echo ')'
+        echo "SELECT COALESCE(array_agg(id), '{}') AS ids, COALESCE(array_agg(:token::bigint), '{}') AS tokens,"
+        echo "       COALESCE(array_agg(0), '{}') AS kinds, COALESCE(array_agg(NULL::text), '{}') AS errors,"
+        echo "       COALESCE(array_agg(0::bigint), '{}') AS delays, sum(octet_length(claimed::text)) AS claimed_row_bytes"
+        echo '  FROM claimed'
+        echo '\gset'
+        # shellcheck disable=SC2086 # the variable names are words
+        bind_parameters "$results_stmt" $results_vars
+        echo ';'
+    } >"$out"
+    # Any other ":name" would be taken for an undefined variable by pgbench: say which.
+    local stray
+    stray=$(grep -v '^--' "$out" | grep -o '\(^\|[^:]\):[A-Za-z_][A-Za-z0-9_]*' | sed -e 's/^.*://' | sort -u |
+        grep -v -x -e owner -e batch -e patterns -e token -e lease_ms -e ids -e tokens -e kinds -e errors -e delays || true)
+    if [ -n "$stray" ]; then
+        echo "bench: the ceiling script $out has colons pgbench would take for variables: $stray" >&2
+        exit 1
+    fi
+    echo "$out"
+}
+
+ceiling() { # protocol clients completion repetition
+    local mode=$1 c=$2 completion=$3 rep=$4 db="ceil_outbox" load per_client out tps completed script
+    script="$work/ceiling-$completion.sql"
+    new_db "$db" outbox_full
+    begin_measurement "$db"
+    per_client=$(((events / batch + c - 1) / c))
+    log "ceiling $completion: pgbench -M $mode -c $c -t $per_client ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
+    local session_options=""
+    if [ "$mode" = prepared ]; then
+        session_options="-c plan_cache_mode=force_custom_plan" # as supervisor/db_connection.cpp
+    fi
+    out=$(PGOPTIONS="${PGOPTIONS:-} $session_options" \
+        pgbench -n -M "$mode" -c "$c" -j "$c" -t "$per_client" -f "$script" \
+        -D owner=pgbench-ceiling -D batch="$batch" -D patterns='{bench.%}' -D lease_ms=30000 \
+        "$(db_url "$db")" 2>&1) || { echo "$out" >&2; exit 1; }
+    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time).*/\1/p' <<<"$out")
+    # Successes: COMPLETED rows (keep) and rows gone (delete).
+    completed=$(q "$db" "SELECT count(*) FILTER (WHERE \"status\" = 'COMPLETED') + ($events - count(*)) FROM \"Outbox\"")
+    record "$(jq -nc --argjson tps "$tps" --argjson completed "$completed" --argjson tx "$((per_client * c))" \
+        --argjson c "$c" --arg mode "$mode" --arg completion "$completion" --argjson rep "$rep" --argjson load "$load" \
+        --arg load_end "$(loadavg)" --argjson n "$events" --argjson batch "$batch" --argjson per "$per_client" \
+        --arg opts "$session_options" --arg dur "$durability" --arg stmt "${ceiling_statement[$completion]}" '
+        {kind: "ceiling", system: "pgbench (service statements)", completion: $completion,
+         statements: ["kClaim", $stmt], protocol: $mode,
+         clients: $c, repetition: $rep, batch: $batch, transactions: $tx, tps: $tps, completed: $completed,
+         events_per_s: ($tps * $completed / $tx), load_at_start: $load, load_at_end: $load_end,
+         session_options: $opts,
+         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=ceiling BENCH_CEILING_PROTOCOLS=\($mode) BENCH_CEILING_CLIENTS=\($c) BENCH_COMPLETION=\($completion) BENCH_EVENTS=\($n) bash bench/run.sh  (PGOPTIONS=\"\($opts)\" pgbench -n -M \($mode) -c \($c) -j \($c) -t \($per) -f ceiling-\($completion).sql)"}')"
+    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (\(.completed) completed)"')"
     drop_db "$db"
 }
 
@@ -399,7 +620,7 @@ graphile_burndown() { # instances repetition
 
 # Percentiles in SQL. $1: outbox | graphile. The start and ack files replace :'starts' and :'acks'.
 latency_stats_sql() {
-    local table created done_at id_type
+    local table id_type
     if [ "$1" = outbox ]; then
         table='(SELECT "id" AS id, "createdAt" AS created_at, "processedAt" AS done_at FROM "Outbox"
                  WHERE "eventType" = '"'bench.latency'"') d'
@@ -440,10 +661,10 @@ EOF
 }
 
 latency_run() { # system rate
-    local system=$1 rate=$2 db="lat_$1" pid url load starts acks drive stats connections=2 logf
-    starts="$work/starts-$system-$rate"
-    acks="$work/acks-$system-$rate"
-    logf="$work/latency-$system-$rate.log"
+    local system=$1 rate=$2 db="lat_$1" pid url load starts acks drive stats logf
+    starts="$work/starts-$durability-$system-$rate"
+    acks="$work/acks-$durability-$system-$rate"
+    logf="$work/latency-$durability-$system-$rate.log"
     rm -f "$starts" "$acks"
     if [ "$system" = outbox ]; then
         new_db "$db" outbox_empty
@@ -459,8 +680,8 @@ latency_run() { # system rate
     fi
     url=$(db_url "$db")
     if [ "$system" = outbox ]; then
-        DATABASE_URL="$url" OUTBOX_WORKERS="$latency_workers" OUTBOX_BATCH_SIZE="$batch" OUTBOX_HTTP_PORT=0 \
-            OUTBOX_METRICS_LOG_INTERVAL_MS=0 OUTBOX_INSTANCE_ID=bench-latency LOG_LEVEL=warn \
+        DATABASE_URL="$url" OUTBOX_WORKERS="$latency_workers" OUTBOX_BATCH_SIZE="$batch" OUTBOX_ON_COMPLETE=keep \
+            OUTBOX_HTTP_PORT=0 OUTBOX_METRICS_LOG_INTERVAL_MS=0 OUTBOX_INSTANCE_ID=bench-latency LOG_LEVEL=warn \
             BENCH_START_FILE="$starts" "$app" run 2>>"$logf" &
         pid=$!
         children+=($pid)
@@ -481,10 +702,10 @@ latency_run() { # system rate
         done
     fi
     sleep 1
-    load=$(wait_for_quiet)
-    log "latency $system: $rate events/s for ${latency_seconds}s: load $(jq -r .load1 <<<"$load")"
+    begin_measurement "$db"
+    log "latency $system: $rate events/s for ${latency_seconds}s ($durability): load $(jq -r .load1 <<<"$load")"
     drive=$(DATABASE_URL="$url" "$driver" emit --system "$system" --rate "$rate" --seconds "$latency_seconds" \
-        --connections "$connections" --ack-file "$acks")
+        --connections "$latency_connections" --ack-file "$acks")
     local done_sql
     if [ "$system" = outbox ]; then
         done_sql="SELECT NOT EXISTS (SELECT 1 FROM \"Outbox\" WHERE \"status\" IN ('PENDING', 'PROCESSING'))"
@@ -492,9 +713,9 @@ latency_run() { # system rate
         done_sql="SELECT NOT EXISTS (SELECT 1 FROM graphile_worker._private_jobs)"
     fi
     DATABASE_URL="$url" "$driver" wait --interval-ms 100 --timeout-s 300 --sql "$done_sql" >/dev/null
-    local rss_kb=() c
-    rss_kb+=("$(vmhwm_kb "$pid")")
-    for c in $(pgrep -P "$pid" || true); do rss_kb+=("$(vmhwm_kb "$c")"); done
+    local sup_kb handler_kb=() c
+    sup_kb=$(vmhwm_kb "$pid")
+    for c in $(pgrep -P "$pid" || true); do handler_kb+=("$(vmhwm_kb "$c")"); done
     kill -TERM "$pid"
     wait "$pid" || true
     children=()
@@ -503,16 +724,18 @@ latency_run() { # system rate
         psql "$url" -X -q -At -v ON_ERROR_STOP=1)
     record "$(jq -nc --argjson stats "$stats" --argjson drive "$drive" --argjson load "$load" --arg load_end "$(loadavg)" \
         --arg system "$system" --argjson rate "$rate" --argjson secs "$latency_seconds" --argjson w "$latency_workers" \
-        --arg rss "${rss_kb[*]}" '
+        --arg sup "$sup_kb" --arg hand "${handler_kb[*]}" --arg dur "$durability" --argjson batch "$batch" '
         def kb2mib: (tonumber / 1024 * 10 | round / 10);
         {kind: "latency", system: (if $system == "outbox" then "outbox-worker" else "graphile-worker" end),
          rate: $rate, seconds: $secs,
-         setup: (if $system == "outbox" then "1 instance, \($w) handler processes, batch 100"
+         setup: (if $system == "outbox" then "1 instance, \($w) handler processes, batch \($batch), OUTBOX_ON_COMPLETE=keep"
                  else "1 process, concurrentJobs 24, localQueue.size 500, completeJobBatchDelay 0" end),
-         driver: $drive} + $stats +
-        {peak_rss_mib: [$rss | splits(" ") | select(. != "") | kb2mib],
+         driver: $drive, rate_achieved: ($drive.achieved_rate >= 0.95 * $rate)} + $stats +
+        {peak_rss_mib: (if $system == "outbox"
+                        then {supervisor: [$sup | kb2mib], handler_processes: [$hand | splits(" ") | select(. != "") | kb2mib]}
+                        else {node_processes: [$sup | kb2mib]} end),
          load_at_start: $load, load_at_end: $load_end,
-         command: "BENCH_PARTS=\"\($system) latency\" BENCH_RATES=\($rate) bash bench/run.sh"}')"
+         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"\($system) latency\" BENCH_RATES=\($rate) bash bench/run.sh"}')"
     log "  -> $(tail -n 1 "$records" | jq -r '"start p50/p95/p99/max \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p95)/\(.commit_to_start_ms.p99)/\(.commit_to_start_ms.max) ms; completed p50/p99 \(.commit_to_completed_ms.p50)/\(.commit_to_completed_ms.p99) ms"')"
     drop_db "$db"
 }
@@ -521,50 +744,59 @@ latency_run() { # system rate
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 load_at_begin=$(loadavg)
+set_durability "$headline"
 prepare_outbox_templates
-write_ceiling_script
+if want ceiling; then
+    for completion in $completion_list; do
+        write_ceiling_script "$completion" >/dev/null
+    done
+fi
 if $have_graphile && { want burndown || want latency; }; then
     prepare_graphile_templates
 fi
 
-if want outbox && want burndown; then
-    for rep in $(seq 1 "$repeat"); do
-        for inst in $instances_list; do
-            for w in $workers_list; do
-                outbox_burndown "$inst" "$w" "$rep"
+for dur in $durabilities; do
+    set_durability "$dur"
+    if want burndown; then
+        # Pair by pair: each outbox-worker run is followed by a graphile-worker run of the same
+        # instances, so that the two systems share whatever the machine is doing at the time.
+        for rep in $(seq 1 "$repeat"); do
+            for inst in $instances_list; do
+                for w in $workers_list; do
+                    for completion in $completion_list; do
+                        if want outbox; then outbox_burndown "$inst" "$w" "$completion" "$rep"; fi
+                        if $have_graphile; then graphile_burndown "$inst" "$rep"; fi
+                    done
+                done
             done
         done
-    done
-fi
-if want ceiling; then
-    for rep in $(seq 1 "$repeat"); do
-        for mode in extended prepared; do
-            for c in 1 2 4; do
-                ceiling "$mode" "$c" "$rep"
+    fi
+    if want ceiling; then
+        for rep in $(seq 1 "$repeat"); do
+            for mode in $ceiling_protocols; do
+                for c in $ceiling_clients; do
+                    for completion in $completion_list; do
+                        ceiling "$mode" "$c" "$completion" "$rep"
+                    done
+                done
             done
         done
-    done
-fi
-if $have_graphile && want burndown; then
-    for rep in $(seq 1 "$repeat"); do
-        for inst in $instances_list; do
-            graphile_burndown "$inst" "$rep"
+    fi
+    if want latency; then
+        for rate in $rates; do
+            if want outbox; then latency_run outbox "$rate"; fi
+            if $have_graphile; then latency_run graphile "$rate"; fi
         done
-    done
-fi
-if want latency; then
-    for rate in $rates; do
-        if want outbox; then latency_run outbox "$rate"; fi
-        if $have_graphile; then latency_run graphile "$rate"; fi
-    done
-fi
+    fi
+done
 
 # ---- results -----------------------------------------------------------------------------------
 
+# The cluster's settings other than durability (which every record carries as measured).
 pg_settings=$(qpg "SELECT json_object_agg(name, setting || COALESCE(' ' || unit, '')) FROM pg_settings
-                   WHERE name IN ('server_version', 'fsync', 'synchronous_commit', 'full_page_writes',
-                                  'shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'work_mem',
-                                  'wal_level', 'max_connections', 'autovacuum', 'jit')")
+                   WHERE name IN ('server_version', 'shared_buffers', 'max_wal_size', 'checkpoint_timeout',
+                                  'work_mem', 'wal_level', 'wal_sync_method', 'max_connections',
+                                  'autovacuum', 'jit')")
 machine=$(jq -nc --arg nproc "$(nproc)" --arg cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
     --arg mem "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" --arg kernel "$(uname -r)" \
     --arg os "$(. /etc/os-release && echo "$PRETTY_NAME")" --arg node "$(node --version 2>/dev/null || echo none)" \
@@ -573,57 +805,116 @@ machine=$(jq -nc --arg nproc "$(nproc)" --arg cpu "$(awk -F': ' '/^model name/ {
     --arg gxx "$(g++ -dumpfullversion)" --arg gw "$graphile_version" \
     '{nproc: ($nproc | tonumber), cpu_model: $cpu, memory: $mem, kernel: $kernel, os: $os, node: $node,
       graphile_worker: $gw, gxx: $gxx, git_commit: $commit, git_modified_files: ($dirty | tonumber)}')
+config=$(jq -nc --arg d "$durabilities" --arg w "$workers_list" --arg i "$instances_list" --arg c "$completion_list" \
+    --argjson batch "$batch" --argjson rep "$repeat" --arg cp "$ceiling_protocols" --arg cc "$ceiling_clients" \
+    --arg rates "$rates" --argjson ls "$latency_seconds" --argjson lw "$latency_workers" \
+    --argjson lc "$latency_connections" --arg parts "$parts" '
+    def words: [splits(" +") | select(. != "")];
+    {BENCH_DURABILITY: ($d | words), BENCH_WORKERS: ($w | words), BENCH_INSTANCES: ($i | words),
+     BENCH_COMPLETION: ($c | words), BENCH_BATCH: $batch, BENCH_REPEAT: $rep,
+     BENCH_CEILING_PROTOCOLS: ($cp | words), BENCH_CEILING_CLIENTS: ($cc | words), BENCH_RATES: ($rates | words),
+     BENCH_LATENCY_SECONDS: $ls, BENCH_LATENCY_WORKERS: $lw, BENCH_LATENCY_CONNECTIONS: $lc, BENCH_PARTS: ($parts | words)}')
 out="$results_dir/$(date -u +%Y%m%dT%H%M%SZ).json"
-jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --arg started "$started_at" \
+jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config "$config" --arg started "$started_at" \
     --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg load_begin "$load_at_begin" --arg load_end "$(loadavg)" \
-    --arg build "$build_dir" --argjson events "$events" --argjson maxload "$max_load" '
+    --arg build "$build_dir" --argjson events "$events" --argjson maxload "$max_load" --arg headline "$headline" '
     def median: sort | if length == 0 then null elif length % 2 == 1 then .[(length / 2 | floor)]
                        else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def maxn: map(select(. != null)) | max;
     . as $r |
-    ($r | map(select(.kind == "burndown")) | group_by([.system, .instances, .handler_processes_per_instance])
-        | map({system: .[0].system, instances: .[0].instances,
-               handler_processes_per_instance: .[0].handler_processes_per_instance,
-               runs: length, events_per_s: (map(.events_per_s) | median),
-               steady_events_per_s: (map(.steady_events_per_s) | median)})) as $bd |
-    ($r | map(select(.kind == "ceiling")) | group_by([.protocol, .clients])
-        | map({protocol: .[0].protocol, clients: .[0].clients, runs: length,
-               events_per_s: (map(.events_per_s) | median)})) as $ceil |
-    ([$bd[] | select(.system == "outbox-worker") | .events_per_s] | max) as $ob_best |
-    ([$bd[] | select(.system == "graphile-worker") | .events_per_s] | max) as $gw_best |
-    ([$ceil[] | select(.protocol == "prepared") | .events_per_s] | max) as $ceiling |
-    ([$r[] | select(.kind == "burndown" and .system == "outbox-worker") | .peak_rss_mib.supervisor[]] | max) as $sup |
-    ([$r[] | select(.kind == "burndown" and .system == "outbox-worker") | .peak_rss_mib.handler_processes[]] | max) as $hand |
-    ([$r[] | select(.kind == "latency" and .system == "outbox-worker" and .rate == 1000) | .commit_to_start_ms.p99] | first) as $p99 |
-    {started: $started, finished: $finished, events: $events, build_dir: $build,
-     machine: $machine, postgresql: ($pg + {cluster: "tests/run_with_postgres.sh (private, fsync off)"}),
-     load_gate: {max_load1: $maxload, load_at_begin: $load_begin, load_at_end: $load_end},
-     summary: {
-       burndown: $bd, ceiling: $ceil,
-       outbox_best_events_per_s: $ob_best, graphile_best_events_per_s: $gw_best,
-       outbox_over_graphile: (if $gw_best and $ob_best then $ob_best / $gw_best else null end),
-       ceiling_events_per_s: $ceiling,
-       outbox_fraction_of_ceiling: (if $ceiling and $ob_best then $ob_best / $ceiling else null end),
+    ($config.BENCH_DURABILITY | map(. as $d | $r | map(select(.durability.setting == $d)) as $rd |
+      ($rd | map(select(.kind == "ceiling")) | group_by([.completion != "keep", .completion, .protocol, .clients])
+          | map({completion: .[0].completion, statements: .[0].statements, protocol: .[0].protocol,
+                 clients: .[0].clients, runs: length,
+                 events_per_s: (map(.events_per_s) | median), runs_events_per_s: map(.events_per_s | round)})) as $ceil |
+      # The ceiling of a completion mode: the best median with prepared statements, as the service.
+      ($ceil | map(select(.protocol == "prepared")) | group_by(.completion)
+          | map({key: .[0].completion, value: (map(.events_per_s) | max)}) | from_entries) as $ceil_best |
+      ($rd | map(select(.kind == "burndown")) as $b |
+       ($b | map(select(.system == "graphile-worker")) | group_by(.instances)
+           | map({key: (.[0].instances | tostring), value: (map(.events_per_s) | median)}) | from_entries) as $gw |
+       # Rows: outbox-worker keep, delete, then graphile-worker; by instances and processes within.
+       $b | group_by([.system != "outbox-worker", .completion != "keep", .completion, .instances,
+                      .handler_processes_per_instance])
+          | map({system: (.[0].system + (if .[0].completion then " " + .[0].completion else "" end)),
+                 completion: .[0].completion, instances: .[0].instances,
+                 handler_processes_per_instance: .[0].handler_processes_per_instance,
+                 runs: length, events_per_s: (map(.events_per_s) | median),
+                 runs_events_per_s: map(.events_per_s | round),
+                 steady_events_per_s: (map(.steady_events_per_s) | if any(. == null) then null else median end),
+                 events_per_transaction: (map(.events_per_transaction) | median),
+                 cpu_us_per_event: (if .[0].system == "outbox-worker"
+                     then {supervisor: (map(.cpu_us_per_event.supervisor) | median),
+                           handler_processes: (map(.cpu_us_per_event.handler_processes) | median)}
+                     else {node_processes: (map(.cpu_us_per_event.node_processes) | median)} end),
+                 peak_rss_mib: (if .[0].system == "outbox-worker"
+                     then {supervisor: (map(.peak_rss_mib.supervisor[]) | max),
+                           handler_process: (map(.peak_rss_mib.handler_processes[]) | max)}
+                     else {node_process: (map(.peak_rss_mib.node_processes[]) | max)} end)}
+                | . + {graphile_events_per_s: $gw[.instances | tostring]}
+                | . + {ratio_to_graphile: (if .graphile_events_per_s then .events_per_s / .graphile_events_per_s else null end)}
+                | . + {fraction_of_ceiling: (if .completion and $ceil_best[.completion]
+                                             then .events_per_s / $ceil_best[.completion] else null end)})
+      ) as $bd |
+      ($rd | map(select(.kind == "latency"))) as $lat |
+      ($rd | map(select(.system == "outbox-worker" and (.kind == "burndown" or .kind == "latency")))) as $ob |
+      ([$ob[] | .peak_rss_mib.supervisor[]] | max) as $sup |
+      ([$ob[] | .peak_rss_mib.handler_processes[]] | max) as $hand |
+      ([$lat[] | select(.system == "outbox-worker" and .rate == 1000 and .rate_achieved) | .commit_to_start_ms.p99]
+          | maxn) as $p99 |
+      ([$bd[] | select(.completion == "keep") | .ratio_to_graphile] | maxn) as $keep_ratio |
+      ([$bd[] | select(.completion == "delete") | .ratio_to_graphile] | maxn) as $delete_ratio |
+      {durability: $d, settings: ($rd | map(.durability) | unique),
+       burndown: $bd,
+       ceiling: $ceil,
+       ceiling_events_per_s: $ceil_best,
+       latency: ($lat | map({system, rate, achieved_rate: .driver.achieved_rate, rate_achieved,
+                             commit_to_start_ms, commit_to_completed_ms, started, events,
+                             delivered_more_than_once, peak_rss_mib})),
        max_supervisor_rss_mib: $sup, max_handler_process_rss_mib: $hand,
        p99_commit_to_start_ms_at_1000: $p99,
        targets: {
-         burndown_ahead_of_graphile: (if $gw_best and $ob_best then $ob_best > $gw_best else null end),
-         at_least_85pct_of_ceiling: (if $ceiling and $ob_best then $ob_best >= 0.85 * $ceiling else null end),
-         p99_start_under_10ms_at_1000: (if $p99 then $p99 < 10 else null end),
+         keep_at_least_1_0x_graphile: (if $keep_ratio then $keep_ratio >= 1.0 else null end),
+         delete_at_least_1_3x_graphile: (if $delete_ratio then $delete_ratio >= 1.3 else null end),
+         p99_start_at_most_5ms_at_1000: (if $p99 then $p99 <= 5 else null end),
          supervisor_under_20mib: (if $sup then $sup < 20 else null end),
-         handler_under_10mib: (if $hand then $hand < 10 else null end)}},
+         handler_under_10mib: (if $hand then $hand < 10 else null end)}})) as $by |
+    {started: $started, finished: $finished, events: $events, build_dir: $build, config: $config,
+     machine: $machine,
+     postgresql: ($pg + {cluster: "tests/run_with_postgres.sh (private); durability per record and per summary"}),
+     load_gate: {max_load1: $maxload, load_at_begin: $load_begin, load_at_end: $load_end},
+     summary: {headline_durability: $headline, by_durability: $by},
      records: $r}' "$records" >"$out"
-cp "$work/ceiling.sql" "${out%.json}.ceiling.sql"
+for completion in $completion_list; do
+    if [ -f "$work/ceiling-$completion.sql" ]; then
+        cp "$work/ceiling-$completion.sql" "${out%.json}.ceiling-$completion.sql"
+    fi
+done
 
 echo
 echo "results: $out"
 jq -r '
-  .summary as $s |
-  "burn-down (\(.events) events), events/s (median of runs; steady state 10%-90% in brackets):",
-  ($s.burndown[] | "  \(.system) \(.instances) instance(s)\(if .handler_processes_per_instance then " x \(.handler_processes_per_instance) handler processes" else "" end): \(.events_per_s | round) (\(.steady_events_per_s | round))"),
-  "ceiling (the service statements under pgbench), events/s:",
-  ($s.ceiling[] | "  \(.protocol) \(.clients) client(s): \(.events_per_s | round)"),
-  "outbox best \($s.outbox_best_events_per_s // "-"); graphile best \($s.graphile_best_events_per_s // "-"); ratio \($s.outbox_over_graphile // "-"); fraction of ceiling \($s.outbox_fraction_of_ceiling // "-")",
-  "peak RSS: supervisor \($s.max_supervisor_rss_mib) MiB, handler process \($s.max_handler_process_rss_mib) MiB",
-  (.records[] | select(.kind == "latency") | "latency \(.system) \(.rate)/s: commit-to-start p50/p95/p99/max \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p95)/\(.commit_to_start_ms.p99)/\(.commit_to_start_ms.max) ms; commit-to-completed \(.commit_to_completed_ms.p50)/\(.commit_to_completed_ms.p95)/\(.commit_to_completed_ms.p99)/\(.commit_to_completed_ms.max) ms"),
-  "targets: \($s.targets)"' "$out"
+  def num: if . == null then "-" elif type == "number" then (round | tostring
+      | if length > 3 then .[:length - 3] + "," + .[length - 3:] else . end) else tostring end;
+  def ratio: if . == null then "-"
+             else (. * 100 | round) as $c | "\($c / 100 | floor).\($c % 100 | tostring | if length < 2 then "0" + . else . end)x" end;
+  def lpad($n): tostring | (if length < $n then ([range(0; $n - length)] | map(" ") | join("")) else "" end) + .;
+  def rpad($n): tostring | . + (if length < $n then ([range(0; $n - length)] | map(" ") | join("")) else "" end);
+  .events as $events | .summary.headline_durability as $headline |
+  .summary.by_durability[] |
+  "",
+  "== \(.durability) durability\(if .durability == $headline then " (headline)" else "" end): \(.settings | map("fsync \(.fsync), synchronous_commit \(.synchronous_commit), full_page_writes \(.full_page_writes)") | join("; "))",
+  (if (.burndown | length) > 0 then
+    "burn-down of \($events) no-op events, median of runs:",
+    "  \("system" | rpad(24)) \("instances" | rpad(14)) \("events/s" | lpad(9))  \("vs graphile" | lpad(11))  \("steady" | lpad(7))  \("of ceiling" | lpad(10))  \("CPU µs/event" | rpad(26))  runs",
+    (.burndown[] |
+      "  \(.system | rpad(24)) \((if .handler_processes_per_instance then "\(.instances) x \(.handler_processes_per_instance) proc" else "\(.instances) process" end) | rpad(14)) \(.events_per_s | num | lpad(9))  \(.ratio_to_graphile | ratio | lpad(11))  \(.steady_events_per_s | num | lpad(7))  \(.fraction_of_ceiling | if . == null then "-" else "\(. * 100 | round)%" end | lpad(10))  \((if .cpu_us_per_event.supervisor != null then "sup \(.cpu_us_per_event.supervisor), handlers \(.cpu_us_per_event.handler_processes)" else "node \(.cpu_us_per_event.node_processes)" end) | rpad(26))  \(.runs_events_per_s | map(num) | join(" "))")
+   else empty end),
+  (if (.ceiling | length) > 0 then
+    "ceiling (the service statements under pgbench), events/s, median of runs:",
+    (.ceiling[] | "  \(.completion) (\(.statements | join(" + "))), \(.protocol), \(.clients) client(s): \(.events_per_s | num)  (runs \(.runs_events_per_s | map(num) | join(" ")))")
+   else empty end),
+  (.latency[] | "latency \(.system) \(.rate)/s (achieved \(.achieved_rate)\(if .rate_achieved then "" else ", FELL SHORT: not counted" end)): commit-to-start p50/p95/p99/max \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p95)/\(.commit_to_start_ms.p99)/\(.commit_to_start_ms.max) ms; commit-to-completed p50/p99 \(.commit_to_completed_ms.p50)/\(.commit_to_completed_ms.p99) ms"),
+  "peak RSS (outbox-worker): supervisor \(.max_supervisor_rss_mib // "-") MiB, handler process \(.max_handler_process_rss_mib // "-") MiB",
+  "targets: \(.targets | to_entries | map("\(.key) \(if .value == null then "-" else .value end)") | join(", "))"' "$out"
 rm -rf "$work"

@@ -5,12 +5,26 @@
 #   tests/run_with_postgres.sh --shell        # an interactive shell with the cluster running
 #
 # The cluster lives in a fresh temporary directory, listens on a free TCP port of 127.0.0.1 and on
-# a Unix socket inside that directory, and runs with fsync off: it exists only for the tests. The
-# command gets OUTBOX_TEST_PG, a URI for the role outbox_test (a superuser with a password, so that
-# tests can check that passwords are masked and that authentication really uses them). The cluster
-# is stopped and its directory removed whatever happens: success, failure, Ctrl-C or SIGTERM.
+# a Unix socket inside that directory, and by default runs with fsync off: it exists only for the
+# tests. The command gets OUTBOX_TEST_PG, a URI for the role outbox_test (a superuser with a
+# password, so that tests can check that passwords are masked and that authentication really uses
+# them). The cluster is stopped and its directory removed whatever happens: success, failure,
+# Ctrl-C or SIGTERM.
 #
-# Environment: PG_BINDIR overrides where initdb, pg_ctl and psql are looked for.
+# Environment:
+#   PG_BINDIR       where initdb, pg_ctl and psql are looked for (default: the newest installed).
+#   PG_DURABILITY   relaxed (default) or production, the cluster's durability at start:
+#                     relaxed     fsync, synchronous_commit and full_page_writes off: fast, and a
+#                                 crash may lose the last commits or corrupt the data (the tests
+#                                 do not care; a clean restart, as in the restart tests, loses
+#                                 nothing);
+#                     production  the three on, as PostgreSQL ships them.
+#                   The command gets it back as OUTBOX_TEST_PG_DURABILITY. All three settings take
+#                   effect on a reload, so a command may switch within one cluster (bench/run.sh
+#                   does):  ALTER SYSTEM SET fsync = on; ALTER SYSTEM SET full_page_writes = on;
+#                   ALTER SYSTEM SET synchronous_commit = on; SELECT pg_reload_conf(); CHECKPOINT;
+#                   then check with SHOW in a new session. The CHECKPOINT after turning fsync on
+#                   flushes what was written without it.
 set -euo pipefail
 
 readonly test_role=outbox_test
@@ -51,6 +65,16 @@ find_bindir() {
 }
 
 bindir=$(find_bindir)
+
+durability="${PG_DURABILITY:-relaxed}"
+case "$durability" in
+relaxed) durable=off ;;
+production) durable=on ;;
+*)
+    echo "run_with_postgres: PG_DURABILITY=$durability: expected relaxed or production" >&2
+    exit 64
+    ;;
+esac
 
 # PostgreSQL refuses to run as root, so as root the cluster belongs to the postgres user.
 pg_user=$(id -un)
@@ -126,9 +150,10 @@ cat >>"$data/postgresql.conf" <<EOF
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$sock'
 max_connections = 200
-fsync = off
-synchronous_commit = off
-full_page_writes = off
+# PG_DURABILITY=$durability
+fsync = $durable
+synchronous_commit = $durable
+full_page_writes = $durable
 shared_buffers = 128MB
 max_wal_size = 1GB
 checkpoint_timeout = 30min
@@ -158,6 +183,7 @@ as_pg "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$sock" -p "$port" -U postgres 
 
 export OUTBOX_TEST_PG="postgresql://$test_role:$test_password@127.0.0.1:$port/postgres"
 export OUTBOX_TEST_PG_LOG="$log"
+export OUTBOX_TEST_PG_DURABILITY="$durability"
 # A command that restarts the cluster on the same port (fast shutdown: every connection is cut),
 # for the tests that check the service rides out a database restart.
 {
@@ -171,7 +197,7 @@ chmod 755 "$tmp/restart-postgres"
 export OUTBOX_TEST_PG_RESTART="$tmp/restart-postgres"
 
 if $shell_mode; then
-    echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port (data in $data)"
+    echo "PostgreSQL $("$bindir/postgres" --version | awk '{print $NF}') on 127.0.0.1:$port (data in $data, durability $durability)"
     echo "OUTBOX_TEST_PG=$OUTBOX_TEST_PG"
     echo "psql \"\$OUTBOX_TEST_PG\" connects; exit the shell to stop the cluster."
     "${SHELL:-/bin/bash}" -i || true
