@@ -16,6 +16,7 @@
 #include "common/migrations.h"
 #include "common/pg.h"
 #include "common/protocol.h"
+#include "supervisor/claimed_event.h"
 #include "supervisor/db_connection.h"
 #include "supervisor/http_server.h"
 #include "supervisor/queries.h"
@@ -74,7 +75,7 @@ struct Delivery {
     int max_retries = 5;
     std::string event_type;
     int64_t created_at_ms = 0;
-    std::string json;
+    std::string wire; // the event's fields encoded for the EVENT frame (claimed_event.h)
     long timeout_ms = 0;
     uint64_t lease_deadline_ms = 0; // loop time by which the lease surely has not expired
     bool running = false;           // handed to a handler process
@@ -605,15 +606,22 @@ void Supervisor::on_claimed(QueryResult&& r, int requested, int64_t token, uint6
     }
     int rows = r.result.rows();
     for (int i = 0; i < rows; ++i) {
+        Decoded<ClaimedEvent> claimed = claimed_event_from_row(r.result, i);
+        if (!claimed) {
+            // Cannot happen with the claim as written; the row stays claimed until its lease
+            // expires, and the sweep charges it as an attempt.
+            spdlog::error("claimed an event that cannot be read: {}", claimed.error());
+            continue;
+        }
         uint64_t seq = next_seq_++;
         Delivery d;
-        d.id = r.result.value(i, 0);
+        d.id = std::move(claimed.value().id);
         d.token = token;
-        d.retry_count = std::stoi(r.result.value(i, 1));
-        d.max_retries = std::stoi(r.result.value(i, 2));
-        d.event_type = r.result.value(i, 3);
-        d.created_at_ms = std::stoll(r.result.value(i, 4));
-        d.json = r.result.value(i, 5);
+        d.retry_count = claimed.value().retry_count;
+        d.max_retries = claimed.value().max_retries;
+        d.event_type = std::move(claimed.value().event_type);
+        d.created_at_ms = claimed.value().created_at_ms;
+        d.wire = std::move(claimed.value().wire);
         d.timeout_ms = timeout_for(d.event_type);
         d.lease_deadline_ms = sent_at + static_cast<uint64_t>(config_.lease_ms);
         deliveries_.emplace(seq, std::move(d));
@@ -659,17 +667,17 @@ void Supervisor::pump() {
             deliveries_.erase(it);
             continue;
         }
-        if (!event_fits_in_frame(d.json.size())) {
+        if (!event_fits_in_frame(d.wire.size())) {
             ready_.pop_front();
             d.running = true;
             on_failed(
                 seq,
-                "event is too large for the handler channel: " + std::to_string(d.json.size()) +
+                "event is too large for the handler channel: " + std::to_string(d.wire.size()) +
                     " bytes, the limit is " + std::to_string(kMaxFrameBody) + " bytes",
                 true, 0);
             continue;
         }
-        if (!pool_->dispatch(seq, d.json, d.timeout_ms)) {
+        if (!pool_->dispatch(seq, d.wire, d.timeout_ms)) {
             break;
         }
         d.running = true;

@@ -388,7 +388,7 @@ Result run_exec_handler(const ExecHandlerOptions& options, const Event& event) {
     Fd pidfd(open_pidfd(pid));
     constexpr int kFallbackSliceMs = 10;
 
-    const std::string& input = event.json;
+    const std::string& input = event.json();
     std::size_t written = 0;
     if (input.empty() || !set_nonblocking(stdin_write.get())) {
         // Without a non-blocking stdin the loop could block in write() past the deadline, so the

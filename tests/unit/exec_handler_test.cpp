@@ -23,13 +23,16 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-outbox::Event make_event(std::string json = R"({"id":"ob_1","eventType":"order.created"})") {
+outbox::Event make_event(std::string payload_json = R"({"sku":"A-1"})") {
     outbox::Event event;
     event.id = "ob_1";
+    event.event_log_id = "el_1";
+    event.event_key = "order-1";
     event.event_type = "order.created";
     event.tenant_id = "tenant-a";
+    event.payload_json = std::move(payload_json);
+    event.created_at = "2024-05-01T12:00:00.000000Z";
     event.attempt = 3;
-    event.json = std::move(json);
     return event;
 }
 
@@ -200,10 +203,17 @@ TEST_CASE("exec: background processes do not outlive a successful command", "[ex
 TEST_CASE("exec: the event JSON arrives on stdin, complete", "[exec_handler]") {
     TempDir dir;
     const std::string out = dir.file("stdin");
-    const outbox::Event event = make_event(R"({"id":"ob_1","payload":{"sku":"A-1","qty":2}})");
+    const outbox::Event event =
+        make_event(R"({"sku": "A-1", "qty": 2, "id": 12345678901234567890})");
     const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
     REQUIRE(result.outcome == outbox::Outcome::success);
-    CHECK(read_file(out) == event.json);
+    // SPEC 2's object, fields in order, the payload verbatim (an integer no double holds).
+    CHECK(read_file(out) ==
+          R"({"id":"ob_1","eventLogId":"el_1","eventKey":"order-1","tenantId":"tenant-a",)"
+          R"("projectId":null,"eventType":"order.created",)"
+          R"("payload":{"sku": "A-1", "qty": 2, "id": 12345678901234567890},"metadata":null,)"
+          R"("correlationId":null,"createdAt":"2024-05-01T12:00:00.000000Z","attempt":3})");
+    CHECK(read_file(out) == event.json());
 }
 
 TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec_handler]") {
@@ -212,7 +222,21 @@ TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec_handler]") {
     const outbox::Event event = make_event("\"" + std::string(1024 * 1024, 'p') + "\"");
     const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
     REQUIRE(result.outcome == outbox::Outcome::success);
-    CHECK(read_file(out).size() == event.json.size());
+    CHECK(read_file(out).size() == event.json().size());
+}
+
+TEST_CASE("exec: a payload nested 100,000 deep reaches the command verbatim", "[exec_handler]") {
+    // Nothing in the handler process parses the payload, so no nesting limit applies to it: the
+    // command gets the text and decides for itself.
+    TempDir dir;
+    const std::string out = dir.file("stdin");
+    const std::string payload = std::string(100000, '[') + std::string(100000, ']');
+    const outbox::Event event = make_event(payload);
+    const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
+    REQUIRE(result.outcome == outbox::Outcome::success);
+    const std::string received = read_file(out);
+    CHECK(received == event.json());
+    CHECK(received.find(",\"payload\":" + payload + ",\"metadata\":null,") != std::string::npos);
 }
 
 TEST_CASE("exec: a command that ignores a 1 MiB stdin does not deadlock", "[exec_handler]") {
