@@ -1,10 +1,10 @@
 // RAII over cJSON, and the JSON text this project writes by hand. A Json owns the root of a cJSON
 // tree; items reached through it are borrowed and live as long as the root.
 //
-// cJSON is the only JSON parser in the tree. It reads configuration (the handlers file), the
-// writer's input checks and the supervisor's own counters, never an event on its way to a
-// handler: the channel is binary (common/protocol.h) and the event object a handler receives is
-// written by event_object_json below, by concatenation.
+// cJSON is the only JSON parser in the tree. It reads the handlers file, checks the JSON that the
+// writer API and `emit` are given, and reads the supervisor's counts of unsubscribed event types;
+// it never sees an event on its way to a handler: the channel is binary (common/protocol.h) and
+// the event object a handler receives is written by event_object_json below, by concatenation.
 #pragma once
 
 #include <cjson/cJSON.h>

@@ -22,8 +22,9 @@ constexpr uint8_t kOutcomeSuccess = 0;
 constexpr uint8_t kOutcomeRetry = 1;
 constexpr uint8_t kOutcomePermanent = 2;
 
-// The EVENT body before the fields: the type byte, seq and timeout.
-constexpr size_t kEventFrameOverhead = 1 + 8 + 8;
+// The EVENT envelope (seq and timeout), and the body before the fields: the type byte and it.
+constexpr size_t kEventEnvelopeBytes = 8 + 8;
+constexpr size_t kEventFrameOverhead = 1 + kEventEnvelopeBytes;
 
 // The smallest encoding of one per-subscriber outcome: an empty name (its 4-byte length) and the
 // outcome byte. A count is checked against the bytes left before anything is reserved for it.
@@ -485,7 +486,7 @@ std::string encode_event_frame(uint64_t seq, long timeout_ms, std::string_view f
                      fields.size());
         std::abort();
     }
-    std::string frame = frame_start(MessageType::event, 8 + 8 + fields.size());
+    std::string frame = frame_start(MessageType::event, kEventEnvelopeBytes + fields.size());
     put_u64(frame, seq);
     put_non_negative(frame, timeout_ms);
     frame += fields;
@@ -537,7 +538,7 @@ Decoded<EventMsg> decode_event(const Frame& frame) {
         return message_error<EventMsg>(frame.type, reader.error());
     }
     message.timeout_ms = static_cast<long>(timeout);
-    message.fields = std::string_view(frame.body).substr(16);
+    message.fields = std::string_view(frame.body).substr(kEventEnvelopeBytes);
     return Decoded<EventMsg>::success(message);
 }
 

@@ -183,7 +183,7 @@ class HttpDelivery {
             return Result::ok();
         }
         std::string message = "HTTP " + std::to_string(status) + " from " + display_url_;
-        std::string body = sanitize_error_text(response_.body_start);
+        std::string body = error_text_from_output(response_.body_start);
         if (!body.empty()) {
             message += ": ";
             message += body;

@@ -1,5 +1,6 @@
 // The exec handler against real commands (/bin/sh and coreutils): outcomes, stdin, environment,
 // stderr tail, timeouts, and that no process of the command outlives a call.
+#include "common/protocol.h"
 #include "worker/exec_handler.h"
 
 #include <catch2/catch.hpp>
@@ -348,15 +349,35 @@ TEST_CASE("exec: the handler process keeps working after many runs", "[exec_hand
     CHECK(wait_error == ECHILD);
 }
 
-TEST_CASE("exec: sanitize_error_text makes bytes storable", "[exec_handler]") {
-    CHECK(outbox::sanitize_error_text("  plain text \n") == "plain text");
-    CHECK(outbox::sanitize_error_text("caf\xC3\xA9") == "caf\xC3\xA9");
+TEST_CASE("exec: error_text_from_output trims, and leaves sanitising to the RESULT encoder",
+          "[exec_handler]") {
+    CHECK(outbox::error_text_from_output("  plain text \n") == "plain text");
+    CHECK(outbox::error_text_from_output("caf\xC3\xA9") == "caf\xC3\xA9");
     // A multi-byte character cut at the front of a tail is dropped, not replaced.
-    CHECK(outbox::sanitize_error_text("\xA9 rest") == "rest");
-    CHECK(outbox::sanitize_error_text(std::string("a\0b", 3)) == "a\xEF\xBF\xBD"
-                                                                 "b");
-    CHECK(outbox::sanitize_error_text("x\xFFy") == "x\xEF\xBF\xBDy");
-    CHECK(outbox::sanitize_error_text("x\xC3") == "x\xEF\xBF\xBD"); // truncated at the end
-    CHECK(outbox::sanitize_error_text("x\xED\xA0\x80") ==           // a UTF-16 surrogate
-          "x\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    CHECK(outbox::error_text_from_output("\xA9 rest") == "rest");
+    CHECK(outbox::error_text_from_output("\x82\xAC\xA9\x80x") == "\x80x"); // at most 3 dropped
+    // Anything else stays as it came: encode_result replaces it, once.
+    CHECK(outbox::error_text_from_output(std::string("a\0b", 3)) == std::string("a\0b", 3));
+    CHECK(outbox::error_text_from_output("x\xFFy") == "x\xFFy");
+    CHECK(outbox::error_text_from_output("") == "");
+    CHECK(outbox::error_text_from_output(" \n\t") == "");
+}
+
+TEST_CASE("exec: a stderr that is not UTF-8 reaches the supervisor made safe, once",
+          "[exec_handler]") {
+    const outbox::Result result =
+        run({"sh", "-c", "printf 'bad \\377 byte\\n' >&2; exit 3"}, 10000);
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK_THAT(result.error, Catch::EndsWith("bad \xFF byte"));
+    outbox::ResultMsg message;
+    message.outcome = result.outcome;
+    message.error = result.error;
+    const std::string frame = outbox::encode_result(message);
+    outbox::FrameDecoder decoder;
+    decoder.feed(frame.data(), frame.size());
+    outbox::FrameDecoder::Next next = decoder.next();
+    REQUIRE(next.status == outbox::FrameDecoder::Status::frame);
+    const auto received = outbox::decode_result(next.frame);
+    REQUIRE(received.ok());
+    CHECK_THAT(received.value().error, Catch::EndsWith("bad \xEF\xBF\xBD byte"));
 }
