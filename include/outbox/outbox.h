@@ -38,11 +38,11 @@ struct Event {
     std::optional<std::string> event_key; // the application's idempotency key; null only for an
                                           // "Outbox" row whose "EventLog" row is missing
     std::string tenant_id;
-    std::optional<std::string> project_id; // null when the column is
+    std::optional<std::string> project_id; // nullopt when the column is NULL
     std::string event_type;
     std::string payload_json;                  // the payload as JSON text
     std::string metadata_json = "null";        // JSON text, "null" when absent
-    std::optional<std::string> correlation_id; // null when the column is
+    std::optional<std::string> correlation_id; // nullopt when the column is NULL
     std::string created_at;                    // ISO 8601 UTC, microseconds
     int attempt = 1;                           // 1 on the first delivery
 
