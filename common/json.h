@@ -1,8 +1,14 @@
-// RAII over cJSON, used by both processes. A Json owns the root of a cJSON tree; items reached
-// through it are borrowed and live as long as the root.
+// RAII over cJSON, and the JSON text this project writes by hand. A Json owns the root of a cJSON
+// tree; items reached through it are borrowed and live as long as the root.
+//
+// cJSON is the only JSON parser in the tree. It reads the handlers file, checks the JSON that the
+// writer API and `emit` are given, and reads the supervisor's counts of unsubscribed event types;
+// it never sees an event on its way to a handler: the channel is binary (common/protocol.h) and
+// the event object a handler receives is written by event_object_json below, by concatenation.
 #pragma once
 
 #include <cjson/cJSON.h>
+#include <outbox/outbox.h>
 
 #include <memory>
 #include <optional>
@@ -55,7 +61,25 @@ inline std::optional<std::string> json_string(const cJSON* object, const char* k
     return std::string(item->valuestring);
 }
 
-// JSON string literal for `text` (quotes included), escaped as JSON requires.
+// JSON string literal for `text` (quotes included), escaped as JSON requires: quote, backslash
+// and every control character escaped, valid UTF-8 passed through, and each byte that is not part
+// of a valid UTF-8 sequence replaced by U+FFFD, so that the result is always valid JSON and valid
+// UTF-8 whatever the input. The one escaping function of the tree.
 std::string json_quote(std::string_view text);
+void json_quote_to(std::string& out, std::string_view text);
+
+// Length of the valid UTF-8 sequence at text[i], or 0 when the bytes there are not one (overlong
+// forms, surrogates and code points above U+10FFFF included, following RFC 3629). NUL is a valid
+// one-byte sequence. Precondition: i < text.size().
+size_t utf8_sequence_length(std::string_view text, size_t i);
+bool is_valid_utf8(std::string_view text);
+
+// The event object of SPEC 2, in its field order:
+// {"id","eventLogId","eventKey","tenantId","projectId","eventType","payload","metadata",
+//  "correlationId","createdAt","attempt"}. Strings are escaped by json_quote, nullable ones are
+// null when absent; payload_json and metadata_json are inserted verbatim (they are PostgreSQL's
+// jsonb text, so integers beyond 2^53 survive), and an empty one is written as null. Nothing is
+// parsed. This is what Event::json() returns.
+std::string event_object_json(const Event& event);
 
 } // namespace outbox

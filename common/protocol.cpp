@@ -1,30 +1,36 @@
 #include "common/protocol.h"
 
+#include "common/json.h"
+
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 
 namespace outbox {
 
 namespace {
 
-// cJSON keeps numbers as doubles, which hold every integer up to 2^53 exactly; larger values in a
-// frame could only come from a bug, so they are rejected rather than rounded.
-constexpr double kMaxExactInteger = 9007199254740992.0;
-
 constexpr std::string_view kTruncatedMarker = " [truncated]";
 
-// The fixed parts of an EVENT body around the two numbers and the event object. The worst case
-// of each number is 20 characters (UINT64_MAX, or LONG_MIN with its sign).
-constexpr std::string_view kEventPrefix = "{\"seq\":";
-constexpr std::string_view kEventTimeout = ",\"timeoutMs\":";
-constexpr std::string_view kEventObject = ",\"event\":";
-constexpr std::string_view kEventSuffix = "}";
-constexpr size_t kMaxNumberChars = 20;
-constexpr size_t kEventFrameOverhead = 1 + kEventPrefix.size() + kMaxNumberChars +
-                                       kEventTimeout.size() + kMaxNumberChars +
-                                       kEventObject.size() + kEventSuffix.size();
+// Tags of a nullable string.
+constexpr uint8_t kNull = 0;
+constexpr uint8_t kPresent = 1;
+
+// Outcome bytes of RESULT.
+constexpr uint8_t kOutcomeSuccess = 0;
+constexpr uint8_t kOutcomeRetry = 1;
+constexpr uint8_t kOutcomePermanent = 2;
+
+// The EVENT envelope (seq and timeout), and the body before the fields: the type byte and it.
+constexpr size_t kEventEnvelopeBytes = 8 + 8;
+constexpr size_t kEventFrameOverhead = 1 + kEventEnvelopeBytes;
+
+// The smallest encoding of one per-subscriber outcome: an empty name (its 4-byte length) and the
+// outcome byte. A count is checked against the bytes left before anything is reserved for it.
+constexpr size_t kMinSubscriberOutcomeBytes = 4 + 1;
+
+constexpr uint64_t kMaxInt64 = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 
 bool is_known_type(char type) {
     switch (static_cast<MessageType>(type)) {
@@ -37,45 +43,240 @@ bool is_known_type(char type) {
     return false;
 }
 
-std::string frame_bytes(MessageType type, std::string_view json_body) {
-    const size_t length = 1 + json_body.size();
+// ---- writing -------------------------------------------------------------------------------
+
+void put_u8(std::string& out, uint8_t value) {
+    out += static_cast<char>(value);
+}
+
+void put_u32(std::string& out, uint32_t value) {
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        out += static_cast<char>((value >> shift) & 0xff);
+    }
+}
+
+void put_u64(std::string& out, uint64_t value) {
+    for (int shift = 56; shift >= 0; shift -= 8) {
+        out += static_cast<char>((value >> shift) & 0xff);
+    }
+}
+
+// Signed quantities that are never negative in a valid message travel as u64; a negative one
+// (a bug of the caller) is sent as 0 rather than as a huge number the receiver must reject.
+void put_non_negative(std::string& out, int64_t value) {
+    put_u64(out, value < 0 ? 0 : static_cast<uint64_t>(value));
+}
+
+void put_string(std::string& out, std::string_view text) {
+    if (text.size() > std::numeric_limits<uint32_t>::max()) {
+        std::fprintf(stderr, "outbox: a %zu-byte string cannot be encoded in a frame\n",
+                     text.size());
+        std::abort();
+    }
+    put_u32(out, static_cast<uint32_t>(text.size()));
+    out += text;
+}
+
+void put_nullable_string(std::string& out, const std::optional<std::string_view>& text) {
+    if (!text) {
+        put_u8(out, kNull);
+        return;
+    }
+    put_u8(out, kPresent);
+    put_string(out, *text);
+}
+
+// The 4-byte header and the type byte; `body_size` counts the bytes after the type byte.
+std::string frame_start(MessageType type, size_t body_size) {
+    const size_t length = 1 + body_size;
     std::string frame;
     frame.reserve(kFrameHeaderSize + length);
-    frame += static_cast<char>((length >> 24) & 0xff);
-    frame += static_cast<char>((length >> 16) & 0xff);
-    frame += static_cast<char>((length >> 8) & 0xff);
-    frame += static_cast<char>(length & 0xff);
+    put_u32(frame, static_cast<uint32_t>(length));
     frame += static_cast<char>(type);
-    frame += json_body;
     return frame;
 }
 
-// An integer member within [min, max]; the error names the field and what was expected.
-Decoded<int64_t> integer_member(const cJSON* object, const char* key, int64_t min, int64_t max) {
-    const cJSON* item = cJSON_GetObjectItemCaseSensitive(object, key);
-    if (item == nullptr) {
-        return Decoded<int64_t>::failure(std::string("field \"") + key + "\" is missing");
+uint8_t outcome_byte(Outcome outcome) {
+    switch (outcome) {
+    case Outcome::success:
+        return kOutcomeSuccess;
+    case Outcome::retry:
+        return kOutcomeRetry;
+    case Outcome::permanent:
+        return kOutcomePermanent;
     }
-    const double value = cJSON_IsNumber(item) ? item->valuedouble : NAN;
-    // NAN fails every comparison below, so a non-number is rejected with the same message.
-    if (!(std::floor(value) == value && value >= static_cast<double>(min) &&
-          value <= static_cast<double>(max) && std::fabs(value) <= kMaxExactInteger)) {
-        return Decoded<int64_t>::failure(std::string("field \"") + key +
-                                         "\" must be an integer in [" + std::to_string(min) + ", " +
-                                         std::to_string(max) + "]");
-    }
-    return Decoded<int64_t>::success(static_cast<int64_t>(value));
+    return kOutcomeRetry;
 }
 
-Decoded<std::string> string_member(const cJSON* object, const char* key) {
-    const cJSON* item = cJSON_GetObjectItemCaseSensitive(object, key);
-    if (item == nullptr) {
-        return Decoded<std::string>::failure(std::string("field \"") + key + "\" is missing");
+// ---- reading -------------------------------------------------------------------------------
+
+// Reads fields in order from untrusted bytes. Each read checks that its bytes are there; the first
+// failure records an error naming the field, and every later read fails too, so a decoder can
+// read a whole message and check once (or after the reads whose values steer it).
+class WireReader {
+  public:
+    explicit WireReader(std::string_view bytes) : bytes_(bytes) {}
+
+    bool ok() const { return error_.empty(); }
+    const std::string& error() const { return error_; }
+    size_t left() const { return bytes_.size() - offset_; }
+
+    bool u8(const char* field, uint8_t& out) {
+        if (!need(field, 1, "")) {
+            return false;
+        }
+        out = static_cast<uint8_t>(bytes_[offset_]);
+        offset_ += 1;
+        return true;
     }
-    if (!cJSON_IsString(item) || item->valuestring == nullptr) {
-        return Decoded<std::string>::failure(std::string("field \"") + key + "\" must be a string");
+
+    bool u32(const char* field, uint32_t& out) {
+        if (!need(field, 4, "")) {
+            return false;
+        }
+        out = 0;
+        for (int i = 0; i < 4; ++i) {
+            out = (out << 8) | static_cast<uint8_t>(bytes_[offset_ + static_cast<size_t>(i)]);
+        }
+        offset_ += 4;
+        return true;
     }
-    return Decoded<std::string>::success(item->valuestring);
+
+    bool u64(const char* field, uint64_t& out) {
+        if (!need(field, 8, "")) {
+            return false;
+        }
+        out = 0;
+        for (int i = 0; i < 8; ++i) {
+            out = (out << 8) | static_cast<uint8_t>(bytes_[offset_ + static_cast<size_t>(i)]);
+        }
+        offset_ += 8;
+        return true;
+    }
+
+    // A u64 that the message defines as a signed quantity in [0, INT64_MAX].
+    bool non_negative(const char* field, int64_t& out) {
+        uint64_t value = 0;
+        if (!u64(field, value)) {
+            return false;
+        }
+        if (value > kMaxInt64) {
+            return fail(field, "is " + std::to_string(value) + ", above the largest allowed " +
+                                   std::to_string(kMaxInt64));
+        }
+        out = static_cast<int64_t>(value);
+        return true;
+    }
+
+    bool string(const char* field, std::string_view& out) {
+        uint32_t length = 0;
+        if (!need(field, 4, " for its length") || !u32(field, length)) {
+            return false;
+        }
+        if (length > left()) {
+            return fail(field, "has length " + std::to_string(length) + " but only " +
+                                   std::to_string(left()) + " bytes follow");
+        }
+        out = bytes_.substr(offset_, length);
+        offset_ += length;
+        return true;
+    }
+
+    bool nullable_string(const char* field, std::optional<std::string_view>& out) {
+        uint8_t tag = 0;
+        if (!need(field, 1, " for its null tag") || !u8(field, tag)) {
+            return false;
+        }
+        if (tag == kNull) {
+            out.reset();
+            return true;
+        }
+        if (tag != kPresent) {
+            return fail(field, "has null tag " + std::to_string(tag) + ", neither " +
+                                   std::to_string(kNull) + " (null) nor " +
+                                   std::to_string(kPresent) + " (a string)");
+        }
+        std::string_view text;
+        if (!string(field, text)) {
+            return false;
+        }
+        out = text;
+        return true;
+    }
+
+    // Nothing may follow the last field: extra bytes mean the two sides disagree on the layout.
+    bool at_end() {
+        if (!ok()) {
+            return false;
+        }
+        if (left() != 0) {
+            error_ = std::to_string(left()) + " unexpected bytes after the last field";
+            return false;
+        }
+        return true;
+    }
+
+    bool fail(const char* field, const std::string& problem) {
+        if (ok()) {
+            error_ = std::string("field \"") + field + "\" " + problem;
+        }
+        return false;
+    }
+
+  private:
+    bool need(const char* field, size_t count, const char* what) {
+        if (!ok()) {
+            return false;
+        }
+        if (left() < count) {
+            return fail(field, "is cut short: it needs " + std::to_string(count) + " bytes" + what +
+                                   ", " + std::to_string(left()) + " left");
+        }
+        return true;
+    }
+
+    std::string_view bytes_;
+    size_t offset_ = 0;
+    std::string error_;
+};
+
+bool read_outcome(WireReader& reader, const char* field, Outcome& out) {
+    uint8_t byte = 0;
+    if (!reader.u8(field, byte)) {
+        return false;
+    }
+    switch (byte) {
+    case kOutcomeSuccess:
+        out = Outcome::success;
+        return true;
+    case kOutcomeRetry:
+        out = Outcome::retry;
+        return true;
+    case kOutcomePermanent:
+        out = Outcome::permanent;
+        return true;
+    default:
+        return reader.fail(field, "is " + std::to_string(byte) +
+                                      ", not 0 (success), 1 (retry) or 2 (permanent)");
+    }
+}
+
+// What the supervisor stores must be text PostgreSQL accepts and of bounded size; the handler
+// process's encoder guarantees it, so a violation is the other end breaking the protocol.
+bool check_stored_text(WireReader& reader, const char* field, std::string_view text,
+                       size_t max_bytes) {
+    if (text.size() > max_bytes) {
+        return reader.fail(field, "is " + std::to_string(text.size()) +
+                                      " bytes long, above the limit of " +
+                                      std::to_string(max_bytes));
+    }
+    if (text.find('\0') != std::string_view::npos) {
+        return reader.fail(field, "contains a NUL byte");
+    }
+    if (!is_valid_utf8(text)) {
+        return reader.fail(field, "is not valid UTF-8");
+    }
+    return true;
 }
 
 // Every decode_* error starts with the message name, so that a log line says which message of
@@ -89,125 +290,6 @@ template <typename T>
 Decoded<T> wrong_type(MessageType expected, const Frame& frame) {
     return Decoded<T>::failure(std::string("expected a ") + message_type_name(expected) +
                                " frame, got " + message_type_name(frame.type));
-}
-
-// Length of the valid UTF-8 sequence at text[i], or 0 when the bytes there are not one (overlong
-// forms, surrogates and code points above U+10FFFF included, following RFC 3629).
-size_t utf8_sequence_length(std::string_view text, size_t i) {
-    const auto byte = [&](size_t k) {
-        return static_cast<unsigned char>(text[k]);
-    };
-    const unsigned char lead = byte(i);
-    size_t length = 0;
-    unsigned char second_min = 0x80;
-    unsigned char second_max = 0xbf;
-    if (lead < 0x80) {
-        return 1;
-    } else if (lead >= 0xc2 && lead <= 0xdf) {
-        length = 2;
-    } else if (lead >= 0xe0 && lead <= 0xef) {
-        length = 3;
-        if (lead == 0xe0) {
-            second_min = 0xa0;
-        } else if (lead == 0xed) {
-            second_max = 0x9f;
-        }
-    } else if (lead >= 0xf0 && lead <= 0xf4) {
-        length = 4;
-        if (lead == 0xf0) {
-            second_min = 0x90;
-        } else if (lead == 0xf4) {
-            second_max = 0x8f;
-        }
-    } else {
-        return 0;
-    }
-    if (i + length > text.size()) {
-        return 0;
-    }
-    if (byte(i + 1) < second_min || byte(i + 1) > second_max) {
-        return 0;
-    }
-    for (size_t k = 2; k < length; ++k) {
-        if (byte(i + k) < 0x80 || byte(i + k) > 0xbf) {
-            return 0;
-        }
-    }
-    return length;
-}
-
-bool is_json_whitespace(char c) {
-    // cJSON skips every byte up to and including the space as whitespace; the member scanner
-    // must accept the same texts that cJSON accepted.
-    return static_cast<unsigned char>(c) <= 0x20;
-}
-
-size_t skip_whitespace(std::string_view text, size_t i) {
-    while (i < text.size() && is_json_whitespace(text[i])) {
-        ++i;
-    }
-    return i;
-}
-
-// One past the closing quote of the string that opens at text[i], or npos.
-size_t skip_string(std::string_view text, size_t i) {
-    for (++i; i < text.size(); ++i) {
-        if (text[i] == '\\') {
-            ++i;
-        } else if (text[i] == '"') {
-            return i + 1;
-        }
-    }
-    return std::string_view::npos;
-}
-
-// One past the end of the JSON value that starts at text[i], or npos.
-size_t skip_value(std::string_view text, size_t i) {
-    if (i >= text.size()) {
-        return std::string_view::npos;
-    }
-    if (text[i] == '"') {
-        return skip_string(text, i);
-    }
-    if (text[i] == '{' || text[i] == '[') {
-        size_t depth = 0;
-        while (i < text.size()) {
-            const char c = text[i];
-            if (c == '"') {
-                i = skip_string(text, i);
-                if (i == std::string_view::npos) {
-                    return i;
-                }
-                continue;
-            }
-            if (c == '{' || c == '[') {
-                ++depth;
-            } else if (c == '}' || c == ']') {
-                if (--depth == 0) {
-                    return i + 1;
-                }
-            }
-            ++i;
-        }
-        return std::string_view::npos;
-    }
-    // A number or a literal runs to the next delimiter.
-    while (i < text.size() && text[i] != ',' && text[i] != '}' && text[i] != ']' &&
-           !is_json_whitespace(text[i])) {
-        ++i;
-    }
-    return i;
-}
-
-bool key_equals(std::string_view raw_key, std::string_view key) {
-    if (raw_key.find('\\') == std::string_view::npos) {
-        // cJSON keeps keys as C strings, so a raw NUL byte in a key ends the key it looks up by;
-        // comparing past it would skip the member cJSON finds and return a later one.
-        return raw_key.substr(0, raw_key.find('\0')) == key;
-    }
-    // An escaped key is rare enough to let cJSON unescape it.
-    const Json parsed = json_parse("\"" + std::string(raw_key) + "\"");
-    return parsed && cJSON_IsString(parsed.get()) && key == parsed->valuestring;
 }
 
 } // namespace
@@ -289,21 +371,10 @@ FrameDecoder::Next FrameDecoder::next() {
             return fail(std::string("unknown message type byte ") + code);
         }
         if (available - kFrameHeaderSize >= length) {
-            const std::string_view body(buffer_.data() + offset_ + kFrameHeaderSize + 1,
-                                        length - 1);
             Next next;
             next.status = Status::frame;
             next.frame.type = static_cast<MessageType>(bytes[4]);
-            next.frame.json = json_parse(body);
-            if (!next.frame.json) {
-                return fail(std::string(message_type_name(next.frame.type)) +
-                            " frame body is not valid JSON");
-            }
-            if (!cJSON_IsObject(next.frame.json.get())) {
-                return fail(std::string(message_type_name(next.frame.type)) +
-                            " frame body is not a JSON object");
-            }
-            next.frame.body.assign(body);
+            next.frame.body.assign(buffer_, offset_ + kFrameHeaderSize + 1, length - 1);
             offset_ += kFrameHeaderSize + length;
             if (offset_ == buffer_.size()) {
                 buffer_.clear();
@@ -324,53 +395,102 @@ FrameDecoder::Next FrameDecoder::next() {
 // ---- encoders ------------------------------------------------------------------------------
 
 std::string encode_hello(const HelloMsg& hello) {
-    return frame_bytes(MessageType::hello, "{\"pid\":" + std::to_string(hello.pid) +
-                                               ",\"protocol\":" + std::to_string(hello.protocol) +
-                                               "}");
+    std::string frame = frame_start(MessageType::hello, 8);
+    put_u32(frame, static_cast<uint32_t>(hello.protocol < 0 ? 0 : hello.protocol));
+    put_u32(frame, static_cast<uint32_t>(hello.pid < 0 ? 0 : hello.pid));
+    return frame;
 }
 
 std::string encode_result(const ResultMsg& result) {
-    std::string body = "{\"seq\":" + std::to_string(result.seq) + ",\"outcome\":\"" +
-                       outcome_name(result.outcome) +
-                       "\",\"error\":" + json_quote(bounded_error(result.error)) +
-                       ",\"retryAfterMs\":" + std::to_string(result.retry_after_ms) +
-                       ",\"startedAtUs\":" + std::to_string(result.started_at_us) +
-                       ",\"durationUs\":" + std::to_string(result.duration_us) + "}";
-    return frame_bytes(MessageType::result, body);
+    const std::string error = bounded_error(result.error);
+    std::string body;
+    body.reserve(8 + 1 + 4 + error.size() + 3 * 8 + 4);
+    put_u64(body, result.seq);
+    put_u8(body, outcome_byte(result.outcome));
+    put_string(body, error);
+    put_non_negative(body, result.retry_after_ms);
+    put_non_negative(body, result.started_at_us);
+    put_non_negative(body, result.duration_us);
+    const size_t count = std::min(result.subscribers.size(), kMaxSubscriberResults);
+    put_u32(body, static_cast<uint32_t>(count));
+    for (size_t i = 0; i < count; ++i) {
+        put_string(body, bounded_error(result.subscribers[i].name, kMaxSubscriberNameBytes));
+        put_u8(body, outcome_byte(result.subscribers[i].outcome));
+    }
+    std::string frame = frame_start(MessageType::result, body.size());
+    frame += body;
+    return frame;
 }
 
 std::string encode_quit() {
-    return frame_bytes(MessageType::quit, "{}");
+    return frame_start(MessageType::quit, 0);
+}
+
+std::string encode_event_fields(const EventFieldsView& fields) {
+    std::string out;
+    out.reserve(fields.id.size() + fields.event_log_id.size() +
+                (fields.event_key ? fields.event_key->size() : 0) + fields.tenant_id.size() +
+                (fields.project_id ? fields.project_id->size() : 0) + fields.event_type.size() +
+                fields.payload_json.size() +
+                (fields.metadata_json ? fields.metadata_json->size() : 0) +
+                (fields.correlation_id ? fields.correlation_id->size() : 0) +
+                fields.created_at.size() + 11 * 5);
+    put_string(out, fields.id);
+    put_string(out, fields.event_log_id);
+    put_nullable_string(out, fields.event_key);
+    put_string(out, fields.tenant_id);
+    put_nullable_string(out, fields.project_id);
+    put_string(out, fields.event_type);
+    put_string(out, fields.payload_json);
+    put_nullable_string(out, fields.metadata_json);
+    put_nullable_string(out, fields.correlation_id);
+    put_string(out, fields.created_at);
+    put_u32(out, static_cast<uint32_t>(fields.attempt < 0 ? 0 : fields.attempt));
+    return out;
+}
+
+EventFieldsView event_fields_of(const Event& event) {
+    const auto view = [](const std::optional<std::string>& text) {
+        return text ? std::optional<std::string_view>(*text) : std::nullopt;
+    };
+    EventFieldsView fields;
+    fields.id = event.id;
+    fields.event_log_id = event.event_log_id;
+    fields.event_key = view(event.event_key);
+    fields.tenant_id = event.tenant_id;
+    fields.project_id = view(event.project_id);
+    fields.event_type = event.event_type;
+    fields.payload_json = event.payload_json;
+    if (!event.metadata_json.empty() && event.metadata_json != "null") {
+        fields.metadata_json = event.metadata_json;
+    }
+    fields.correlation_id = view(event.correlation_id);
+    fields.created_at = event.created_at;
+    fields.attempt = event.attempt;
+    return fields;
 }
 
 std::string encode_event(const EventMsg& event) {
-    return encode_event_frame(event.seq, event.timeout_ms, event.event_json);
+    return encode_event_frame(event.seq, event.timeout_ms, event.fields);
 }
 
-bool event_fits_in_frame(size_t event_json_size) {
-    return event_json_size <= kMaxFrameBody - kEventFrameOverhead;
+bool event_fits_in_frame(size_t fields_size) {
+    return fields_size <= kMaxFrameBody - kEventFrameOverhead;
 }
 
-std::string encode_event_frame(uint64_t seq, long timeout_ms, std::string_view event_json) {
-    if (!event_fits_in_frame(event_json.size())) {
+std::string encode_event_frame(uint64_t seq, long timeout_ms, std::string_view fields) {
+    if (!event_fits_in_frame(fields.size())) {
         std::fprintf(stderr,
                      "outbox: encode_event_frame called with a %zu-byte event, which does not fit "
                      "in a frame; the caller must check event_fits_in_frame first\n",
-                     event_json.size());
+                     fields.size());
         std::abort();
     }
-    const std::string seq_text = std::to_string(seq);
-    const std::string timeout_text = std::to_string(timeout_ms);
-    std::string body;
-    body.reserve(kEventFrameOverhead + event_json.size());
-    body += kEventPrefix;
-    body += seq_text;
-    body += kEventTimeout;
-    body += timeout_text;
-    body += kEventObject;
-    body += event_json;
-    body += kEventSuffix;
-    return frame_bytes(MessageType::event, body);
+    std::string frame = frame_start(MessageType::event, kEventEnvelopeBytes + fields.size());
+    put_u64(frame, seq);
+    put_non_negative(frame, timeout_ms);
+    frame += fields;
+    return frame;
 }
 
 // ---- decoders ------------------------------------------------------------------------------
@@ -379,23 +499,29 @@ Decoded<HelloMsg> decode_hello(const Frame& frame) {
     if (frame.type != MessageType::hello) {
         return wrong_type<HelloMsg>(MessageType::hello, frame);
     }
-    const auto pid = integer_member(frame.json.get(), "pid", 1, INT32_MAX);
-    if (!pid) {
-        return message_error<HelloMsg>(frame.type, pid.error());
+    WireReader reader(frame.body);
+    // The version comes first, so that a process speaking another version is told so rather than
+    // that some field of ours is malformed in its message.
+    uint32_t protocol = 0;
+    if (!reader.u32("protocol", protocol)) {
+        return message_error<HelloMsg>(frame.type, reader.error());
     }
-    const auto protocol = integer_member(frame.json.get(), "protocol", 0, INT32_MAX);
-    if (!protocol) {
-        return message_error<HelloMsg>(frame.type, protocol.error());
+    if (protocol != static_cast<uint32_t>(kProtocolVersion)) {
+        return message_error<HelloMsg>(
+            frame.type, "handler process speaks protocol version " + std::to_string(protocol) +
+                            ", the supervisor speaks version " + std::to_string(kProtocolVersion));
     }
-    if (protocol.value() != kProtocolVersion) {
-        return message_error<HelloMsg>(frame.type, "handler process speaks protocol version " +
-                                                       std::to_string(protocol.value()) +
-                                                       ", the supervisor speaks version " +
-                                                       std::to_string(kProtocolVersion));
+    uint32_t pid = 0;
+    if (reader.u32("pid", pid) && (pid < 1 || pid > static_cast<uint32_t>(INT32_MAX))) {
+        reader.fail("pid", "is " + std::to_string(pid) + ", outside [1, " +
+                               std::to_string(INT32_MAX) + "]");
+    }
+    if (!reader.at_end()) {
+        return message_error<HelloMsg>(frame.type, reader.error());
     }
     HelloMsg hello;
-    hello.pid = static_cast<long>(pid.value());
-    hello.protocol = static_cast<int>(protocol.value());
+    hello.pid = static_cast<long>(pid);
+    hello.protocol = static_cast<int>(protocol);
     return Decoded<HelloMsg>::success(hello);
 }
 
@@ -403,89 +529,118 @@ Decoded<EventMsg> decode_event(const Frame& frame) {
     if (frame.type != MessageType::event) {
         return wrong_type<EventMsg>(MessageType::event, frame);
     }
-    const cJSON* object = frame.json.get();
-    const auto seq = integer_member(object, "seq", 0, INT64_MAX);
-    if (!seq) {
-        return message_error<EventMsg>(frame.type, seq.error());
-    }
-    const auto timeout = integer_member(object, "timeoutMs", 0, INT64_MAX);
-    if (!timeout) {
-        return message_error<EventMsg>(frame.type, timeout.error());
-    }
-    const cJSON* event = cJSON_GetObjectItemCaseSensitive(object, "event");
-    if (event == nullptr) {
-        return message_error<EventMsg>(frame.type, "field \"event\" is missing");
-    }
-    if (!cJSON_IsObject(event)) {
-        return message_error<EventMsg>(frame.type, "field \"event\" must be an object");
-    }
-    const auto event_text = json_member_text(frame.body, "event");
-    if (!event_text) {
-        // cJSON found the member, so the scanner must too; if not, the two disagree about the text.
-        return message_error<EventMsg>(frame.type,
-                                       "field \"event\" could not be located in the body");
-    }
+    WireReader reader(frame.body);
     EventMsg message;
-    message.seq = static_cast<uint64_t>(seq.value());
-    message.timeout_ms = static_cast<long>(timeout.value());
-    message.event_json.assign(*event_text);
-    message.event = event;
-    return Decoded<EventMsg>::success(std::move(message));
+    int64_t timeout = 0;
+    reader.u64("seq", message.seq);
+    reader.non_negative("timeoutMs", timeout);
+    if (!reader.ok()) {
+        return message_error<EventMsg>(frame.type, reader.error());
+    }
+    message.timeout_ms = static_cast<long>(timeout);
+    message.fields = std::string_view(frame.body).substr(kEventEnvelopeBytes);
+    return Decoded<EventMsg>::success(message);
+}
+
+Decoded<Event> decode_event_fields(std::string_view fields) {
+    WireReader reader(fields);
+    std::string_view id, event_log_id, tenant_id, event_type, payload, created_at;
+    std::optional<std::string_view> event_key, project_id, metadata, correlation_id;
+    uint32_t attempt = 0;
+    reader.string("id", id);
+    reader.string("eventLogId", event_log_id);
+    reader.nullable_string("eventKey", event_key);
+    reader.string("tenantId", tenant_id);
+    reader.nullable_string("projectId", project_id);
+    reader.string("eventType", event_type);
+    if (reader.string("payload", payload) && payload.empty()) {
+        reader.fail("payload", "is empty, not a JSON text");
+    }
+    if (reader.nullable_string("metadata", metadata) && metadata && metadata->empty()) {
+        reader.fail("metadata", "is empty, neither null nor a JSON text");
+    }
+    reader.nullable_string("correlationId", correlation_id);
+    reader.string("createdAt", created_at);
+    if (reader.u32("attempt", attempt) &&
+        (attempt < 1 || attempt > static_cast<uint32_t>(std::numeric_limits<int>::max()))) {
+        reader.fail("attempt", "is " + std::to_string(attempt) + ", outside [1, " +
+                                   std::to_string(std::numeric_limits<int>::max()) + "]");
+    }
+    if (!reader.at_end()) {
+        return Decoded<Event>::failure("event " + reader.error());
+    }
+    const auto copy = [](const std::optional<std::string_view>& text) {
+        return text ? std::optional<std::string>(*text) : std::nullopt;
+    };
+    Event event;
+    event.id.assign(id);
+    event.event_log_id.assign(event_log_id);
+    event.event_key = copy(event_key);
+    event.tenant_id.assign(tenant_id);
+    event.project_id = copy(project_id);
+    event.event_type.assign(event_type);
+    event.payload_json.assign(payload);
+    event.metadata_json = metadata ? std::string(*metadata) : std::string("null");
+    event.correlation_id = copy(correlation_id);
+    event.created_at.assign(created_at);
+    event.attempt = static_cast<int>(attempt);
+    return Decoded<Event>::success(std::move(event));
 }
 
 Decoded<ResultMsg> decode_result(const Frame& frame) {
     if (frame.type != MessageType::result) {
         return wrong_type<ResultMsg>(MessageType::result, frame);
     }
-    const cJSON* object = frame.json.get();
-    const auto seq = integer_member(object, "seq", 0, INT64_MAX);
-    if (!seq) {
-        return message_error<ResultMsg>(frame.type, seq.error());
-    }
-    const auto outcome = string_member(object, "outcome");
-    if (!outcome) {
-        return message_error<ResultMsg>(frame.type, outcome.error());
-    }
+    WireReader reader(frame.body);
     ResultMsg result;
-    if (outcome.value() == "success") {
-        result.outcome = Outcome::success;
-    } else if (outcome.value() == "retry") {
-        result.outcome = Outcome::retry;
-    } else if (outcome.value() == "permanent") {
-        result.outcome = Outcome::permanent;
-    } else {
-        return message_error<ResultMsg>(
-            frame.type, "field \"outcome\" must be \"success\", \"retry\" or \"permanent\"");
+    std::string_view error;
+    reader.u64("seq", result.seq);
+    read_outcome(reader, "outcome", result.outcome);
+    if (reader.string("error", error)) {
+        check_stored_text(reader, "error", error, kMaxErrorBytes);
     }
-    const auto error = string_member(object, "error");
-    if (!error) {
-        return message_error<ResultMsg>(frame.type, error.error());
+    int64_t retry_after = 0;
+    reader.non_negative("retryAfterMs", retry_after);
+    reader.non_negative("startedAtUs", result.started_at_us);
+    reader.non_negative("durationUs", result.duration_us);
+    uint32_t count = 0;
+    if (reader.u32("subscribers", count)) {
+        if (count > kMaxSubscriberResults) {
+            reader.fail("subscribers", "counts " + std::to_string(count) +
+                                           " entries, above the limit of " +
+                                           std::to_string(kMaxSubscriberResults));
+        } else if (count > reader.left() / kMinSubscriberOutcomeBytes) {
+            reader.fail("subscribers", "counts " + std::to_string(count) + " entries but only " +
+                                           std::to_string(reader.left()) + " bytes follow");
+        } else {
+            result.subscribers.reserve(count);
+        }
     }
-    const auto retry_after = integer_member(object, "retryAfterMs", 0, INT64_MAX);
-    if (!retry_after) {
-        return message_error<ResultMsg>(frame.type, retry_after.error());
+    for (uint32_t i = 0; i < count && reader.ok(); ++i) {
+        std::string_view name;
+        SubscriberOutcome entry;
+        if (reader.string("subscribers.name", name)) {
+            check_stored_text(reader, "subscribers.name", name, kMaxSubscriberNameBytes);
+        }
+        read_outcome(reader, "subscribers.outcome", entry.outcome);
+        entry.name.assign(name);
+        result.subscribers.push_back(std::move(entry));
     }
-    const auto started_at = integer_member(object, "startedAtUs", 0, INT64_MAX);
-    if (!started_at) {
-        return message_error<ResultMsg>(frame.type, started_at.error());
+    if (!reader.at_end()) {
+        return message_error<ResultMsg>(frame.type, reader.error());
     }
-    const auto duration = integer_member(object, "durationUs", 0, INT64_MAX);
-    if (!duration) {
-        return message_error<ResultMsg>(frame.type, duration.error());
-    }
-    result.seq = static_cast<uint64_t>(seq.value());
-    // The encoder already bounds the error; bounding it again keeps the limit an invariant of
-    // everything the supervisor stores, whatever the other end sent.
-    result.error = bounded_error(error.value());
-    result.retry_after_ms = static_cast<long>(retry_after.value());
-    result.started_at_us = started_at.value();
-    result.duration_us = duration.value();
+    result.error.assign(error);
+    result.retry_after_ms = static_cast<long>(retry_after);
     return Decoded<ResultMsg>::success(std::move(result));
 }
 
 Decoded<QuitMsg> decode_quit(const Frame& frame) {
     if (frame.type != MessageType::quit) {
         return wrong_type<QuitMsg>(MessageType::quit, frame);
+    }
+    if (!frame.body.empty()) {
+        return message_error<QuitMsg>(frame.type, std::to_string(frame.body.size()) +
+                                                      " unexpected bytes after the last field");
     }
     return Decoded<QuitMsg>::success(QuitMsg{});
 }
@@ -523,40 +678,6 @@ std::string bounded_error(std::string_view error, size_t max_bytes) {
         out += kTruncatedMarker;
     }
     return out;
-}
-
-std::optional<std::string_view> json_member_text(std::string_view object_text,
-                                                 std::string_view key) {
-    size_t i = skip_whitespace(object_text, 0);
-    if (i >= object_text.size() || object_text[i] != '{') {
-        return std::nullopt;
-    }
-    i = skip_whitespace(object_text, i + 1);
-    while (i < object_text.size() && object_text[i] == '"') {
-        const size_t key_end = skip_string(object_text, i);
-        if (key_end == std::string_view::npos) {
-            return std::nullopt;
-        }
-        const bool wanted = key_equals(object_text.substr(i + 1, key_end - i - 2), key);
-        i = skip_whitespace(object_text, key_end);
-        if (i >= object_text.size() || object_text[i] != ':') {
-            return std::nullopt;
-        }
-        const size_t value_start = skip_whitespace(object_text, i + 1);
-        const size_t value_end = skip_value(object_text, value_start);
-        if (value_end == std::string_view::npos) {
-            return std::nullopt;
-        }
-        if (wanted) {
-            return object_text.substr(value_start, value_end - value_start);
-        }
-        i = skip_whitespace(object_text, value_end);
-        if (i >= object_text.size() || object_text[i] != ',') {
-            return std::nullopt;
-        }
-        i = skip_whitespace(object_text, i + 1);
-    }
-    return std::nullopt;
 }
 
 } // namespace outbox

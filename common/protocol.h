@@ -1,15 +1,20 @@
 // The channel protocol between the supervisor and a handler process (docs/protocol.md).
 //
 // A channel is one SOCK_STREAM socketpair per handler process. Each message is a frame: a 4-byte
-// unsigned big-endian length L, then L bytes of body; the body is one type byte followed by a JSON
-// object. Both sides use the encoders and the FrameDecoder below, so the byte layout lives only
-// here. Nothing in this header does I/O: the owner of the channel reads and writes, feeds what it
-// read to a FrameDecoder and closes the channel when the decoder reports an error.
+// unsigned big-endian length L, then L bytes of body; the body is one type byte followed by the
+// message's fields in a fixed binary layout (big-endian integers, length-prefixed strings). No
+// JSON crosses the channel: neither side needs a JSON parser to read a frame, and the event's
+// payload and metadata travel as PostgreSQL wrote them, as opaque strings.
+//
+// Both sides use the encoders and decoders below, so the byte layout lives only here. Nothing in
+// this header does I/O: the owner of the channel reads and writes, feeds what it read to a
+// FrameDecoder and closes the channel when the decoder reports an error. Decoders trust nothing:
+// every length, count, tag and range is checked, and an error names the message and the field.
+// Error texts contain only ASCII (field names and numbers), never bytes of the frame.
 //
 // Everything here is usable from any thread; a FrameDecoder belongs to the one channel it decodes.
 #pragma once
 
-#include "common/json.h"
 #include <outbox/outbox.h>
 
 #include <cstddef>
@@ -18,19 +23,23 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 namespace outbox {
 
-// Bumped whenever a message changes incompatibly; HELLO carries it.
-inline constexpr int kProtocolVersion = 1;
+// Bumped whenever a message changes incompatibly; HELLO carries it. Version 1 was JSON bodies.
+inline constexpr int kProtocolVersion = 2;
 
 inline constexpr size_t kFrameHeaderSize = 4;
-// The smallest body is a type byte plus "{}".
-inline constexpr size_t kMinFrameBody = 3;
+// The smallest body is a type byte alone (QUIT).
+inline constexpr size_t kMinFrameBody = 1;
 inline constexpr size_t kMaxFrameBody = 16 * 1024 * 1024;
-// RESULT error strings are cut to at most this many bytes (at a UTF-8 boundary) by the encoder,
-// and again by the decoder, so that the supervisor never stores an unbounded error.
+// A RESULT's error is at most this many bytes of valid UTF-8 without NUL: encode_result makes it
+// so (bounded_error) and decode_result rejects anything else as a protocol error.
 inline constexpr size_t kMaxErrorBytes = 4096;
+// Per-subscriber outcomes in a RESULT: at most this many, names at most this many bytes.
+inline constexpr size_t kMaxSubscriberResults = 1024;
+inline constexpr size_t kMaxSubscriberNameBytes = 1024;
 
 // Exit codes of a handler process: a contract between run_worker_process (and the forking code)
 // and the supervisor, which decides from them whether and when to respawn. Any other exit code or
@@ -56,13 +65,37 @@ struct HelloMsg {
     int protocol = kProtocolVersion;
 };
 
+// The fields of one event (SPEC 2) as views, for encode_event_fields. The nullable ones are
+// nullopt for SQL NULL, which stays distinct from an empty string on the wire. payload_json and
+// metadata_json are JSON texts and are carried as opaque bytes.
+struct EventFieldsView {
+    std::string_view id;
+    std::string_view event_log_id;
+    std::optional<std::string_view> event_key;
+    std::string_view tenant_id;
+    std::optional<std::string_view> project_id;
+    std::string_view event_type;
+    std::string_view payload_json;
+    std::optional<std::string_view> metadata_json;
+    std::optional<std::string_view> correlation_id;
+    std::string_view created_at;
+    int attempt = 1;
+};
+
 struct EventMsg {
     uint64_t seq = 0;    // chosen by the supervisor, echoed in the RESULT
     long timeout_ms = 0; // enforced by the supervisor, which kills the process; informational here
-    std::string event_json; // the event object of SPEC 2, verbatim as the supervisor sent it
-    // The same object parsed, borrowed from the Frame it was decoded from and valid only while
-    // that Frame lives; nullptr in a message built for encoding (encoders use event_json).
-    const cJSON* event = nullptr;
+    // The event's fields as encode_event_fields wrote them. In a decoded message it borrows from
+    // the Frame it was decoded from and is valid only while that Frame lives; decode it with
+    // decode_event_fields. In a message built for encoding it points at the bytes to send.
+    std::string_view fields;
+};
+
+// What one subscriber made of the event. Not filled in yet: the list travels empty until the
+// supervisor records which subscribers succeeded (SPEC 2, "Several subscribers, one event").
+struct SubscriberOutcome {
+    std::string name;
+    Outcome outcome = Outcome::success;
 };
 
 struct ResultMsg {
@@ -72,6 +105,7 @@ struct ResultMsg {
     long retry_after_ms = 0;
     int64_t started_at_us = 0; // CLOCK_REALTIME microseconds when the handlers started
     int64_t duration_us = 0;   // how long they ran
+    std::vector<SubscriberOutcome> subscribers;
 };
 
 struct QuitMsg {};
@@ -122,18 +156,15 @@ class [[nodiscard]] Decoded {
     std::string error_;
 };
 
-// One complete frame as FrameDecoder returns it. `json` is `body` already parsed (always a JSON
-// object), so that decoders do not parse a large EVENT twice; `body` is kept because an EVENT's
-// event object is handed on verbatim.
+// One complete frame as FrameDecoder returns it: the type byte, and the bytes after it.
 struct Frame {
     MessageType type = MessageType::quit;
-    std::string body; // the JSON text after the type byte
-    Json json;
+    std::string body;
 };
 
 // Incremental decoder for one direction of one channel. Feed it whatever read() returned, then
-// call next() until it says need_more. It checks the length as soon as the 4 header bytes are in,
-// the type byte, and that the body is a JSON object; message fields are checked by decode_*().
+// call next() until it says need_more. It checks the length as soon as the 4 header bytes are in
+// and the type byte as soon as it arrives; message fields are checked by decode_*().
 // After an error it stays failed, ignores further input, and the owner closes the channel.
 class FrameDecoder {
   public:
@@ -165,37 +196,47 @@ class FrameDecoder {
 
 // Encoders return the complete frame bytes, header included.
 std::string encode_hello(const HelloMsg& hello);
-std::string encode_result(const ResultMsg& result); // truncates and sanitises result.error
+// Makes result.error and the subscriber names safe here, once (bounded_error): this is the only
+// place where a handler's error text is sanitised. Negative numbers are sent as 0.
+std::string encode_result(const ResultMsg& result);
 std::string encode_quit();
 std::string encode_event(const EventMsg& event);
 
-// The supervisor holds the event object as JSON text straight from PostgreSQL, so the EVENT frame
-// is built by concatenation, without parsing it. Preconditions: event_json is one JSON object, and
-// event_fits_in_frame(event_json.size()); the process aborts when the size does not fit. An
-// oversized event must instead be failed permanently by the caller, with a clear error.
-std::string encode_event_frame(uint64_t seq, long timeout_ms, std::string_view event_json);
-// Whether an event object of this many bytes fits in an EVENT frame whatever seq and timeout are.
-bool event_fits_in_frame(size_t event_json_size);
+// The event's fields in their wire encoding: what the supervisor builds once per claimed event
+// (supervisor/claimed_event.h) and hands to encode_event_frame for every delivery. Aborts if a
+// string is 4 GiB or longer, which no PostgreSQL value can be.
+std::string encode_event_fields(const EventFieldsView& fields);
+// The same fields from a decoded Event (metadata_json "null" becomes null).
+EventFieldsView event_fields_of(const Event& event);
+
+// The EVENT frame: the envelope (seq, timeout) prepended to already encoded fields.
+// Preconditions: `fields` came from encode_event_fields and event_fits_in_frame(fields.size());
+// the process aborts when the size does not fit. An oversized event must instead be failed
+// permanently by the caller, with a clear error. A negative timeout is sent as 0.
+std::string encode_event_frame(uint64_t seq, long timeout_ms, std::string_view fields);
+// Whether encoded event fields of this many bytes fit in an EVENT frame.
+bool event_fits_in_frame(size_t fields_size);
 
 // Field checks for each message type. A frame of another type is an error too, so a caller can
 // pass whatever it received. decode_hello also rejects a protocol version other than ours.
 [[nodiscard]] Decoded<HelloMsg> decode_hello(const Frame& frame);
+// Checks the envelope (seq, timeout) and that fields follow; the fields themselves are checked by
+// decode_event_fields, so that a handler process can answer an unusable event with a RESULT.
 [[nodiscard]] Decoded<EventMsg> decode_event(const Frame& frame);
 [[nodiscard]] Decoded<ResultMsg> decode_result(const Frame& frame);
 [[nodiscard]] Decoded<QuitMsg> decode_quit(const Frame& frame);
 
-// "success", "retry", "permanent" as RESULT spells them.
+// The event's fields into an Event, copying each string once and parsing no JSON. Checks every
+// length and tag, that the payload (and metadata when present) is not empty, that attempt is at
+// least 1, and that nothing follows the last field. The error names the field.
+[[nodiscard]] Decoded<Event> decode_event_fields(std::string_view fields);
+
+// "success", "retry", "permanent" for logs.
 const char* outcome_name(Outcome outcome);
 
-// Makes an error string safe to store: invalid UTF-8 and NUL bytes become U+FFFD, and a string
-// longer than max_bytes is cut at a UTF-8 boundary and marked " [truncated]" (within max_bytes).
+// Makes a string safe to store: invalid UTF-8 and NUL bytes become U+FFFD, and a string longer
+// than max_bytes is cut at a UTF-8 boundary and marked " [truncated]" (within max_bytes).
+// Idempotent: a string it returned comes back unchanged.
 std::string bounded_error(std::string_view error, size_t max_bytes = kMaxErrorBytes);
-
-// The verbatim text of the value of member `key` of a JSON object text, or nullopt when the
-// member is absent (or the text is not an object). The first member wins when a key repeats, as in
-// cJSON_GetObjectItemCaseSensitive. Used to hand on payloads without a cJSON round trip, which
-// would reformat numbers beyond double precision. Precondition: object_text is valid JSON.
-std::optional<std::string_view> json_member_text(std::string_view object_text,
-                                                 std::string_view key);
 
 } // namespace outbox

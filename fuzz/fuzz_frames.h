@@ -1,18 +1,24 @@
-// Fuzz entry for the channel protocol (common/protocol.h) and the event object decoder
-// (worker/event_decode.h). fuzz/fuzz_frames.cpp hands it libFuzzer's inputs;
-// tests/unit/fuzz_regressions_test.cpp replays saved inputs through it.
+// Fuzz entry for the channel protocol (common/protocol.h) and the event object the handler process
+// writes for exec and http handlers (common/json.h). fuzz/fuzz_frames.cpp hands it libFuzzer's
+// inputs; tests/unit/fuzz_regressions_test.cpp replays saved inputs through it.
 //
-// Every input is read two ways, so that one corpus serves both decoders:
+// Every input is read three ways, so that one corpus serves every decoder:
 // - as the bytes a channel delivered: fed to one FrameDecoder at once and to another in small
-//   pieces, which must agree, and every frame goes through every decode_*();
-// - as the text of an event object, as the worker receives it: decode_event_json(), plus the
-//   member scanner json_member_text() and bounded_error() on the same bytes.
+//   pieces, which must agree, and every frame goes through every decode_*(). The encoding is
+//   canonical, so an accepted message must re-encode to exactly the bytes it came from;
+// - as the fields of an EVENT (decode_event_fields), which must re-encode to themselves too, and
+//   whose event object (Event::json) must be valid JSON holding the same fields whenever the
+//   payload and metadata are valid JSON;
+// - as a string: bounded_error() and json_quote() on the same bytes.
+// Every error text must be printable ASCII: decoders name fields and numbers, never echo bytes.
+//
+// cJSON appears here only as the judge of the JSON text the code writes; the code under test
+// parses no JSON.
 #pragma once
 
 #include "common/json.h"
 #include "common/protocol.h"
 #include "fuzz/fuzz_check.h"
-#include "worker/event_decode.h"
 
 #include <algorithm>
 #include <cstddef>
@@ -26,7 +32,8 @@ namespace outbox::fuzz {
 
 namespace frames_detail {
 
-// RFC 3629 UTF-8, written independently of protocol.cpp so that it can judge bounded_error().
+// RFC 3629 UTF-8, written independently of json.cpp so that it can judge bounded_error() and
+// json_quote().
 inline bool is_valid_utf8(std::string_view text) {
     std::size_t i = 0;
     while (i < text.size()) {
@@ -69,36 +76,20 @@ inline bool is_valid_utf8(std::string_view text) {
     return true;
 }
 
-inline bool starts_with_bom(std::string_view text) {
-    return text.substr(0, 3) == "\xef\xbb\xbf";
+inline bool is_printable_ascii(std::string_view text) {
+    return !text.empty() &&
+           std::all_of(text.begin(), text.end(), [](char c) { return c >= 0x20 && c <= 0x7e; });
+}
+
+// A string that JSON carries unchanged through cJSON (which keeps strings NUL-terminated).
+inline bool survives_cjson(std::string_view text) {
+    return is_valid_utf8(text) && text.find('\0') == std::string_view::npos;
 }
 
 // Two JSON values are the same when cJSON prints them alike. cJSON_Compare would do, except that
 // it looks members up by key, so an object with a repeated key never equals itself.
 inline bool same_json(const cJSON* a, const cJSON* b) {
     return a != nullptr && b != nullptr && json_print(a) == json_print(b);
-}
-
-// json_member_text() must hand on exactly the member that cJSON_GetObjectItemCaseSensitive()
-// finds, or a handler would receive a different payload from the one the event holds. `object`
-// is `text` parsed. The scanner may fail to find a member (decode_event then reports an error)
-// only where it is documented not to follow cJSON: a text that starts with a byte order mark.
-inline void check_member_texts(const cJSON* object, std::string_view text) {
-    for (const cJSON* item = object->child; item != nullptr; item = item->next) {
-        if (item->string == nullptr) {
-            continue;
-        }
-        const cJSON* first = cJSON_GetObjectItemCaseSensitive(object, item->string);
-        const auto found = json_member_text(text, item->string);
-        if (!found) {
-            OUTBOX_FUZZ_CHECK(starts_with_bom(text),
-                              "json_member_text missed a member that cJSON found");
-            continue;
-        }
-        const Json reparsed = json_parse(*found);
-        OUTBOX_FUZZ_CHECK(same_json(reparsed.get(), first),
-                          "json_member_text returned another value than cJSON's member");
-    }
 }
 
 inline void check_bounded_error(std::string_view text) {
@@ -111,10 +102,19 @@ inline void check_bounded_error(std::string_view text) {
         OUTBOX_FUZZ_CHECK(bounded.find('\0') == std::string::npos, "bounded_error kept a NUL byte");
         OUTBOX_FUZZ_CHECK(bounded_error(bounded, max_bytes) == bounded,
                           "bounded_error is not idempotent");
-        if (text.size() <= max_bytes && is_valid_utf8(text) &&
-            text.find('\0') == std::string_view::npos) {
+        if (text.size() <= max_bytes && survives_cjson(text)) {
             OUTBOX_FUZZ_CHECK(bounded == text, "bounded_error changed a string that was fine");
         }
+    }
+}
+
+inline void check_json_quote(std::string_view text) {
+    const std::string quoted = json_quote(text);
+    OUTBOX_FUZZ_CHECK(is_valid_utf8(quoted), "json_quote returned invalid UTF-8");
+    const Json parsed = json_parse(quoted);
+    OUTBOX_FUZZ_CHECK(cJSON_IsString(parsed.get()), "json_quote did not write a JSON string");
+    if (survives_cjson(text)) {
+        OUTBOX_FUZZ_CHECK(parsed->valuestring == text, "json_quote changed a valid string");
     }
 }
 
@@ -123,119 +123,165 @@ inline bool same_event(const Event& a, const Event& b) {
            a.tenant_id == b.tenant_id && a.project_id == b.project_id &&
            a.event_type == b.event_type && a.payload_json == b.payload_json &&
            a.metadata_json == b.metadata_json && a.correlation_id == b.correlation_id &&
-           a.created_at == b.created_at && a.attempt == b.attempt && a.json == b.json;
+           a.created_at == b.created_at && a.attempt == b.attempt;
 }
 
-// What a decoded event promises: payload and metadata are verbatim members of its text.
-inline void check_decoded_event(const Event& event, const cJSON* object, std::string_view text) {
-    OUTBOX_FUZZ_CHECK(event.json == text, "Event::json is not the text it was decoded from");
-    OUTBOX_FUZZ_CHECK(event.attempt >= 1, "Event::attempt below 1");
+inline void check_string_member(const cJSON* object, const char* key,
+                                const std::optional<std::string>& expected) {
+    const cJSON* item = cJSON_GetObjectItemCaseSensitive(object, key);
+    OUTBOX_FUZZ_CHECK(item != nullptr, "the event object lacks a field");
+    if (!expected) {
+        OUTBOX_FUZZ_CHECK(cJSON_IsNull(item), "a null field is not null in the event object");
+        return;
+    }
+    OUTBOX_FUZZ_CHECK(cJSON_IsString(item), "a string field is not a string in the event object");
+    if (survives_cjson(*expected)) {
+        OUTBOX_FUZZ_CHECK(item->valuestring == *expected,
+                          "a string field changed on its way into the event object");
+    }
+}
+
+// How deeply a parsed value nests (a scalar is 0). cJSON built it, so it is at most cJSON's limit.
+inline int nesting(const cJSON* item) {
+    int deepest = 0;
+    for (const cJSON* child = item->child; child != nullptr; child = child->next) {
+        deepest = std::max(deepest, nesting(child));
+    }
+    return item->child != nullptr || cJSON_IsArray(item) || cJSON_IsObject(item) ? deepest + 1 : 0;
+}
+
+// Whether cJSON reads `text` alike on its own and as a member value: it skips a byte order mark
+// only at the start of a document, and the event object adds one level of nesting to its limit.
+inline bool comparable_member(const Json& parsed, std::string_view text) {
+    return parsed && text.substr(0, 3) != "\xef\xbb\xbf" && nesting(parsed.get()) < 999;
+}
+
+// The event object of a decoded event: valid JSON with SPEC 2's fields, payload and metadata the
+// very values the fields held, whenever those are JSON texts cJSON can read.
+inline void check_event_object(const Event& event) {
     const Json payload = json_parse(event.payload_json);
-    OUTBOX_FUZZ_CHECK(same_json(payload.get(), cJSON_GetObjectItemCaseSensitive(object, "payload")),
-                      "Event::payload_json differs from the event's payload");
-    const cJSON* metadata = cJSON_GetObjectItemCaseSensitive(object, "metadata");
-    if (metadata == nullptr || cJSON_IsNull(metadata)) {
-        OUTBOX_FUZZ_CHECK(event.metadata_json == "null", "absent metadata is not \"null\"");
-    } else {
-        const Json parsed = json_parse(event.metadata_json);
-        OUTBOX_FUZZ_CHECK(same_json(parsed.get(), metadata),
-                          "Event::metadata_json differs from the event's metadata");
+    const Json metadata = json_parse(event.metadata_json);
+    const std::string& text = event.json();
+    OUTBOX_FUZZ_CHECK(text == event_object_json(event), "Event::json() is not the event object");
+    if (!comparable_member(payload, event.payload_json) ||
+        !comparable_member(metadata, event.metadata_json)) {
+        return; // not JSON as cJSON reads it: nothing to compare with
     }
+    const Json object = json_parse(text);
+    OUTBOX_FUZZ_CHECK(cJSON_IsObject(object.get()), "the event object is not valid JSON");
+    check_string_member(object.get(), "id", event.id);
+    check_string_member(object.get(), "eventLogId", event.event_log_id);
+    check_string_member(object.get(), "eventKey", event.event_key);
+    check_string_member(object.get(), "tenantId", event.tenant_id);
+    check_string_member(object.get(), "projectId", event.project_id);
+    check_string_member(object.get(), "eventType", event.event_type);
+    check_string_member(object.get(), "correlationId", event.correlation_id);
+    check_string_member(object.get(), "createdAt", event.created_at);
+    OUTBOX_FUZZ_CHECK(
+        same_json(cJSON_GetObjectItemCaseSensitive(object.get(), "payload"), payload.get()),
+        "the event object's payload is not the payload");
+    OUTBOX_FUZZ_CHECK(
+        same_json(cJSON_GetObjectItemCaseSensitive(object.get(), "metadata"), metadata.get()),
+        "the event object's metadata is not the metadata");
+    const cJSON* attempt = cJSON_GetObjectItemCaseSensitive(object.get(), "attempt");
+    OUTBOX_FUZZ_CHECK(cJSON_IsNumber(attempt) && attempt->valuedouble == event.attempt,
+                      "the event object's attempt is not the attempt");
 }
 
-// The single frame in `bytes`, which an encoder produced.
-inline Frame decode_encoded(const std::string& bytes) {
-    FrameDecoder decoder;
-    decoder.feed(bytes.data(), bytes.size());
-    FrameDecoder::Next next = decoder.next();
-    OUTBOX_FUZZ_CHECK(next.status == FrameDecoder::Status::frame,
-                      "an encoded frame did not decode");
-    OUTBOX_FUZZ_CHECK(decoder.buffered() == 0, "an encoded frame left bytes behind");
-    return std::move(next.frame);
-}
-
-inline void check_hello(const Frame& frame) {
-    const auto hello = decode_hello(frame);
-    if (!hello) {
+inline void check_event_fields(std::string_view fields) {
+    const auto decoded = decode_event_fields(fields);
+    if (!decoded) {
+        OUTBOX_FUZZ_CHECK(is_printable_ascii(decoded.error()),
+                          "an event field error is not printable ASCII");
         return;
     }
-    OUTBOX_FUZZ_CHECK(hello.value().pid >= 1 && hello.value().protocol == kProtocolVersion,
-                      "HELLO decoded out of range");
-    const auto again = decode_hello(decode_encoded(encode_hello(hello.value())));
-    OUTBOX_FUZZ_CHECK(again && again.value().pid == hello.value().pid,
-                      "HELLO does not survive a re-encoding");
+    const Event& event = decoded.value();
+    OUTBOX_FUZZ_CHECK(event.attempt >= 1, "Event::attempt below 1");
+    OUTBOX_FUZZ_CHECK(!event.payload_json.empty() && !event.metadata_json.empty(),
+                      "an event with an empty payload or metadata was accepted");
+    const std::string again = encode_event_fields(event_fields_of(event));
+    // Metadata that is the JSON text "null" comes back as SQL NULL, the one encoding that is
+    // not canonical; the event it decodes to is the same.
+    if (event.metadata_json != "null") {
+        OUTBOX_FUZZ_CHECK(again == fields, "event fields do not re-encode to themselves");
+    }
+    const auto redecoded = decode_event_fields(again);
+    OUTBOX_FUZZ_CHECK(redecoded && same_event(redecoded.value(), event),
+                      "event fields do not survive a re-encoding");
+    check_event_object(event);
 }
 
-inline void check_event(const Frame& frame) {
-    const auto message = decode_event(frame);
-    if (!message) {
-        return;
+// The bytes of `frame` as they came off the channel.
+inline std::string frame_bytes(const Frame& frame) {
+    const auto length = static_cast<std::uint32_t>(frame.body.size() + 1);
+    std::string bytes;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        bytes += static_cast<char>((length >> shift) & 0xff);
     }
-    const EventMsg& event = message.value();
-    const Json verbatim = json_parse(event.event_json);
-    OUTBOX_FUZZ_CHECK(same_json(verbatim.get(), event.event),
-                      "EVENT event_json is not the event member");
-
-    // The worker decodes from the frame's tree and text; both routes must give the same Event.
-    const auto from_object = decode_event_object(event.event, event.event_json);
-    const auto from_text = decode_event_json(event.event_json);
-    OUTBOX_FUZZ_CHECK(from_object.ok() == from_text.ok(),
-                      "decode_event_object and decode_event_json disagree");
-    if (from_object) {
-        OUTBOX_FUZZ_CHECK(same_event(from_object.value(), from_text.value()),
-                          "decode_event_object and decode_event_json decode differently");
-        check_decoded_event(from_object.value(), event.event, event.event_json);
-    }
-
-    if (event_fits_in_frame(event.event_json.size())) {
-        const Frame frame_again = decode_encoded(encode_event(event));
-        const auto again = decode_event(frame_again);
-        OUTBOX_FUZZ_CHECK(again && again.value().seq == event.seq &&
-                              again.value().timeout_ms == event.timeout_ms &&
-                              again.value().event_json == event.event_json,
-                          "EVENT does not survive a re-encoding");
-    }
+    bytes += static_cast<char>(frame.type);
+    bytes += frame.body;
+    return bytes;
 }
 
-inline void check_result(const Frame& frame) {
-    const auto result = decode_result(frame);
-    if (!result) {
-        return;
+template <typename T>
+void check_decode_error(const Decoded<T>& decoded) {
+    if (!decoded) {
+        OUTBOX_FUZZ_CHECK(is_printable_ascii(decoded.error()),
+                          "a decode error is not printable ASCII");
     }
-    const ResultMsg& message = result.value();
-    OUTBOX_FUZZ_CHECK(message.error.size() <= kMaxErrorBytes && is_valid_utf8(message.error) &&
-                          message.error.find('\0') == std::string::npos,
-                      "RESULT error is not bounded and sanitised");
-    const auto again = decode_result(decode_encoded(encode_result(message)));
-    OUTBOX_FUZZ_CHECK(again && again.value().seq == message.seq &&
-                          again.value().outcome == message.outcome &&
-                          again.value().error == message.error &&
-                          again.value().retry_after_ms == message.retry_after_ms &&
-                          again.value().started_at_us == message.started_at_us &&
-                          again.value().duration_us == message.duration_us,
-                      "RESULT does not survive a re-encoding");
 }
 
 inline void check_frame(const Frame& frame) {
-    OUTBOX_FUZZ_CHECK(cJSON_IsObject(frame.json.get()), "a frame's body is not an object");
-    const Json reparsed = json_parse(frame.body);
-    OUTBOX_FUZZ_CHECK(same_json(reparsed.get(), frame.json.get()),
-                      "a frame's json is not its body");
-    check_member_texts(frame.json.get(), frame.body);
+    const auto hello = decode_hello(frame);
+    const auto event = decode_event(frame);
+    const auto result = decode_result(frame);
+    const auto quit = decode_quit(frame);
+    check_decode_error(hello);
+    check_decode_error(event);
+    check_decode_error(result);
+    check_decode_error(quit);
 
     // Only the decoder of the frame's own type may accept it (and may still refuse its fields).
-    OUTBOX_FUZZ_CHECK(frame.type == MessageType::hello || !decode_hello(frame).ok(),
+    OUTBOX_FUZZ_CHECK(frame.type == MessageType::hello || !hello.ok(),
                       "decode_hello accepted another type");
-    OUTBOX_FUZZ_CHECK(frame.type == MessageType::event || !decode_event(frame).ok(),
+    OUTBOX_FUZZ_CHECK(frame.type == MessageType::event || !event.ok(),
                       "decode_event accepted another type");
-    OUTBOX_FUZZ_CHECK(frame.type == MessageType::result || !decode_result(frame).ok(),
+    OUTBOX_FUZZ_CHECK(frame.type == MessageType::result || !result.ok(),
                       "decode_result accepted another type");
-    OUTBOX_FUZZ_CHECK((frame.type == MessageType::quit) == decode_quit(frame).ok(),
-                      "decode_quit disagrees with the frame type");
+    OUTBOX_FUZZ_CHECK(quit.ok() == (frame.type == MessageType::quit && frame.body.empty()),
+                      "decode_quit disagrees with the frame");
 
-    check_hello(frame);
-    check_event(frame);
-    check_result(frame);
+    const std::string bytes = frame_bytes(frame);
+    if (hello) {
+        OUTBOX_FUZZ_CHECK(hello.value().pid >= 1 && hello.value().protocol == kProtocolVersion,
+                          "HELLO decoded out of range");
+        OUTBOX_FUZZ_CHECK(encode_hello(hello.value()) == bytes,
+                          "HELLO does not re-encode to itself");
+    }
+    if (event) {
+        OUTBOX_FUZZ_CHECK(event.value().timeout_ms >= 0, "EVENT timeout decoded negative");
+        OUTBOX_FUZZ_CHECK(encode_event(event.value()) == bytes,
+                          "EVENT does not re-encode to itself");
+        check_event_fields(event.value().fields);
+    }
+    if (result) {
+        const ResultMsg& message = result.value();
+        OUTBOX_FUZZ_CHECK(message.error.size() <= kMaxErrorBytes && survives_cjson(message.error),
+                          "RESULT error is not bounded and valid UTF-8 without NUL");
+        OUTBOX_FUZZ_CHECK(bounded_error(message.error) == message.error,
+                          "RESULT error would change if the supervisor sanitised it again");
+        OUTBOX_FUZZ_CHECK(message.retry_after_ms >= 0 && message.started_at_us >= 0 &&
+                              message.duration_us >= 0,
+                          "RESULT numbers decoded negative");
+        OUTBOX_FUZZ_CHECK(message.subscribers.size() <= kMaxSubscriberResults,
+                          "RESULT holds too many subscriber outcomes");
+        for (const SubscriberOutcome& subscriber : message.subscribers) {
+            OUTBOX_FUZZ_CHECK(subscriber.name.size() <= kMaxSubscriberNameBytes &&
+                                  survives_cjson(subscriber.name),
+                              "RESULT subscriber name is not bounded and valid UTF-8");
+        }
+        OUTBOX_FUZZ_CHECK(encode_result(message) == bytes, "RESULT does not re-encode to itself");
+    }
 }
 
 struct StreamOutcome {
@@ -247,8 +293,7 @@ struct StreamOutcome {
 
 // Feeds `input` in pieces of the given sizes (repeated), taking every frame after each piece the
 // way a channel owner does after each read. An empty `pieces` feeds everything at once. Each
-// frame is handed to `on_frame` before the next one is decoded, because an EVENT's parsed event
-// borrows from its Frame.
+// frame is handed to `on_frame` before the next one is decoded, as a channel owner would.
 template <typename OnFrame>
 StreamOutcome decode_stream(std::string_view input, const std::vector<std::size_t>& pieces,
                             OnFrame&& on_frame) {
@@ -269,7 +314,8 @@ StreamOutcome decode_stream(std::string_view input, const std::vector<std::size_
                 break;
             }
             if (next.status == FrameDecoder::Status::error) {
-                OUTBOX_FUZZ_CHECK(!next.error.empty(), "a decoder error without a reason");
+                OUTBOX_FUZZ_CHECK(is_printable_ascii(next.error),
+                                  "a decoder error is not printable ASCII");
                 OUTBOX_FUZZ_CHECK(decoder.failed() && decoder.buffered() == 0,
                                   "a failed decoder still holds input");
                 // Failure is final: the owner closes the channel, later input changes nothing.
@@ -309,19 +355,10 @@ inline void fuzz_frames(std::string_view input) {
     OUTBOX_FUZZ_CHECK(whole.buffered == pieces.buffered,
                       "the bytes left over depend on how the input was split into reads");
 
-    // The same bytes as an event object's text.
-    const auto decoded = decode_event_json(input);
-    const Json object = json_parse(input);
-    if (decoded) {
-        OUTBOX_FUZZ_CHECK(cJSON_IsObject(object.get()), "decoded an event that is not an object");
-        check_decoded_event(decoded.value(), object.get(), input);
-    } else {
-        OUTBOX_FUZZ_CHECK(!decoded.error().empty(), "an event decode error without a reason");
-    }
-    if (cJSON_IsObject(object.get())) {
-        check_member_texts(object.get(), input);
-    }
+    // The same bytes as an EVENT's fields, and as a string.
+    check_event_fields(input);
     check_bounded_error(input);
+    check_json_quote(input);
 }
 
 } // namespace outbox::fuzz

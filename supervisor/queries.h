@@ -42,11 +42,18 @@ inline constexpr char kDlqInsertFromUpd[] = R"sql(
 // C++ only here).
 inline constexpr char kNotifyChannel[] = "outbox_worker";
 
-// Claims up to $2 due events, oldest first, and returns each with the handler-facing event object
-// built by PostgreSQL (SPEC 2: EventLog fields when the row exists, else the Outbox row's), so the
-// supervisor forwards it without parsing the payload.
+// Claims up to $2 due events, oldest first, and returns each as plain columns: what the
+// supervisor keeps per event, then the event's fields of SPEC 2 (EventLog fields when the row
+// exists, else the Outbox row's). PostgreSQL builds no JSON here: the supervisor encodes the
+// columns for the channel as they are (supervisor/claimed_event.h), and payload and metadata are
+// jsonb's text output, which is always valid JSON.
 //   $1 lease owner, $2 limit, $3 LIKE patterns of the subscribed types (NULL: every type),
 //   $4 lease token of this claim, $5 lease length in ms.
+// Columns (claimed_event.h relies on this order): 0 id, 1 retryCount, 2 maxRetries, 3 the Outbox
+// row's eventType, 4 its createdAt in epoch ms (for the latency metric), then the event's fields:
+// 5 eventLogId, 6 eventKey (NULL without an EventLog row), 7 tenantId, 8 projectId, 9 eventType,
+// 10 payload, 11 metadata, 12 correlationId, 13 createdAt (ISO 8601 UTC, microseconds),
+// 14 attempt (retryCount + 1).
 // SKIP LOCKED lets any number of instances claim at once without waiting on each other; a row
 // another transaction is claiming is simply not ours this time.
 inline constexpr const char* kClaim = R"sql(
@@ -71,19 +78,17 @@ UPDATE "Outbox" o
  WHERE o."id" = due."id"
 RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
           (extract(epoch FROM o."createdAt") * 1000)::bigint,
-          json_build_object(
-              'id', o."id",
-              'eventLogId', o."eventLogId",
-              'eventKey', e."eventKey",
-              'tenantId', COALESCE(e."tenantId", o."tenantId"),
-              'projectId', e."projectId",
-              'eventType', COALESCE(e."eventType", o."eventType"),
-              'payload', COALESCE(e."payload", o."payload"),
-              'metadata', e."metadata",
-              'correlationId', e."correlationId",
-              'createdAt', to_char(COALESCE(e."createdAt", o."createdAt") AT TIME ZONE 'UTC',
-                                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-              'attempt', o."retryCount" + 1)::text
+          o."eventLogId",
+          e."eventKey",
+          COALESCE(e."tenantId", o."tenantId"),
+          e."projectId",
+          COALESCE(e."eventType", o."eventType"),
+          COALESCE(e."payload", o."payload"),
+          e."metadata",
+          e."correlationId",
+          to_char(COALESCE(e."createdAt", o."createdAt") AT TIME ZONE 'UTC',
+                  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+          o."retryCount" + 1
 )sql";
 
 // The common case: a batch of outcomes that are all successes. A plain UPDATE (or, with

@@ -176,7 +176,9 @@ void Relay::on_result(uint64_t seq, const ResultMsg& result) {
 }
 
 void Relay::on_failed(uint64_t seq, const std::string& error, bool permanent) {
-    record_failure(seq, bounded_error(error), permanent, 0);
+    // The pool's own messages (a signal, an exit code, a timeout): short ASCII, nothing to make
+    // safe. A handler's error was made safe once, in the handler process (encode_result).
+    record_failure(seq, error, permanent, 0);
 }
 
 void Relay::record_failure(uint64_t seq, std::string error, bool permanent, long retry_after_ms) {

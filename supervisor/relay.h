@@ -20,6 +20,7 @@
 
 #include "common/backoff.h"
 #include "common/protocol.h"
+#include "supervisor/claimed_event.h"
 
 #include <cstdint>
 #include <deque>
@@ -32,16 +33,6 @@
 namespace outbox {
 
 class Telemetry;
-
-// One event as the claim returns it.
-struct ClaimedEvent {
-    std::string id;
-    int retry_count = 0;
-    int max_retries = 5;
-    std::string event_type;
-    int64_t created_at_ms = 0;
-    std::string wire; // the event as it crosses the channel, opaque to the relay
-};
 
 enum class OutcomeKind : int { success = 0, retry = 1, dead_letter = 2 };
 

@@ -3,6 +3,8 @@
 #include "common/pg.h"
 #include "supervisor/queries.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <charconv>
 
@@ -59,41 +61,32 @@ PgRelayStore::PgRelayStore(Options options, DbConnection& claim_db, DbConnection
 
 void PgRelayStore::claim(int limit, int64_t token,
                          std::function<void(StoreStatus, std::vector<ClaimedEvent>)> done) {
-    claim_db_.query_prepared(
-        "outbox_claim", sql::kClaim,
-        {options_.instance_id, std::to_string(limit), like_patterns_, std::to_string(token),
-         std::to_string(options_.lease_ms)},
-        [done = std::move(done)](QueryResult&& r) {
-            StoreStatus status = status_of(r);
-            std::vector<ClaimedEvent> events;
-            if (!status.ok) {
-                done(std::move(status), {});
-                return;
-            }
-            int rows = r.result.rows();
-            events.reserve(static_cast<size_t>(rows));
-            for (int i = 0; i < rows; ++i) {
-                ClaimedEvent e;
-                e.id = r.result.value(i, 0);
-                auto retry_count = parse_int<int>(r.result.view(i, 1));
-                auto max_retries = parse_int<int>(r.result.view(i, 2));
-                auto created_at = parse_int<int64_t>(r.result.view(i, 4));
-                if (!retry_count || !max_retries || !created_at) {
-                    // Rows claimed but unreadable: their leases expire and they are retried.
-                    done(
-                        StoreStatus::failed("the claim returned a malformed row for event " + e.id),
-                        {});
-                    return;
-                }
-                e.retry_count = *retry_count;
-                e.max_retries = *max_retries;
-                e.event_type = r.result.value(i, 3);
-                e.created_at_ms = *created_at;
-                e.wire = r.result.value(i, 5);
-                events.push_back(std::move(e));
-            }
-            done({}, std::move(events));
-        });
+    claim_db_.query_prepared("outbox_claim", sql::kClaim,
+                             {options_.instance_id, std::to_string(limit), like_patterns_,
+                              std::to_string(token), std::to_string(options_.lease_ms)},
+                             [done = std::move(done)](QueryResult&& r) {
+                                 StoreStatus status = status_of(r);
+                                 std::vector<ClaimedEvent> events;
+                                 if (!status.ok) {
+                                     done(std::move(status), {});
+                                     return;
+                                 }
+                                 int rows = r.result.rows();
+                                 events.reserve(static_cast<size_t>(rows));
+                                 for (int i = 0; i < rows; ++i) {
+                                     Decoded<ClaimedEvent> e = claimed_event_from_row(r.result, i);
+                                     if (!e.ok()) {
+                                         // Claimed but unreadable (a bug, never data): the other
+                                         // rows go on; this one is retried, charged one attempt,
+                                         // once its lease expires.
+                                         spdlog::error("claimed row {} cannot be read: {}",
+                                                       r.result.value(i, 0), e.error());
+                                         continue;
+                                     }
+                                     events.push_back(std::move(e.value()));
+                                 }
+                                 done({}, std::move(events));
+                             });
 }
 
 void PgRelayStore::record_successes(

@@ -413,7 +413,7 @@ size_t WorkerPool::in_flight() const {
     return n;
 }
 
-bool WorkerPool::dispatch(uint64_t seq, std::string_view event_json, long timeout_ms) {
+bool WorkerPool::dispatch(uint64_t seq, std::string_view fields, long timeout_ms) {
     Slot* best = nullptr;
     for (auto& [index, slot] : slots_) {
         if (slot->state != SlotState::ready || slot->killed ||
@@ -434,7 +434,7 @@ bool WorkerPool::dispatch(uint64_t seq, std::string_view event_json, long timeou
         return false;
     }
     best->pipeline.push_back({seq, timeout_ms});
-    send(*best, encode_event_frame(seq, timeout_ms, event_json));
+    send(*best, encode_event_frame(seq, timeout_ms, fields));
     if (best->pipeline.size() == 1) {
         arm_timeout(*best);
     }

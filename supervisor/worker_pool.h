@@ -65,8 +65,9 @@ class WorkerPool {
     size_t in_flight() const;
     bool has_processes() const { return !slots_.empty(); }
 
-    // Sends one event to the least-loaded ready slot; false when no slot has room.
-    bool dispatch(uint64_t seq, std::string_view event_json, long timeout_ms);
+    // Sends one event (its fields as encode_event_fields made them, claimed_event.h) to the
+    // least-loaded ready slot; false when no slot has room.
+    bool dispatch(uint64_t seq, std::string_view fields, long timeout_ms);
 
     // While one of these lives, frames for a process are gathered and written together when the
     // outermost one ends: one write (and one wake-up of the process) for all the events a loop

@@ -1,5 +1,7 @@
 #include "worker/exec_handler.h"
 
+#include "common/protocol.h"
+
 #include <spdlog/spdlog.h>
 
 #include <errno.h>
@@ -306,7 +308,7 @@ class TailBuffer {
 };
 
 std::string with_tail(std::string message, const TailBuffer& stderr_tail) {
-    std::string tail = sanitize_error_text(stderr_tail.tail());
+    std::string tail = error_text_from_output(stderr_tail.tail());
     if (!tail.empty()) {
         message += ": ";
         message += tail;
@@ -388,7 +390,7 @@ Result run_exec_handler(const ExecHandlerOptions& options, const Event& event) {
     Fd pidfd(open_pidfd(pid));
     constexpr int kFallbackSliceMs = 10;
 
-    const std::string& input = event.json;
+    const std::string& input = event.json();
     std::size_t written = 0;
     if (input.empty() || !set_nonblocking(stdin_write.get())) {
         // Without a non-blocking stdin the loop could block in write() past the deadline, so the
@@ -501,7 +503,8 @@ Result run_exec_handler(const ExecHandlerOptions& options, const Event& event) {
     const int status = reap(pid);
 
     if (timed_out) {
-        std::string tail = sanitize_error_text(stderr_tail.tail());
+        // For the log line only: the error path makes the text safe in encode_result.
+        std::string tail = bounded_error(error_text_from_output(stderr_tail.tail()));
         if (!tail.empty()) {
             spdlog::warn("exec handler \"{}\" timed out; the end of its stderr: {}", program, tail);
         }
@@ -547,68 +550,25 @@ Handler make_exec_handler(ExecHandlerOptions options) {
     };
 }
 
-std::string sanitize_error_text(std::string_view bytes) {
-    static constexpr std::string_view kReplacement = "\xEF\xBF\xBD";
-    std::size_t i = 0;
+std::string error_text_from_output(std::string_view bytes) {
+    std::size_t begin = 0;
     // A tail cut out of a longer stream may start inside a multi-byte sequence: drop those bytes
-    // rather than turn them into replacement characters.
-    while (i < bytes.size() && i < 3 && (static_cast<unsigned char>(bytes[i]) & 0xC0) == 0x80) {
-        ++i;
-    }
-    std::string out;
-    out.reserve(bytes.size() - i);
-    while (i < bytes.size()) {
-        const auto lead = static_cast<unsigned char>(bytes[i]);
-        if (lead == 0) {
-            out += kReplacement;
-            ++i;
-            continue;
-        }
-        if (lead < 0x80) {
-            out += static_cast<char>(lead);
-            ++i;
-            continue;
-        }
-        // Lengths and the ranges of the second byte per RFC 3629, which rule out overlong forms,
-        // surrogates and code points above U+10FFFF.
-        std::size_t length = 0;
-        unsigned char low = 0x80, high = 0xBF;
-        if (lead >= 0xC2 && lead <= 0xDF) {
-            length = 2;
-        } else if (lead >= 0xE0 && lead <= 0xEF) {
-            length = 3;
-            low = lead == 0xE0 ? 0xA0 : 0x80;
-            high = lead == 0xED ? 0x9F : 0xBF;
-        } else if (lead >= 0xF0 && lead <= 0xF4) {
-            length = 4;
-            low = lead == 0xF0 ? 0x90 : 0x80;
-            high = lead == 0xF4 ? 0x8F : 0xBF;
-        }
-        bool valid = length > 0 && i + length <= bytes.size();
-        for (std::size_t k = 1; valid && k < length; ++k) {
-            const auto next = static_cast<unsigned char>(bytes[i + k]);
-            valid = k == 1 ? (next >= low && next <= high) : (next >= 0x80 && next <= 0xBF);
-        }
-        if (valid) {
-            out.append(bytes.substr(i, length));
-            i += length;
-        } else {
-            out += kReplacement;
-            ++i;
-        }
+    // rather than let them become replacement characters later.
+    while (begin < bytes.size() && begin < 3 &&
+           (static_cast<unsigned char>(bytes[begin]) & 0xC0) == 0x80) {
+        ++begin;
     }
     const auto is_space = [](char c) {
         return c == ' ' || c == '\t' || c == '\r' || c == '\n';
     };
-    std::size_t begin = 0;
-    while (begin < out.size() && is_space(out[begin])) {
+    while (begin < bytes.size() && is_space(bytes[begin])) {
         ++begin;
     }
-    std::size_t end = out.size();
-    while (end > begin && is_space(out[end - 1])) {
+    std::size_t end = bytes.size();
+    while (end > begin && is_space(bytes[end - 1])) {
         --end;
     }
-    return out.substr(begin, end - begin);
+    return std::string(bytes.substr(begin, end - begin));
 }
 
 ScopedSigpipeBlock::ScopedSigpipeBlock() {

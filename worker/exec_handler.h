@@ -46,11 +46,12 @@ constexpr int kExecPermanentExitCode = 65;
 // A Handler that calls run_exec_handler with a copy of `options`.
 Handler make_exec_handler(ExecHandlerOptions options);
 
-// Makes bytes that came from outside (a command's stderr, an HTTP response body) fit to become an
-// error text stored in a PostgreSQL text column: invalid UTF-8 and NUL bytes (which the database
-// rejects) become U+FFFD, a sequence cut at the front is dropped, and surrounding whitespace is
-// trimmed. The http handler shares it.
-std::string sanitize_error_text(std::string_view bytes);
+// Turns bytes that came from outside (the tail of a command's stderr, the start of an HTTP
+// response body) into the text of an error: a UTF-8 sequence cut at the front is dropped and
+// surrounding whitespace is trimmed. Invalid UTF-8 and NUL bytes are left as they are: every
+// handler's error is made safe to store exactly once, by encode_result (common/protocol.h), on its
+// way to the supervisor. The http handler shares it.
+std::string error_text_from_output(std::string_view bytes);
 
 // Blocks SIGPIPE in the calling thread for its lifetime and, on destruction, discards a SIGPIPE
 // raised meanwhile, so that writing to a pipe or socket whose reader went away yields EPIPE instead

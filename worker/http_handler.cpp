@@ -161,9 +161,9 @@ class HttpDelivery {
         response_.clear();
         error_buffer_[0] = '\0';
         curl_easy_setopt(easy, CURLOPT_HTTPHEADER, headers.get());
-        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, event.json.data());
+        curl_easy_setopt(easy, CURLOPT_POSTFIELDS, event.json().data());
         curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
-                         static_cast<curl_off_t>(event.json.size()));
+                         static_cast<curl_off_t>(event.json().size()));
 
         CURLcode code;
         {
@@ -183,7 +183,7 @@ class HttpDelivery {
             return Result::ok();
         }
         std::string message = "HTTP " + std::to_string(status) + " from " + display_url_;
-        std::string body = sanitize_error_text(response_.body_start);
+        std::string body = error_text_from_output(response_.body_start);
         if (!body.empty()) {
             message += ": ";
             message += body;

@@ -1,7 +1,6 @@
 #include "worker/worker_process.h"
 
 #include "common/protocol.h"
-#include "worker/event_decode.h"
 
 #include <spdlog/spdlog.h>
 
@@ -144,11 +143,12 @@ ResultMsg run_event(const EventMsg& message, const std::vector<Subscriber>& subs
     result.started_at_us = realtime_us();
     const int64_t start = monotonic_us();
 
-    Decoded<Event> event = decode_event_object(message.event, message.event_json);
+    Decoded<Event> event = decode_event_fields(message.fields);
     Result outcome;
     if (!event) {
-        // The envelope was fine, so the channel can be trusted; only this event is unusable, and
-        // since it would be just as unusable next time, it fails permanently.
+        // The envelope was fine and the frame's length framed it, so the channel can be trusted;
+        // only this event is unusable, and since it would be just as unusable next time, it
+        // fails permanently.
         spdlog::error("{}: malformed event in EVENT seq {}: {}", options.process_name, message.seq,
                       event.error());
         outcome = Result::permanent("malformed event from the supervisor: " + event.error());
@@ -219,6 +219,9 @@ void run_worker_process(int channel_fd, const std::vector<Subscriber>& subscribe
         const Frame frame = channel.next_frame();
         switch (frame.type) {
         case MessageType::quit:
+            if (const Decoded<QuitMsg> quit = decode_quit(frame); !quit) {
+                channel.protocol_failure(quit.error());
+            }
             // Frames are handled in order, so every EVENT sent before the QUIT has been answered.
             spdlog::debug("{}: QUIT received, exiting", options.process_name);
             exit_worker(kWorkerExitOk);

@@ -29,21 +29,32 @@
 
 namespace outbox {
 
-// One delivery of one event, as SPEC section 2 describes it. `json` is the object exactly as exec
-// and http handlers receive it; the other members are the same fields, decoded.
+// One delivery of one event, as SPEC section 2 describes it: the fields, decoded from the channel
+// without parsing any JSON. payload_json and metadata_json are JSON texts exactly as PostgreSQL
+// wrote them (jsonb), so a handler that parses them sees every digit of a 64-bit integer.
 struct Event {
     std::string id;           // "Outbox".id, stable across attempts: use it for idempotency
     std::string event_log_id; // "EventLog".id
-    std::string event_key;    // the application's idempotency key
+    std::optional<std::string> event_key; // the application's idempotency key; null only for an
+                                          // "Outbox" row whose "EventLog" row is missing
     std::string tenant_id;
-    std::string project_id; // empty when null
+    std::optional<std::string> project_id; // nullopt when the column is NULL
     std::string event_type;
-    std::string payload_json;   // the payload as JSON text
-    std::string metadata_json;  // JSON text, "null" when absent
-    std::string correlation_id; // empty when null
-    std::string created_at;     // ISO 8601 UTC
-    int attempt = 1;            // 1 on the first delivery
-    std::string json;           // the whole event object
+    std::string payload_json;                  // the payload as JSON text
+    std::string metadata_json = "null";        // JSON text, "null" when absent
+    std::optional<std::string> correlation_id; // nullopt when the column is NULL
+    std::string created_at;                    // ISO 8601 UTC, microseconds
+    int attempt = 1;                           // 1 on the first delivery
+
+    // The whole event object as exec and http handlers receive it (SPEC 2 names and field order),
+    // built from the members above on the first call by concatenation (payload and metadata
+    // inserted verbatim, an empty one as null) and kept: set the members first and change none
+    // afterwards. The first call is not safe from two threads at once; handlers are called from
+    // one thread. C++ handlers that read the members never pay for it.
+    const std::string& json() const;
+
+  private:
+    mutable std::string json_; // empty until json() builds it (common/json.cpp)
 };
 
 enum class Outcome {

@@ -1,5 +1,6 @@
 // The exec handler against real commands (/bin/sh and coreutils): outcomes, stdin, environment,
 // stderr tail, timeouts, and that no process of the command outlives a call.
+#include "common/protocol.h"
 #include "worker/exec_handler.h"
 
 #include <catch2/catch.hpp>
@@ -23,13 +24,16 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-outbox::Event make_event(std::string json = R"({"id":"ob_1","eventType":"order.created"})") {
+outbox::Event make_event(std::string payload_json = R"({"sku":"A-1"})") {
     outbox::Event event;
     event.id = "ob_1";
+    event.event_log_id = "el_1";
+    event.event_key = "order-1";
     event.event_type = "order.created";
     event.tenant_id = "tenant-a";
+    event.payload_json = std::move(payload_json);
+    event.created_at = "2024-05-01T12:00:00.000000Z";
     event.attempt = 3;
-    event.json = std::move(json);
     return event;
 }
 
@@ -200,10 +204,17 @@ TEST_CASE("exec: background processes do not outlive a successful command", "[ex
 TEST_CASE("exec: the event JSON arrives on stdin, complete", "[exec_handler]") {
     TempDir dir;
     const std::string out = dir.file("stdin");
-    const outbox::Event event = make_event(R"({"id":"ob_1","payload":{"sku":"A-1","qty":2}})");
+    const outbox::Event event =
+        make_event(R"({"sku": "A-1", "qty": 2, "id": 12345678901234567890})");
     const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
     REQUIRE(result.outcome == outbox::Outcome::success);
-    CHECK(read_file(out) == event.json);
+    // SPEC 2's object, fields in order, the payload verbatim (an integer no double holds).
+    CHECK(read_file(out) ==
+          R"({"id":"ob_1","eventLogId":"el_1","eventKey":"order-1","tenantId":"tenant-a",)"
+          R"("projectId":null,"eventType":"order.created",)"
+          R"("payload":{"sku": "A-1", "qty": 2, "id": 12345678901234567890},"metadata":null,)"
+          R"("correlationId":null,"createdAt":"2024-05-01T12:00:00.000000Z","attempt":3})");
+    CHECK(read_file(out) == event.json());
 }
 
 TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec_handler]") {
@@ -212,7 +223,21 @@ TEST_CASE("exec: a 1 MiB event goes through stdin", "[exec_handler]") {
     const outbox::Event event = make_event("\"" + std::string(1024 * 1024, 'p') + "\"");
     const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
     REQUIRE(result.outcome == outbox::Outcome::success);
-    CHECK(read_file(out).size() == event.json.size());
+    CHECK(read_file(out).size() == event.json().size());
+}
+
+TEST_CASE("exec: a payload nested 100,000 deep reaches the command verbatim", "[exec_handler]") {
+    // Nothing in the handler process parses the payload, so no nesting limit applies to it: the
+    // command gets the text and decides for itself.
+    TempDir dir;
+    const std::string out = dir.file("stdin");
+    const std::string payload = std::string(100000, '[') + std::string(100000, ']');
+    const outbox::Event event = make_event(payload);
+    const outbox::Result result = run({"sh", "-c", "cat > \"$1\"", "sh", out}, 10000, {}, event);
+    REQUIRE(result.outcome == outbox::Outcome::success);
+    const std::string received = read_file(out);
+    CHECK(received == event.json());
+    CHECK(received.find(",\"payload\":" + payload + ",\"metadata\":null,") != std::string::npos);
 }
 
 TEST_CASE("exec: a command that ignores a 1 MiB stdin does not deadlock", "[exec_handler]") {
@@ -324,15 +349,35 @@ TEST_CASE("exec: the handler process keeps working after many runs", "[exec_hand
     CHECK(wait_error == ECHILD);
 }
 
-TEST_CASE("exec: sanitize_error_text makes bytes storable", "[exec_handler]") {
-    CHECK(outbox::sanitize_error_text("  plain text \n") == "plain text");
-    CHECK(outbox::sanitize_error_text("caf\xC3\xA9") == "caf\xC3\xA9");
+TEST_CASE("exec: error_text_from_output trims, and leaves sanitising to the RESULT encoder",
+          "[exec_handler]") {
+    CHECK(outbox::error_text_from_output("  plain text \n") == "plain text");
+    CHECK(outbox::error_text_from_output("caf\xC3\xA9") == "caf\xC3\xA9");
     // A multi-byte character cut at the front of a tail is dropped, not replaced.
-    CHECK(outbox::sanitize_error_text("\xA9 rest") == "rest");
-    CHECK(outbox::sanitize_error_text(std::string("a\0b", 3)) == "a\xEF\xBF\xBD"
-                                                                 "b");
-    CHECK(outbox::sanitize_error_text("x\xFFy") == "x\xEF\xBF\xBDy");
-    CHECK(outbox::sanitize_error_text("x\xC3") == "x\xEF\xBF\xBD"); // truncated at the end
-    CHECK(outbox::sanitize_error_text("x\xED\xA0\x80") ==           // a UTF-16 surrogate
-          "x\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD");
+    CHECK(outbox::error_text_from_output("\xA9 rest") == "rest");
+    CHECK(outbox::error_text_from_output("\x82\xAC\xA9\x80x") == "\x80x"); // at most 3 dropped
+    // Anything else stays as it came: encode_result replaces it, once.
+    CHECK(outbox::error_text_from_output(std::string("a\0b", 3)) == std::string("a\0b", 3));
+    CHECK(outbox::error_text_from_output("x\xFFy") == "x\xFFy");
+    CHECK(outbox::error_text_from_output("") == "");
+    CHECK(outbox::error_text_from_output(" \n\t") == "");
+}
+
+TEST_CASE("exec: a stderr that is not UTF-8 reaches the supervisor made safe, once",
+          "[exec_handler]") {
+    const outbox::Result result =
+        run({"sh", "-c", "printf 'bad \\377 byte\\n' >&2; exit 3"}, 10000);
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK_THAT(result.error, Catch::EndsWith("bad \xFF byte"));
+    outbox::ResultMsg message;
+    message.outcome = result.outcome;
+    message.error = result.error;
+    const std::string frame = outbox::encode_result(message);
+    outbox::FrameDecoder decoder;
+    decoder.feed(frame.data(), frame.size());
+    outbox::FrameDecoder::Next next = decoder.next();
+    REQUIRE(next.status == outbox::FrameDecoder::Status::frame);
+    const auto received = outbox::decode_result(next.frame);
+    REQUIRE(received.ok());
+    CHECK_THAT(received.value().error, Catch::EndsWith("bad \xEF\xBF\xBD byte"));
 }

@@ -63,7 +63,7 @@ outbox::Event make_event() {
     outbox::Event event;
     event.id = "ob_1";
     event.event_type = "order.created";
-    event.json = "{}";
+    event.payload_json = "{}";
     return event;
 }
 

@@ -237,7 +237,7 @@ outbox::Event make_event() {
     event.event_type = "order.created";
     event.tenant_id = "tenant-a";
     event.attempt = 2;
-    event.json = R"({"id":"ob_42","eventType":"order.created","payload":{"total":12.5}})";
+    event.payload_json = R"({"total": 12.5})";
     return event;
 }
 
@@ -265,7 +265,7 @@ TEST_CASE("http: 2xx is success; body and headers arrive", "[http_handler]") {
     REQUIRE(server.wait_for_requests(1));
     const ReceivedRequest request = server.requests().at(0);
     CHECK(request.request_line == "POST /hook HTTP/1.1");
-    CHECK(request.body == event.json);
+    CHECK(request.body == event.json());
     CHECK(request.header("Idempotency-Key") == "ob_42");
     CHECK(request.header("X-Outbox-Event-Type") == "order.created");
     CHECK(request.header("X-Outbox-Attempt") == "2");
@@ -282,7 +282,7 @@ TEST_CASE("http: PUT and PATCH send the body under that method", "[http_handler]
     CHECK(handler_for(server.url(), 5000, {}, method)(event).outcome == outbox::Outcome::success);
     REQUIRE(server.wait_for_requests(1));
     CHECK(server.requests().at(0).request_line == method + " /hook HTTP/1.1");
-    CHECK(server.requests().at(0).body == event.json);
+    CHECK(server.requests().at(0).body == event.json());
 }
 
 TEST_CASE("http: a configured Content-Type replaces the default", "[http_handler]") {
@@ -362,7 +362,9 @@ TEST_CASE("http: a server that never answers times out", "[http_handler]") {
     CHECK(result.outcome == outbox::Outcome::retry);
     INFO(result.error);
     CHECK(result.error.starts_with("timed out after 300 ms: POST " + server.url()));
-    CHECK(elapsed >= 300ms);
+    // libcurl keeps time in whole milliseconds and may fire its timeout up to one early, as
+    // measured here (seen: 299.45 ms).
+    CHECK(elapsed >= 299ms);
     CHECK(elapsed < 2000ms);
     CHECK(server.requests().size() == 1);
 }

@@ -1,12 +1,13 @@
-// Frames, messages and JSON helpers of the supervisor <-> handler process channel.
+// Frames and messages of the supervisor <-> handler process channel, the event's wire fields, and
+// the JSON text the handler process writes for exec and http handlers.
 #include "common/json.h"
 #include "common/protocol.h"
-#include "worker/event_decode.h"
 
 #include <catch2/catch.hpp>
 
 #include <climits>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -14,26 +15,42 @@ using namespace outbox;
 
 namespace {
 
-// An event object as the supervisor sends it: PostgreSQL's jsonb text (spaces after ':' and ','),
-// with a payload number no double can hold, so that any re-serialisation would show.
-const std::string kEventJson =
-    R"({"id": "ob_1", "eventLogId": "el_1", "eventKey": "order-7", "tenantId": "t1", )"
-    R"("projectId": null, "eventType": "shop.order.created", )"
-    R"("payload": {"orderId": 12345678901234567890123, "note": "a \"quoted\" {brace}"}, )"
-    R"("metadata": {"source": "api"}, "correlationId": "corr-9", )"
-    R"("createdAt": "2024-05-01T12:00:00.000000Z", "attempt": 3})";
-
-std::string header(uint32_t length) {
+// Big-endian integers and length-prefixed strings, written independently of protocol.cpp so that
+// the tests pin the byte layout of docs/protocol.md rather than whatever the encoder does.
+std::string be32(uint32_t value) {
     std::string bytes(4, '\0');
-    bytes[0] = static_cast<char>(length >> 24);
-    bytes[1] = static_cast<char>(length >> 16);
-    bytes[2] = static_cast<char>(length >> 8);
-    bytes[3] = static_cast<char>(length);
+    for (int i = 0; i < 4; ++i) {
+        bytes[static_cast<size_t>(i)] = static_cast<char>(value >> (24 - 8 * i));
+    }
     return bytes;
 }
 
+std::string be64(uint64_t value) {
+    std::string bytes(8, '\0');
+    for (int i = 0; i < 8; ++i) {
+        bytes[static_cast<size_t>(i)] = static_cast<char>(value >> (56 - 8 * i));
+    }
+    return bytes;
+}
+
+std::string str(const std::string& text) {
+    return be32(static_cast<uint32_t>(text.size())) + text;
+}
+
+std::string byte(uint8_t value) {
+    return std::string(1, static_cast<char>(value));
+}
+
+std::string null_str() {
+    return byte(0);
+}
+
+std::string some_str(const std::string& text) {
+    return std::string(1, '\1') + str(text);
+}
+
 std::string raw_frame(char type, const std::string& body) {
-    return header(static_cast<uint32_t>(body.size() + 1)) + type + body;
+    return be32(static_cast<uint32_t>(body.size() + 1)) + type + body;
 }
 
 // Decodes a complete buffer, requiring that it holds only whole, valid frames.
@@ -116,6 +133,17 @@ bool valid_utf8(const std::string& text) {
     return true;
 }
 
+// Error texts go to logs and, for a handler process killed for a bad frame, into "lastError":
+// they must be plain text whatever bytes the frame held.
+bool printable_ascii(const std::string& text) {
+    for (const char c : text) {
+        if (c < 0x20 || c > 0x7e) {
+            return false;
+        }
+    }
+    return !text.empty();
+}
+
 ResultMsg sample_result(uint64_t seq, Outcome outcome) {
     ResultMsg result;
     result.seq = seq;
@@ -127,37 +155,92 @@ ResultMsg sample_result(uint64_t seq, Outcome outcome) {
     return result;
 }
 
+// An event as a claim returns it: PostgreSQL's jsonb text (spaces after ':' and ','), with a
+// payload number no double can hold, so that any re-serialisation would show.
+Event sample_event() {
+    Event event;
+    event.id = "ob_1";
+    event.event_log_id = "el_1";
+    event.event_key = "order-7";
+    event.tenant_id = "t1";
+    event.project_id = std::nullopt;
+    event.event_type = "shop.order.created";
+    event.payload_json = R"({"note": "a \"quoted\" {brace}", "orderId": 12345678901234567890123})";
+    event.metadata_json = R"({"source": "api"})";
+    event.correlation_id = "";
+    event.created_at = "2024-05-01T12:00:00.000000Z";
+    event.attempt = 3;
+    return event;
+}
+
+// The wire fields of sample_event(), spelled out byte by byte.
+std::string sample_fields_bytes() {
+    const Event e = sample_event();
+    return str(e.id) + str(e.event_log_id) + some_str(*e.event_key) + str(e.tenant_id) +
+           null_str() + str(e.event_type) + str(e.payload_json) + some_str(e.metadata_json) +
+           some_str("") + str(e.created_at) + be32(3);
+}
+
+bool same_event(const Event& a, const Event& b) {
+    return a.id == b.id && a.event_log_id == b.event_log_id && a.event_key == b.event_key &&
+           a.tenant_id == b.tenant_id && a.project_id == b.project_id &&
+           a.event_type == b.event_type && a.payload_json == b.payload_json &&
+           a.metadata_json == b.metadata_json && a.correlation_id == b.correlation_id &&
+           a.created_at == b.created_at && a.attempt == b.attempt;
+}
+
+std::string result_body(const std::string& error = "e", uint8_t outcome = 1,
+                        const std::string& subscribers = be32(0)) {
+    return be64(1) + std::string(1, static_cast<char>(outcome)) + str(error) + be64(0) + be64(1) +
+           be64(2) + subscribers;
+}
+
+std::string hello_error(const std::string& body) {
+    const auto decoded = decode_hello(decode_one(raw_frame('H', body)));
+    return decoded.ok() ? std::string() : decoded.error();
+}
+
+std::string event_error(const std::string& body) {
+    const auto decoded = decode_event(decode_one(raw_frame('E', body)));
+    return decoded.ok() ? std::string() : decoded.error();
+}
+
+std::string result_error(const std::string& body) {
+    const auto decoded = decode_result(decode_one(raw_frame('R', body)));
+    return decoded.ok() ? std::string() : decoded.error();
+}
+
+std::string fields_error(const std::string& fields) {
+    const auto decoded = decode_event_fields(fields);
+    return decoded.ok() ? std::string() : decoded.error();
+}
+
 } // namespace
 
-TEST_CASE("HELLO round trip and frame layout", "[protocol]") {
+TEST_CASE("HELLO round trip and byte layout", "[protocol]") {
     const std::string bytes = encode_hello(HelloMsg{4242, kProtocolVersion});
-    REQUIRE(bytes.size() > 5);
-    const uint32_t length = (uint32_t{static_cast<unsigned char>(bytes[0])} << 24) |
-                            (uint32_t{static_cast<unsigned char>(bytes[1])} << 16) |
-                            (uint32_t{static_cast<unsigned char>(bytes[2])} << 8) |
-                            uint32_t{static_cast<unsigned char>(bytes[3])};
-    CHECK(length == bytes.size() - 4);
-    CHECK(bytes[4] == 'H');
+    CHECK(bytes == be32(9) + "H" + be32(2) + be32(4242));
 
     const Frame frame = decode_one(bytes);
     CHECK(frame.type == MessageType::hello);
     const auto hello = decode_hello(frame);
     REQUIRE(hello.ok());
     CHECK(hello.value().pid == 4242);
-    CHECK(hello.value().protocol == 1);
+    CHECK(hello.value().protocol == 2);
 }
 
 TEST_CASE("QUIT is the smallest frame", "[protocol]") {
     const std::string bytes = encode_quit();
-    CHECK(bytes == std::string("\0\0\0\3Q{}", 7));
+    CHECK(bytes == std::string("\0\0\0\1Q", 5));
     const Frame frame = decode_one(bytes);
     CHECK(frame.type == MessageType::quit);
     CHECK(decode_quit(frame).ok());
 }
 
-TEST_CASE("RESULT round trip for every outcome", "[protocol]") {
+TEST_CASE("RESULT round trip for every outcome, and its byte layout", "[protocol]") {
     for (const Outcome outcome : {Outcome::success, Outcome::retry, Outcome::permanent}) {
-        const ResultMsg sent = sample_result(77, outcome);
+        ResultMsg sent = sample_result(77, outcome);
+        sent.subscribers = {{"code#0", Outcome::success}, {"billing", outcome}};
         const Frame frame = decode_one(encode_result(sent));
         CHECK(frame.type == MessageType::result);
         const auto received = decode_result(frame);
@@ -168,54 +251,105 @@ TEST_CASE("RESULT round trip for every outcome", "[protocol]") {
         CHECK(received.value().retry_after_ms == sent.retry_after_ms);
         CHECK(received.value().started_at_us == sent.started_at_us);
         CHECK(received.value().duration_us == sent.duration_us);
+        REQUIRE(received.value().subscribers.size() == 2);
+        CHECK(received.value().subscribers[0].name == "code#0");
+        CHECK(received.value().subscribers[0].outcome == Outcome::success);
+        CHECK(received.value().subscribers[1].name == "billing");
+        CHECK(received.value().subscribers[1].outcome == outcome);
     }
+
+    ResultMsg result = sample_result(5, Outcome::permanent);
+    result.error = "no";
+    result.subscribers = {{"s", Outcome::retry}};
+    const std::string body = be64(5) + "\2" + str("no") + be64(0) + be64(1714564800123456) +
+                             be64(2750) + be32(1) + str("s") + "\1";
+    CHECK(encode_result(result) == raw_frame('R', body));
+
+    // Negative numbers are a caller's bug; they go out as 0 rather than as a frame the supervisor
+    // would have to reject.
+    result.retry_after_ms = -5;
+    result.duration_us = -1;
+    const auto decoded = decode_result(decode_one(encode_result(result)));
+    REQUIRE(decoded.ok());
+    CHECK(decoded.value().retry_after_ms == 0);
+    CHECK(decoded.value().duration_us == 0);
 }
 
-TEST_CASE("EVENT frames carry the event object verbatim", "[protocol]") {
-    const std::string bytes = encode_event_frame(9007199254740991ULL, 30000, kEventJson);
+TEST_CASE("EVENT frames carry the event's fields, decoded without JSON", "[protocol]") {
+    const Event event = sample_event();
+    const std::string fields = encode_event_fields(event_fields_of(event));
+    CHECK(fields == sample_fields_bytes());
+
+    const std::string bytes = encode_event_frame(9007199254740993ULL, 30000, fields);
+    CHECK(bytes == raw_frame('E', be64(9007199254740993ULL) + be64(30000) + fields));
     const Frame frame = decode_one(bytes);
     CHECK(frame.type == MessageType::event);
     const auto message = decode_event(frame);
     REQUIRE(message.ok());
-    CHECK(message.value().seq == 9007199254740991ULL);
+    CHECK(message.value().seq == 9007199254740993ULL);
     CHECK(message.value().timeout_ms == 30000);
+    CHECK(message.value().fields == fields);
+
+    const auto decoded = decode_event_fields(message.value().fields);
+    REQUIRE(decoded.ok());
+    const Event& received = decoded.value();
+    CHECK(same_event(received, event));
     // Byte for byte, spaces and the oversized integer included: nothing was re-serialised.
-    CHECK(message.value().event_json == kEventJson);
-    REQUIRE(message.value().event != nullptr);
-    CHECK(json_string(message.value().event, "eventType") == "shop.order.created");
+    CHECK(received.payload_json == event.payload_json);
+    // Null and the empty string stay apart.
+    CHECK_FALSE(received.project_id.has_value());
+    REQUIRE(received.correlation_id.has_value());
+    CHECK(received.correlation_id->empty());
 
     // encode_event goes through the same path.
     EventMsg typed;
     typed.seq = 5;
     typed.timeout_ms = 100;
-    typed.event_json = kEventJson;
-    CHECK(encode_event(typed) == encode_event_frame(5, 100, kEventJson));
+    typed.fields = fields;
+    CHECK(encode_event(typed) == encode_event_frame(5, 100, fields));
+
+    // Metadata "null" (absent) travels as null and comes back as "null".
+    Event bare = event;
+    bare.metadata_json = "null";
+    bare.event_key.reset();
+    const auto bare_decoded = decode_event_fields(encode_event_fields(event_fields_of(bare)));
+    REQUIRE(bare_decoded.ok());
+    CHECK(bare_decoded.value().metadata_json == "null");
+    CHECK_FALSE(bare_decoded.value().event_key.has_value());
 }
 
-TEST_CASE("event_fits_in_frame is exact for the worst-case envelope", "[protocol]") {
+TEST_CASE("event_fits_in_frame is exact", "[protocol]") {
     size_t fits = kMaxFrameBody;
     while (!event_fits_in_frame(fits)) {
         --fits;
     }
     CHECK_FALSE(event_fits_in_frame(fits + 1));
-    CHECK(fits > kMaxFrameBody - 128);
+    CHECK(fits == kMaxFrameBody - 17); // type byte, seq, timeout
 
-    // The largest event that fits, with the longest seq and timeout, still decodes as a frame.
-    std::string event = "{\"p\":\"";
-    event.append(fits - event.size() - 2, 'x');
-    event += "\"}";
-    REQUIRE(event.size() == fits);
-    const std::string bytes = encode_event_frame(UINT64_MAX, LONG_MIN, event);
+    // The largest event that fits still decodes, as a frame and as fields.
+    Event event = sample_event();
+    event.payload_json.clear();
+    const size_t rest = encode_event_fields(event_fields_of(event)).size();
+    event.payload_json = "\"" + std::string(fits - rest - 2, 'x') + "\"";
+    const std::string fields = encode_event_fields(event_fields_of(event));
+    REQUIRE(fields.size() == fits);
+    const std::string bytes = encode_event_frame(UINT64_MAX, LONG_MAX, fields);
     CHECK(bytes.size() == kFrameHeaderSize + kMaxFrameBody);
     FrameDecoder decoder;
     decoder.feed(bytes.data(), bytes.size());
-    CHECK(decoder.next().status == FrameDecoder::Status::frame);
+    FrameDecoder::Next next = decoder.next();
+    REQUIRE(next.status == FrameDecoder::Status::frame);
+    const auto message = decode_event(next.frame);
+    REQUIRE(message.ok());
+    CHECK(message.value().timeout_ms == LONG_MAX);
+    CHECK(decode_event_fields(message.value().fields).ok());
 }
 
 TEST_CASE("frames split at every byte boundary decode the same", "[protocol]") {
-    const std::string stream = encode_hello(HelloMsg{17, kProtocolVersion}) +
-                               encode_event_frame(1, 250, kEventJson) +
-                               encode_result(sample_result(1, Outcome::retry)) + encode_quit();
+    const std::string stream =
+        encode_hello(HelloMsg{17, kProtocolVersion}) +
+        encode_event_frame(1, 250, encode_event_fields(event_fields_of(sample_event()))) +
+        encode_result(sample_result(1, Outcome::retry)) + encode_quit();
     const std::vector<Frame> expected = decode_all(stream);
     REQUIRE(expected.size() == 4);
 
@@ -295,7 +429,7 @@ TEST_CASE("many frames in one buffer decode in order and in linear time", "[prot
 TEST_CASE("a bad length is rejected as soon as the header arrives", "[protocol]") {
     SECTION("too long") {
         FrameDecoder decoder;
-        const std::string bytes = header(kMaxFrameBody + 1);
+        const std::string bytes = be32(kMaxFrameBody + 1);
         decoder.feed(bytes.data(), 3);
         CHECK(decoder.next().status == FrameDecoder::Status::need_more);
         decoder.feed(bytes.data() + 3, 1);
@@ -311,16 +445,13 @@ TEST_CASE("a bad length is rejected as soon as the header arrives", "[protocol]"
     }
     SECTION("exactly the limit is accepted as far as the header goes") {
         FrameDecoder decoder;
-        const std::string bytes = header(kMaxFrameBody) + "E";
+        const std::string bytes = be32(kMaxFrameBody) + "E";
         decoder.feed(bytes.data(), bytes.size());
         CHECK(decoder.next().status == FrameDecoder::Status::need_more);
     }
-    SECTION("zero and too short") {
-        for (uint32_t length : {0U, 1U, 2U}) {
-            const std::string error = decoder_error(header(length) + std::string(length, 'Q'));
-            CHECK_THAT(error, Catch::Contains("frame length " + std::to_string(length)));
-        }
-        CHECK(decoder_error(raw_frame('Q', "{}")).empty());
+    SECTION("zero, and the type byte alone") {
+        CHECK_THAT(decoder_error(be32(0)), Catch::Contains("frame length 0"));
+        CHECK(decoder_error(be32(1) + "Q").empty());
     }
 }
 
@@ -331,79 +462,207 @@ TEST_CASE("unknown type bytes are rejected before the body arrives", "[protocol]
     const FrameDecoder::Next next = decoder.next();
     REQUIRE(next.status == FrameDecoder::Status::error);
     CHECK_THAT(next.error, Catch::Contains("0x5a"));
-    CHECK_THAT(decoder_error(raw_frame('\0', "{}")), Catch::Contains("0x00"));
+    CHECK_THAT(decoder_error(raw_frame('\0', "")), Catch::Contains("0x00"));
+    // A JSON body of protocol version 1 is not mistaken for anything.
+    CHECK_THAT(decoder_error(raw_frame('{', "}")), Catch::Contains("0x7b"));
 }
 
-TEST_CASE("bodies that are not one JSON object are rejected", "[protocol]") {
-    CHECK_THAT(decoder_error(raw_frame('R', "[1,2]")), Catch::Contains("not a JSON object"));
-    CHECK_THAT(decoder_error(raw_frame('R', "\"s\"")), Catch::Contains("not a JSON object"));
-    CHECK_THAT(decoder_error(raw_frame('R', "{\"seq\":")), Catch::Contains("not valid JSON"));
-    CHECK_THAT(decoder_error(raw_frame('R', "{} {}")), Catch::Contains("not valid JSON"));
-    CHECK(decoder_error(raw_frame('R', " {} ")).empty());
+TEST_CASE("HELLO: version first, pid in range, nothing after", "[protocol]") {
+    CHECK(hello_error(be32(2) + be32(10)).empty());
+    CHECK_THAT(hello_error(be32(1) + be32(10)),
+               Catch::Contains("protocol version 1") && Catch::StartsWith("HELLO: "));
+    // A version-1 process sends JSON; its first four bytes are read as a version, not trusted.
+    CHECK_THAT(hello_error(R"({"pid":10,"protocol":1})"), Catch::Contains("protocol version"));
+    CHECK_THAT(hello_error(be32(2) + be32(0)), Catch::Contains("\"pid\" is 0"));
+    CHECK_THAT(hello_error(be32(2) + be32(0x80000000U)), Catch::Contains("\"pid\""));
+    CHECK_THAT(hello_error(be32(2) + std::string(3, '\1')),
+               Catch::Contains("\"pid\" is cut short"));
+    CHECK_THAT(hello_error(""), Catch::Contains("\"protocol\" is cut short"));
+    CHECK_THAT(hello_error(be32(2) + be32(10) + "x"), Catch::Contains("1 unexpected bytes"));
 }
 
-TEST_CASE("messages with missing or mistyped fields are rejected", "[protocol]") {
-    const auto result_error = [](const std::string& body) {
-        const auto decoded = decode_result(decode_one(raw_frame('R', body)));
-        return decoded.ok() ? std::string() : decoded.error();
-    };
-    const std::string good = R"("outcome":"retry","error":"e","retryAfterMs":0,)"
-                             R"("startedAtUs":1,"durationUs":2)";
-    CHECK(result_error("{\"seq\":1," + good + "}").empty());
-    CHECK_THAT(result_error("{" + good + "}"), Catch::Contains("\"seq\" is missing"));
-    CHECK_THAT(result_error("{\"seq\":1.5," + good + "}"), Catch::Contains("\"seq\" must be"));
-    CHECK_THAT(result_error("{\"seq\":-1," + good + "}"), Catch::Contains("\"seq\" must be"));
-    CHECK_THAT(result_error("{\"seq\":\"1\"," + good + "}"), Catch::Contains("\"seq\" must be"));
-    CHECK_THAT(result_error(R"({"seq":1,"outcome":"maybe","error":"","retryAfterMs":0,)"
-                            R"("startedAtUs":1,"durationUs":2})"),
-               Catch::Contains("\"outcome\""));
-    CHECK_THAT(result_error(R"({"seq":1,"outcome":"retry","error":7,"retryAfterMs":0,)"
-                            R"("startedAtUs":1,"durationUs":2})"),
-               Catch::Contains("\"error\" must be a string"));
-    CHECK_THAT(result_error(R"({"seq":1,"outcome":"retry","error":"","retryAfterMs":0,)"
-                            R"("startedAtUs":1})"),
-               Catch::Contains("\"durationUs\" is missing"));
-    CHECK_THAT(result_error("{" + good + "}"), Catch::StartsWith("RESULT: "));
+TEST_CASE("EVENT: the envelope is checked, the fields separately", "[protocol]") {
+    const std::string fields = sample_fields_bytes();
+    CHECK(event_error(be64(1) + be64(5) + fields).empty());
+    CHECK_THAT(event_error(""), Catch::Contains("\"seq\" is cut short"));
+    CHECK_THAT(event_error(be64(1) + be32(0)), Catch::Contains("\"timeoutMs\" is cut short"));
+    CHECK_THAT(event_error(be64(1) + be64(uint64_t{1} << 63) + fields),
+               Catch::Contains("\"timeoutMs\" is 9223372036854775808"));
+    // The envelope alone is a well-formed EVENT; its (empty) fields are what is wrong.
+    const auto bare = decode_event(decode_one(raw_frame('E', be64(1) + be64(5))));
+    REQUIRE(bare.ok());
+    CHECK_THAT(fields_error(std::string(bare.value().fields)), Catch::Contains("\"id\""));
+}
 
-    const auto event_error = [](const std::string& body) {
-        const auto decoded = decode_event(decode_one(raw_frame('E', body)));
-        return decoded.ok() ? std::string() : decoded.error();
+TEST_CASE("event fields: every malformation is an error naming the field", "[protocol]") {
+    const Event e = sample_event();
+    // The fields one by one, so that each can be replaced.
+    std::vector<std::string> parts = {str(e.id),
+                                      str(e.event_log_id),
+                                      some_str(*e.event_key),
+                                      str(e.tenant_id),
+                                      null_str(),
+                                      str(e.event_type),
+                                      str(e.payload_json),
+                                      some_str(e.metadata_json),
+                                      some_str(""),
+                                      str(e.created_at),
+                                      be32(3)};
+    const std::vector<std::string> names = {
+        "id",      "eventLogId", "eventKey",      "tenantId",  "projectId", "eventType",
+        "payload", "metadata",   "correlationId", "createdAt", "attempt"};
+    const auto join = [](const std::vector<std::string>& pieces) {
+        std::string all;
+        for (const std::string& piece : pieces) {
+            all += piece;
+        }
+        return all;
     };
-    CHECK(event_error(R"({"seq":1,"timeoutMs":5,"event":{}})").empty());
-    CHECK_THAT(event_error(R"({"timeoutMs":5,"event":{}})"), Catch::Contains("\"seq\" is missing"));
-    CHECK_THAT(event_error(R"({"seq":1,"timeoutMs":"5","event":{}})"),
-               Catch::Contains("\"timeoutMs\" must be"));
-    CHECK_THAT(event_error(R"({"seq":1,"timeoutMs":5})"), Catch::Contains("\"event\" is missing"));
-    CHECK_THAT(event_error(R"({"seq":1,"timeoutMs":5,"event":[]})"),
-               Catch::Contains("\"event\" must be an object"));
+    REQUIRE(fields_error(join(parts)).empty());
 
-    const auto hello_error = [](const std::string& body) {
-        const auto decoded = decode_hello(decode_one(raw_frame('H', body)));
-        return decoded.ok() ? std::string() : decoded.error();
-    };
-    CHECK(hello_error(R"({"pid":10,"protocol":1})").empty());
-    CHECK_THAT(hello_error(R"({"protocol":1})"), Catch::Contains("\"pid\" is missing"));
-    CHECK_THAT(hello_error(R"({"pid":0,"protocol":1})"), Catch::Contains("\"pid\" must be"));
-    CHECK_THAT(hello_error(R"({"pid":10,"protocol":2})"), Catch::Contains("protocol version 2"));
+    SECTION("cut short at every byte") {
+        const std::string all = join(parts);
+        for (size_t size = 0; size < all.size(); ++size) {
+            const std::string error = fields_error(all.substr(0, size));
+            INFO("first " << size << " bytes");
+            CHECK_THAT(error, Catch::Contains("cut short") || Catch::Contains("only"));
+            CHECK(printable_ascii(error));
+        }
+    }
+    SECTION("a length beyond the end of the frame, in every string field") {
+        for (size_t i = 0; i + 1 < parts.size(); ++i) {
+            std::vector<std::string> broken = parts;
+            const bool tagged = i == 2 || i == 4 || i == 7 || i == 8;
+            broken[i] = (tagged ? std::string(1, '\1') : std::string()) + be32(0xffffffffU);
+            INFO("field " << names[i]);
+            CHECK_THAT(fields_error(join(broken)),
+                       Catch::Contains("\"" + names[i] + "\" has length 4294967295"));
+        }
+    }
+    SECTION("a null tag other than 0 and 1") {
+        for (const size_t i : {size_t{2}, size_t{4}, size_t{7}, size_t{8}}) {
+            std::vector<std::string> broken = parts;
+            broken[i][0] = '\2';
+            CHECK_THAT(fields_error(join(broken)),
+                       Catch::Contains("\"" + names[i] + "\" has null tag 2"));
+        }
+    }
+    SECTION("payload and metadata are never empty") {
+        std::vector<std::string> broken = parts;
+        broken[6] = str("");
+        CHECK_THAT(fields_error(join(broken)), Catch::Contains("\"payload\" is empty"));
+        broken = parts;
+        broken[7] = some_str("");
+        CHECK_THAT(fields_error(join(broken)), Catch::Contains("\"metadata\" is empty"));
+        broken[7] = null_str();
+        CHECK(fields_error(join(broken)).empty());
+    }
+    SECTION("attempt is at least 1 and an int") {
+        parts.back() = be32(0);
+        CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"attempt\" is 0"));
+        parts.back() = be32(0x80000000U);
+        CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"attempt\" is 2147483648"));
+    }
+    SECTION("nothing after the last field") {
+        CHECK_THAT(fields_error(join(parts) + "xy"), Catch::Contains("2 unexpected bytes"));
+    }
+}
 
-    // A frame of another type is an error too, not a crash or a misread.
+TEST_CASE("RESULT: every malformation is an error naming the field", "[protocol]") {
+    CHECK(result_error(result_body()).empty());
+    CHECK_THAT(result_error(""), Catch::Contains("\"seq\" is cut short"));
+    CHECK_THAT(result_error(result_body("e", 3)),
+               Catch::Contains("\"outcome\" is 3") && Catch::StartsWith("RESULT: "));
+    CHECK_THAT(result_error(be64(1) + "\1" + be32(100) + "short"),
+               Catch::Contains("\"error\" has length 100 but only 5 bytes follow"));
+    CHECK_THAT(result_error(be64(1) + "\1" + str("e") + be64(uint64_t{1} << 63)),
+               Catch::Contains("\"retryAfterMs\" is 9223372036854775808"));
+    CHECK_THAT(result_error(be64(1) + "\1" + str("e") + be64(0) + be64(1)),
+               Catch::Contains("\"durationUs\" is cut short"));
+    CHECK_THAT(result_error(result_body() + "z"), Catch::Contains("1 unexpected bytes"));
+
+    SECTION("the error is checked, not repaired") {
+        CHECK(result_error(result_body(std::string(kMaxErrorBytes, 'e'))).empty());
+        CHECK_THAT(result_error(result_body(std::string(kMaxErrorBytes + 1, 'e'))),
+                   Catch::Contains("\"error\" is 4097 bytes long"));
+        CHECK_THAT(result_error(result_body("bad \xff byte")),
+                   Catch::Contains("\"error\" is not valid UTF-8"));
+        CHECK_THAT(result_error(result_body("bad \xed\xa0\x80 surrogate")),
+                   Catch::Contains("\"error\" is not valid UTF-8"));
+        CHECK_THAT(result_error(result_body(std::string("a\0b", 3))),
+                   Catch::Contains("\"error\" contains a NUL byte"));
+        CHECK(result_error(result_body("caf\xc3\xa9 \xf0\x9f\x98\x80")).empty());
+    }
+    SECTION("per-subscriber outcomes: counts and entries") {
+        CHECK(result_error(result_body("e", 1, be32(1) + str("code#0") + byte(0))).empty());
+        CHECK_THAT(result_error(result_body("e", 1, be32(0xffffffffU))),
+                   Catch::Contains("\"subscribers\" counts 4294967295 entries, above the limit"));
+        CHECK_THAT(result_error(result_body("e", 1, be32(3) + str("a") + byte(0))),
+                   Catch::Contains("\"subscribers\" counts 3 entries but only 6 bytes follow"));
+        CHECK_THAT(result_error(result_body("e", 1, be32(1) + str("a") + "\7")),
+                   Catch::Contains("\"subscribers.outcome\" is 7"));
+        CHECK_THAT(result_error(result_body("e", 1, be32(1) + str("\xc3") + byte(0))),
+                   Catch::Contains("\"subscribers.name\" is not valid UTF-8"));
+        CHECK_THAT(
+            result_error(result_body(
+                "e", 1, be32(1) + str(std::string(kMaxSubscriberNameBytes + 1, 'n')) + byte(0))),
+            Catch::Contains("\"subscribers.name\" is 1025 bytes long"));
+        CHECK_THAT(result_error(result_body("e", 1, be32(2) + str("a") + byte(0) + be32(9))),
+                   Catch::Contains("\"subscribers.name\" has length 9"));
+    }
+    SECTION("cut short at every byte") {
+        const std::string body = result_body("err", 2, be32(1) + str("name") + "\2");
+        REQUIRE(result_error(body).empty());
+        for (size_t size = 0; size < body.size(); ++size) {
+            const std::string error = result_error(body.substr(0, size));
+            INFO("first " << size << " bytes");
+            CHECK_FALSE(error.empty());
+            CHECK(printable_ascii(error));
+        }
+    }
+}
+
+TEST_CASE("decoders accept only their own type; QUIT has no body", "[protocol]") {
     const Frame quit = decode_one(encode_quit());
     const auto not_a_result = decode_result(quit);
     REQUIRE_FALSE(not_a_result.ok());
     CHECK_THAT(not_a_result.error(), Catch::Contains("expected a RESULT frame, got QUIT"));
     CHECK_FALSE(decode_event(quit).ok());
     CHECK_FALSE(decode_hello(quit).ok());
-    CHECK_FALSE(decode_quit(decode_one(encode_hello(HelloMsg{1, 1}))).ok());
+    CHECK_FALSE(decode_quit(decode_one(encode_hello(HelloMsg{1, kProtocolVersion}))).ok());
+    const auto quit_with_body = decode_quit(decode_one(raw_frame('Q', "{}")));
+    REQUIRE_FALSE(quit_with_body.ok());
+    CHECK_THAT(quit_with_body.error(), Catch::Contains("QUIT: 2 unexpected bytes"));
 }
 
-TEST_CASE("RESULT errors are bounded at a UTF-8 boundary", "[protocol]") {
-    SECTION("through the encoder") {
+TEST_CASE("error texts name fields and numbers, never the frame's bytes", "[protocol]") {
+    // Bytes that would make a log line or a "lastError" unsafe if they were echoed.
+    const std::string hostile = std::string("\xff\0\n\x1b[31m\"", 8);
+    std::vector<std::string> errors = {
+        hello_error(hostile),
+        event_error(hostile),
+        result_error(hostile),
+        result_error(be64(1) + "\1" + str(hostile)),
+        result_error(result_body("e", 1, be32(1) + str(hostile) + byte(0))),
+        fields_error(hostile),
+        fields_error(str(hostile) + str(hostile) + std::string(1, '\x09')),
+        decoder_error(raw_frame('\xff', hostile)),
+    };
+    for (const std::string& error : errors) {
+        INFO(error);
+        CHECK(printable_ascii(error));
+    }
+}
+
+TEST_CASE("bounded_error bounds at a UTF-8 boundary and replaces what is not UTF-8", "[protocol]") {
+    SECTION("through the encoder, so the supervisor receives a bounded error") {
         std::string error;
         while (error.size() < 3 * kMaxErrorBytes) {
             error += "\xe2\x82\xac"; // the euro sign, 3 bytes
         }
-        const auto decoded =
-            decode_result(decode_one(encode_result(ResultMsg{1, Outcome::retry, error, 0, 1, 1})));
+        ResultMsg result = sample_result(1, Outcome::retry);
+        result.error = error;
+        const auto decoded = decode_result(decode_one(encode_result(result)));
         REQUIRE(decoded.ok());
         const std::string& received = decoded.value().error;
         CHECK(received.size() <= kMaxErrorBytes);
@@ -412,6 +671,17 @@ TEST_CASE("RESULT errors are bounded at a UTF-8 boundary", "[protocol]") {
         CHECK_THAT(received, Catch::EndsWith(" [truncated]"));
         const std::string kept = received.substr(0, received.size() - 12);
         CHECK(error.compare(0, kept.size(), kept) == 0);
+    }
+    SECTION("through the encoder, invalid bytes and NUL become U+FFFD") {
+        ResultMsg result = sample_result(1, Outcome::permanent);
+        static const char error[] = "bad \xc3\x28 and \xff, a NUL \0 here";
+        result.error = std::string(error, sizeof error - 1);
+        const auto decoded = decode_result(decode_one(encode_result(result)));
+        REQUIRE(decoded.ok());
+        CHECK(decoded.value().error ==
+              "bad \xef\xbf\xbd( and \xef\xbf\xbd, a NUL \xef\xbf\xbd here");
+        // What the supervisor received is already safe: sanitising again changes nothing.
+        CHECK(bounded_error(decoded.value().error) == decoded.value().error);
     }
     SECTION("every alignment of every sequence length") {
         for (const std::string character : {"\xc3\xa9", "\xe2\x82\xac", "\xf0\x9f\x98\x80"}) {
@@ -426,6 +696,7 @@ TEST_CASE("RESULT errors are bounded at a UTF-8 boundary", "[protocol]") {
                 CHECK(valid_utf8(bounded));
                 const std::string kept = bounded.substr(0, bounded.size() - 12);
                 CHECK(error.compare(0, kept.size(), kept) == 0);
+                CHECK(bounded_error(bounded, 64) == bounded);
             }
         }
     }
@@ -443,7 +714,7 @@ TEST_CASE("RESULT errors are bounded at a UTF-8 boundary", "[protocol]") {
     }
 }
 
-TEST_CASE("json_quote escapes what JSON requires and passes UTF-8 through", "[json]") {
+TEST_CASE("json_quote escapes what JSON requires and replaces what is not UTF-8", "[json]") {
     CHECK(json_quote("") == "\"\"");
     CHECK(json_quote("say \"hi\"") == R"("say \"hi\"")");
     CHECK(json_quote("C:\\dir") == R"("C:\\dir")");
@@ -452,6 +723,12 @@ TEST_CASE("json_quote escapes what JSON requires and passes UTF-8 through", "[js
     CHECK(json_quote("h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80") ==
           "\"h\xc3\xa9llo \xe2\x82\xac \xf0\x9f\x98\x80\"");
     CHECK(json_quote("/\x7f") == "\"/\x7f\"");
+    const std::string replacement = "\xef\xbf\xbd";
+    CHECK(json_quote("a\xff") == "\"a" + replacement + "\"");
+    CHECK(json_quote("\xc0\xaf") == "\"" + replacement + replacement + "\"");
+    CHECK(json_quote("x\xe2\x82") == "\"x" + replacement + replacement + "\"");
+    CHECK(json_quote("\xed\xa0\x80\"") ==
+          "\"" + replacement + replacement + replacement + "\\\"\"");
 
     // Every control character survives a round trip through a real JSON parser.
     std::string all;
@@ -463,66 +740,46 @@ TEST_CASE("json_quote escapes what JSON requires and passes UTF-8 through", "[js
     REQUIRE(parsed);
     REQUIRE(cJSON_IsString(parsed.get()));
     CHECK(std::string(parsed->valuestring) == all);
+
+    // Whatever the bytes, the result is valid UTF-8 and valid JSON.
+    std::string every_byte;
+    for (int c = 1; c < 256; ++c) {
+        every_byte += static_cast<char>(c);
+    }
+    const std::string quoted = json_quote(every_byte);
+    CHECK(valid_utf8(quoted));
+    CHECK(json_parse(quoted));
 }
 
-TEST_CASE("json_member_text finds top-level members verbatim", "[json]") {
-    const std::string text =
-        R"( { "a" : {"x": "}", "y": [1, {"z": "\"]"}]} , "b":12345678901234567890, )"
-        R"("c": "q\"uote", "n" : null , "a": "second", "e\u0073c": true } )";
-    CHECK(json_member_text(text, "a") == R"({"x": "}", "y": [1, {"z": "\"]"}]})");
-    CHECK(json_member_text(text, "b") == "12345678901234567890");
-    CHECK(json_member_text(text, "c") == R"("q\"uote")");
-    CHECK(json_member_text(text, "n") == "null");
-    CHECK(json_member_text(text, "esc") == "true");
-    CHECK_FALSE(json_member_text(text, "x").has_value()); // nested, not top-level
-    CHECK_FALSE(json_member_text(text, "missing").has_value());
-    CHECK_FALSE(json_member_text("[1]", "a").has_value());
-    CHECK_FALSE(json_member_text("{}", "a").has_value());
-}
+TEST_CASE("Event::json() is SPEC 2's object, built by concatenation", "[event]") {
+    const Event event = sample_event();
+    const std::string expected =
+        R"({"id":"ob_1","eventLogId":"el_1","eventKey":"order-7","tenantId":"t1",)"
+        R"("projectId":null,"eventType":"shop.order.created",)"
+        R"("payload":{"note": "a \"quoted\" {brace}", "orderId": 12345678901234567890123},)"
+        R"("metadata":{"source": "api"},"correlationId":"",)"
+        R"("createdAt":"2024-05-01T12:00:00.000000Z","attempt":3})";
+    CHECK(event.json() == expected);
+    CHECK(event_object_json(event) == expected);
+    // Built once: the same string on every call.
+    CHECK(&event.json() == &event.json());
 
-TEST_CASE("event objects decode into outbox::Event", "[event]") {
-    const auto decoded = decode_event_json(kEventJson);
-    REQUIRE(decoded.ok());
-    const Event& event = decoded.value();
-    CHECK(event.id == "ob_1");
-    CHECK(event.event_log_id == "el_1");
-    CHECK(event.event_key == "order-7");
-    CHECK(event.tenant_id == "t1");
-    CHECK(event.project_id.empty());
-    CHECK(event.event_type == "shop.order.created");
-    CHECK(event.payload_json ==
-          R"({"orderId": 12345678901234567890123, "note": "a \"quoted\" {brace}"})");
-    CHECK(event.metadata_json == R"({"source": "api"})");
-    CHECK(event.correlation_id == "corr-9");
-    CHECK(event.created_at == "2024-05-01T12:00:00.000000Z");
-    CHECK(event.attempt == 3);
-    CHECK(event.json == kEventJson);
+    const Json parsed = json_parse(event.json());
+    REQUIRE(cJSON_IsObject(parsed.get()));
+    CHECK(cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(parsed.get(), "projectId")));
+    CHECK(json_string(parsed.get(), "correlationId") == "");
 
-    const std::string minimal =
-        R"({"id":"i","eventLogId":"l","eventKey":null,"tenantId":"t","projectId":"p",)"
-        R"("eventType":"x","payload":[1],"correlationId":null,"createdAt":"c","attempt":1})";
-    const auto decoded_minimal = decode_event_json(minimal);
-    REQUIRE(decoded_minimal.ok());
-    CHECK(decoded_minimal.value().event_key.empty());
-    CHECK(decoded_minimal.value().project_id == "p");
-    CHECK(decoded_minimal.value().metadata_json == "null");
-    CHECK(decoded_minimal.value().payload_json == "[1]");
-
-    const auto error_of = [&](const std::string& from, const std::string& to) {
-        std::string text = kEventJson;
-        const size_t at = text.find(from);
-        REQUIRE(at != std::string::npos);
-        text.replace(at, from.size(), to);
-        const auto result = decode_event_json(text);
-        return result.ok() ? std::string() : result.error();
-    };
-    CHECK_THAT(error_of(R"("eventType": "shop.order.created", )", ""),
-               Catch::Contains("\"eventType\" is missing"));
-    CHECK_THAT(error_of(R"("tenantId": "t1")", R"("tenantId": 5)"),
-               Catch::Contains("\"tenantId\" must be a string"));
-    CHECK_THAT(error_of(R"("attempt": 3)", R"("attempt": 0)"), Catch::Contains("\"attempt\""));
-    CHECK_THAT(error_of(R"("id": "ob_1", )", ""), Catch::Contains("\"id\" is missing"));
-    CHECK_THAT(error_of(R"("eventKey": "order-7", )", ""), Catch::Contains("\"eventKey\""));
-    CHECK_FALSE(decode_event_json("[]").ok());
-    CHECK_FALSE(decode_event_json("{").ok());
+    Event odd;
+    odd.id = "quote\" back\\ nl\n ctl\x01 bad\xff";
+    odd.event_log_id = "el";
+    odd.tenant_id = "t";
+    odd.event_type = "x";
+    // payload_json left empty: written as null, so that the object stays valid JSON.
+    odd.created_at = "c";
+    CHECK(odd.json() == R"({"id":"quote\" back\\ nl\n ctl\u0001 bad)"
+                        "\xef\xbf\xbd"
+                        R"(","eventLogId":"el","eventKey":null,"tenantId":"t","projectId":null,)"
+                        R"("eventType":"x","payload":null,"metadata":null,"correlationId":null,)"
+                        R"("createdAt":"c","attempt":1})");
+    CHECK(json_parse(odd.json()));
 }

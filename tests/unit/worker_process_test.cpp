@@ -1,5 +1,6 @@
 // The handler process loop, run in a forked child and driven over a real socketpair by the test,
 // which plays the supervisor.
+#include "common/json.h"
 #include "common/protocol.h"
 #include "worker/subscriber.h"
 #include "worker/worker_process.h"
@@ -38,17 +39,26 @@ int64_t realtime_us() {
     return int64_t{now.tv_sec} * 1000000 + now.tv_nsec / 1000;
 }
 
-std::string event_json(const std::string& type, const std::string& id = "ob_1") {
-    return R"({"id": ")" + id +
-           R"(", "eventLogId": "el_1", "eventKey": "key-1", )"
-           R"("tenantId": "tenant-a", "projectId": null, "eventType": ")" +
-           type +
-           R"(", "payload": {"n": 12345678901234567890}, "metadata": null, )"
-           R"("correlationId": "corr-1", "createdAt": "2024-05-01T12:00:00Z", "attempt": 2})";
+Event sample_event(const std::string& type, const std::string& id = "ob_1") {
+    Event event;
+    event.id = id;
+    event.event_log_id = "el_1";
+    event.event_key = "key-1";
+    event.tenant_id = "tenant-a";
+    event.event_type = type;
+    event.payload_json = R"({"n": 12345678901234567890})";
+    event.correlation_id = "corr-1";
+    event.created_at = "2024-05-01T12:00:00.000000Z";
+    event.attempt = 2;
+    return event;
+}
+
+std::string event_frame(uint64_t seq, const Event& event, long timeout_ms = 30000) {
+    return encode_event_frame(seq, timeout_ms, encode_event_fields(event_fields_of(event)));
 }
 
 std::string event_frame(uint64_t seq, const std::string& type) {
-    return encode_event_frame(seq, 30000, event_json(type, "ob_" + std::to_string(seq)));
+    return event_frame(seq, sample_event(type, "ob_" + std::to_string(seq)));
 }
 
 // A pipe whose ends close themselves; used to let a handler in the child wait for the test.
@@ -277,10 +287,22 @@ std::vector<Subscriber> standard_subscribers() {
         "strict", {"perm.*"}, [](const Event&) { return Result::permanent("payload rejected"); }));
     // Reports what it received, so the test can check the decoded Event.
     subscribers.push_back(subscriber("echo", {"echo"}, [](const Event& e) {
-        return Result::retry(e.id + "|" + e.event_log_id + "|" + e.event_key + "|" + e.tenant_id +
-                             "|" + e.project_id + "|" + e.event_type + "|" + e.payload_json + "|" +
-                             e.metadata_json + "|" + e.correlation_id + "|" + e.created_at + "|" +
+        const auto nullable = [](const std::optional<std::string>& text) {
+            return text ? "'" + *text + "'" : std::string("NULL");
+        };
+        return Result::retry(e.id + "|" + e.event_log_id + "|" + nullable(e.event_key) + "|" +
+                             e.tenant_id + "|" + nullable(e.project_id) + "|" + e.event_type + "|" +
+                             e.payload_json + "|" + e.metadata_json + "|" +
+                             nullable(e.correlation_id) + "|" + e.created_at + "|" +
                              std::to_string(e.attempt));
+    }));
+    // Reports the event object an exec or http handler would receive.
+    subscribers.push_back(
+        subscriber("json", {"json"}, [](const Event& e) { return Result::permanent(e.json()); }));
+    // Reports the size of what it received, for events too large to echo.
+    subscribers.push_back(subscriber("measure", {"measure"}, [](const Event& e) {
+        return Result::retry(std::to_string(e.payload_json.size()) + " " +
+                             std::to_string(e.json().size()));
     }));
     // Order and early stop: "first" runs for every chain.*, "second" fails chain.fail, "third"
     // fails every chain.* it reaches.
@@ -352,11 +374,69 @@ TEST_CASE("handler process says HELLO and answers every kind of outcome", "[work
 TEST_CASE("handlers receive the decoded event", "[worker_process]") {
     WorkerUnderTest worker(standard_subscribers());
     worker.expect_hello();
-    worker.send(encode_event_frame(7, 1000, event_json("echo", "ob_77")));
+    worker.send(event_frame(7, sample_event("echo", "ob_77"), 1000));
     const ResultMsg result = worker.receive_result();
     CHECK(result.seq == 7);
-    CHECK(result.error == "subscriber echo: ob_77|el_1|key-1|tenant-a||echo|"
-                          "{\"n\": 12345678901234567890}|null|corr-1|2024-05-01T12:00:00Z|2");
+    CHECK(result.error == "subscriber echo: ob_77|el_1|'key-1'|tenant-a|NULL|echo|"
+                          "{\"n\": 12345678901234567890}|null|'corr-1'|"
+                          "2024-05-01T12:00:00.000000Z|2");
+
+    // Null and empty strings arrive as they were sent.
+    Event event = sample_event("echo", "ob_78");
+    event.event_key.reset();
+    event.project_id = "";
+    event.correlation_id.reset();
+    event.metadata_json = R"({"m": [1, 2]})";
+    worker.send(event_frame(8, event));
+    CHECK(worker.receive_result().error ==
+          "subscriber echo: ob_78|el_1|NULL|tenant-a|''|echo|{\"n\": 12345678901234567890}|"
+          "{\"m\": [1, 2]}|NULL|2024-05-01T12:00:00.000000Z|2");
+}
+
+TEST_CASE("exec and http handlers get SPEC 2's object, payload verbatim", "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    worker.send(event_frame(9, sample_event("json", "ob_9")));
+    const ResultMsg result = worker.receive_result();
+    CHECK(result.outcome == Outcome::permanent);
+    CHECK(result.error ==
+          "subscriber json: "
+          R"({"id":"ob_9","eventLogId":"el_1","eventKey":"key-1","tenantId":"tenant-a",)"
+          R"("projectId":null,"eventType":"json","payload":{"n": 12345678901234567890},)"
+          R"("metadata":null,"correlationId":"corr-1","createdAt":"2024-05-01T12:00:00.000000Z",)"
+          R"("attempt":2})");
+}
+
+TEST_CASE("a payload nested 100,000 deep is delivered, not a crash", "[worker_process]") {
+    // No JSON parser runs on the event in the handler process, so no nesting limit can turn a
+    // deep payload into a dead process (which would be charged as a crash and brake respawns).
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    Event deep = sample_event("measure", "ob_deep");
+    deep.payload_json = std::string(100000, '[') + std::string(100000, ']');
+    worker.send(event_frame(1, deep));
+    const ResultMsg result = worker.receive_result();
+    CHECK(result.seq == 1);
+    CHECK(result.error ==
+          "subscriber measure: 200000 " + std::to_string(event_object_json(deep).size()));
+
+    Event objects = sample_event("ok.deep", "ob_objects");
+    objects.payload_json.clear();
+    for (int i = 0; i < 100000; ++i) {
+        objects.payload_json += "{\"a\":";
+    }
+    objects.payload_json += "1" + std::string(100000, '}');
+    worker.send(event_frame(2, objects));
+    CHECK(worker.receive_result().outcome == Outcome::success);
+
+    // The process is still the same one, and still answers.
+    worker.send(event_frame(3, "ok.after"));
+    const ResultMsg after = worker.receive_result();
+    CHECK(after.seq == 3);
+    CHECK(after.outcome == Outcome::success);
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
 }
 
 TEST_CASE("pipelined events are answered in order", "[worker_process]") {
@@ -378,11 +458,21 @@ TEST_CASE("a malformed event object fails that event permanently and nothing els
           "[worker_process]") {
     WorkerUnderTest worker(standard_subscribers());
     worker.expect_hello();
-    worker.send(encode_event_frame(5, 1000, R"({"id":"ob_5","attempt":1})"));
+    // Well framed, with a valid envelope, but the fields stop after the id.
+    Event event = sample_event("ok.x", "ob_5");
+    const std::string fields = encode_event_fields(event_fields_of(event));
+    worker.send(encode_event_frame(5, 1000, fields.substr(0, 4 + event.id.size() + 2)));
     const ResultMsg bad = worker.receive_result();
     CHECK(bad.seq == 5);
     CHECK(bad.outcome == Outcome::permanent);
     CHECK_THAT(bad.error, Catch::Contains("malformed event") && Catch::Contains("eventLogId"));
+
+    event.attempt = 0;
+    worker.send(event_frame(55, event));
+    const ResultMsg zero = worker.receive_result();
+    CHECK(zero.seq == 55);
+    CHECK(zero.outcome == Outcome::permanent);
+    CHECK_THAT(zero.error, Catch::Contains("\"attempt\" is 0"));
 
     worker.send(event_frame(6, "ok.after"));
     const ResultMsg good = worker.receive_result();
@@ -444,21 +534,25 @@ TEST_CASE("a malformed frame from the supervisor is exit code 2", "[worker_proce
     SECTION("length too large") {
         garbage = std::string("\x7f\xff\xff\xff", 4);
     }
-    SECTION("length too small") {
-        garbage = std::string("\0\0\0\1Q", 5);
+    SECTION("length zero") {
+        garbage = std::string("\0\0\0\0", 4);
     }
     SECTION("unknown type") {
         garbage = std::string("\0\0\0\3X{}", 7);
     }
-    SECTION("body not JSON") {
-        garbage = std::string("\0\0\0\4E{{{", 8);
+    SECTION("EVENT envelope cut short") {
+        garbage = std::string("\0\0\0\5E\0\0\0\1", 9);
     }
-    SECTION("EVENT without seq") {
-        const std::string body = R"(E{"timeoutMs":5,"event":{}})";
-        garbage = std::string("\0\0\0", 3) + static_cast<char>(body.size()) + body;
+    SECTION("EVENT timeout out of range") {
+        garbage = std::string("\0\0\0\x11"
+                              "E\0\0\0\0\0\0\0\1\x80\0\0\0\0\0\0\0",
+                              21);
+    }
+    SECTION("QUIT with a body") {
+        garbage = std::string("\0\0\0\3Q{}", 7);
     }
     SECTION("a frame only the handler process sends") {
-        garbage = encode_result(ResultMsg{1, Outcome::success, "", 0, 1, 1});
+        garbage = encode_result(ResultMsg{1, Outcome::success, "", 0, 1, 1, {}});
     }
     WorkerUnderTest worker(standard_subscribers());
     worker.expect_hello();
