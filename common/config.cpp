@@ -315,6 +315,8 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
     p.text("SERVICE_NAME", c.service_name, 100);
     p.word("OUTBOX_ON_COMPLETE", c.on_complete,
            {{"keep", OnComplete::keep}, {"delete", OnComplete::remove}}, "keep, delete");
+    p.word("OUTBOX_SYNCHRONOUS_COMMIT", c.synchronous_commit, {{"on", true}, {"off", false}},
+           "on, off");
 
     if (!p.failed() && c.max_delay_ms < c.initial_delay_ms) {
         p.fail("OUTBOX_MAX_DELAY_MS", std::to_string(c.max_delay_ms),

@@ -48,6 +48,10 @@ struct Config {
     bool log_format_explicit = false; // LOG_FORMAT was set (journald prefixes only when it was not)
     std::string service_name = "calibr-outbox-worker";
     OnComplete on_complete = OnComplete::keep;
+    // OUTBOX_SYNCHRONOUS_COMMIT: whether the service's own transactions (claims, outcomes, lease
+    // renewals) wait for their commit to be flushed. Off trades duplicate deliveries after a
+    // database crash for fewer flushes; it never loses an event (README, "Durability").
+    bool synchronous_commit = true;
 };
 
 struct ConfigResult {

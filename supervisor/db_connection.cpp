@@ -87,6 +87,9 @@ void DbConnection::continue_connect() {
     // unnamed ones are: a generic plan chosen after five calls could not adapt to a backlog that
     // changes shape.
     std::string setup = "SET statement_timeout = 0; SET plan_cache_mode = force_custom_plan";
+    if (!session_settings_.empty()) {
+        setup += "; " + session_settings_;
+    }
     prepared_.clear();
     if (!listen_channel_.empty()) {
         setup += "; LISTEN " + listen_channel_;

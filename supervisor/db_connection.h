@@ -55,6 +55,10 @@ class DbConnection {
     DbConnection(const DbConnection&) = delete;
     DbConnection& operator=(const DbConnection&) = delete;
 
+    // Statements (SET ...) run in every new session before on_connected, after the connection's
+    // own settings. Call before start().
+    void set_session_settings(std::string sql) { session_settings_ = std::move(sql); }
+
     void start();
     // Stops reconnecting, fails the running and queued queries (their callbacks run now, with
     // `lost`), closes the socket, then calls on_closed. The object may be destroyed right after:
@@ -103,6 +107,7 @@ class DbConnection {
     std::string conninfo_;
     std::string name_;
     std::string listen_channel_;
+    std::string session_settings_;
     Callbacks callbacks_;
 
     PgConn conn_;

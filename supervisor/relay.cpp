@@ -222,8 +222,25 @@ void Relay::on_returned(const std::vector<uint64_t>& seqs) {
     pump();
 }
 
+bool Relay::linger() {
+    size_t target =
+        std::min(static_cast<size_t>(options_.batch_size), options_.max_outcomes_per_statement);
+    if (options_.outcome_linger_ms <= 0 || draining_ || pending_.size() >= target ||
+        (pool_.in_flight() == 0 && ready_.empty())) {
+        return false;
+    }
+    uint64_t now = clock_.now_ms();
+    if (linger_since_ms_ == 0) {
+        linger_since_ms_ = now;
+        host_.linger(static_cast<uint64_t>(options_.outcome_linger_ms));
+        return true;
+    }
+    return now < linger_since_ms_ + static_cast<uint64_t>(options_.outcome_linger_ms);
+}
+
 void Relay::flush() {
-    if (!record_in_flight_ && !pending_.empty() && store_.can_record()) {
+    if (!record_in_flight_ && !pending_.empty() && store_.can_record() && !linger()) {
+        linger_since_ms_ = 0;
         std::vector<Pending> batch;
         if (pending_.size() <= options_.max_outcomes_per_statement) {
             batch.swap(pending_);

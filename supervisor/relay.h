@@ -127,6 +127,9 @@ class RelayHost {
     // Call Relay::flush() again after `delay_ms`: a record statement failed with an error that
     // would repeat at once. Independent of wake_at.
     virtual void flush_after(uint64_t delay_ms) = 0;
+    // Call Relay::flush() after `delay_ms`: outcomes are lingering for more to join them.
+    // Independent of wake_at and flush_after.
+    virtual void linger(uint64_t delay_ms) = 0;
     // The relay's state changed in a way draining waits for (something recorded or released).
     virtual void progress() {}
 };
@@ -147,6 +150,11 @@ struct RelayOptions {
     // How long to wait before retrying a record statement that failed without losing the
     // connection (such an error would repeat at once).
     long record_retry_ms = 1000;
+    // Outcomes wait up to this long for a batch's worth (batch_size) to gather before they are
+    // recorded, while handler processes are still running events that will add to them: every
+    // statement is a commit, and fewer, larger ones cost the database less. 0: record what the
+    // loop turn brought, at once. Never while draining, and never when nothing more is coming.
+    long outcome_linger_ms = 0;
     uint64_t first_token = 1;
 };
 
@@ -212,6 +220,7 @@ class Relay {
     };
 
     void maybe_claim();
+    bool linger();
     void on_claimed(StoreStatus status, std::vector<ClaimedEvent> events, int requested,
                     int64_t token, uint64_t sent_at);
     void pump();
@@ -244,7 +253,8 @@ class Relay {
     bool more_due_ = true; // the last claim was full, or something woke us since
     uint64_t next_seq_ = 1;
     int64_t next_token_ = 1;
-    uint64_t wake_at_ms_ = 0; // the earliest retry wake-up requested and not yet come
+    uint64_t wake_at_ms_ = 0;      // the earliest retry wake-up requested and not yet come
+    uint64_t linger_since_ms_ = 0; // when outcomes began to linger (0: they are not)
 };
 
 } // namespace outbox

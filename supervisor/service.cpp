@@ -45,6 +45,10 @@ namespace {
 // Events sent to one handler process ahead of the one it is running: enough to hide the
 // round trip of a result, few enough that a slow event delays little behind it.
 constexpr int kPipelineDepth = 4;
+// How long outcomes may wait for a batch's worth to gather (RelayOptions::outcome_linger_ms). At
+// full speed a batch of 100 gathers in about 4 ms; at low rates nothing is in flight behind an
+// outcome and it is recorded at once.
+constexpr long kOutcomeLingerMs = 5;
 // After the drain deadline: a last chance for outcomes and releases to reach the database.
 constexpr uint64_t kFinalFlushGraceMs = 5000;
 
@@ -104,6 +108,7 @@ class Service final : public RelayClock, public RelayHost {
         wake_timer_.start(at_ms > now ? at_ms - now : 0);
     }
     void flush_after(uint64_t delay_ms) override { flush_retry_timer_.start(delay_ms); }
+    void linger(uint64_t delay_ms) override { linger_timer_.start(delay_ms); }
     void progress() override { check_drain_progress(); }
 
     void start();
@@ -143,6 +148,7 @@ class Service final : public RelayClock, public RelayHost {
     Timer poll_timer_;        // the fallback poll (OUTBOX_POLL_INTERVAL_MS)
     Timer wake_timer_;        // the earliest retry this instance scheduled comes due
     Timer flush_retry_timer_; // a record statement failed: try again a little later
+    Timer linger_timer_;      // outcomes gathering for a larger statement: record them now
     Timer renew_timer_, watchdog_timer_;
     Timer drain_timer_; // OUTBOX_SHUTDOWN_TIMEOUT_MS after the stop signal
     Timer final_timer_; // kFinalFlushGraceMs after that deadline: stop regardless
@@ -184,9 +190,10 @@ int Service::run() {
 
 void Service::start() {
     spdlog::info("starting: instance {}, {} handler processes, batch {}, lease {} ms, "
-                 "on complete: {}, database {}",
+                 "on complete: {}, synchronous commit: {}, database {}",
                  config_.instance_id, config_.workers, config_.batch_size, config_.lease_ms,
-                 to_string(config_.on_complete), mask_conninfo(config_.database_url));
+                 to_string(config_.on_complete), config_.synchronous_commit ? "on" : "off",
+                 mask_conninfo(config_.database_url));
 
     sigterm_ = Signal(&loop_, SIGTERM, [this](int s) { on_signal(s); });
     sigint_ = Signal(&loop_, SIGINT, [this](int s) { on_signal(s); });
@@ -194,6 +201,7 @@ void Service::start() {
     poll_timer_ = Timer(&loop_, [this] { relay_->wake(); });
     wake_timer_ = Timer(&loop_, [this] { relay_->wake(); });
     flush_retry_timer_ = Timer(&loop_, [this] { relay_->flush(); });
+    linger_timer_ = Timer(&loop_, [this] { relay_->flush(); });
     renew_timer_ = Timer(&loop_, [this] { relay_->renew_leases(); });
     drain_timer_ = Timer(&loop_, [this] { on_drain_deadline(); });
     final_timer_ = Timer(&loop_, [this] {
@@ -263,6 +271,13 @@ void Service::open_connections() {
         &loop_, config_.database_url, "housekeeping", "",
         DbConnection::Callbacks{[this] { janitor_->refresh_counts(); }, nullptr, nullptr});
 
+    if (!config_.synchronous_commit) {
+        // The service's own bookkeeping only (sessions of this instance): what the application
+        // writes keeps the server's setting. README, "Durability", says what this trades.
+        for (DbConnection* db : {claim_db_.get(), result_db_.get(), house_db_.get()}) {
+            db->set_session_settings("SET synchronous_commit = off");
+        }
+    }
     store_ = std::make_unique<PgRelayStore>(
         PgRelayStore::Options{config_.instance_id, config_.lease_ms, config_.on_complete},
         *claim_db_, *result_db_, subscriptions_.like_patterns());
@@ -273,6 +288,7 @@ void Service::open_connections() {
     options.backoff = BackoffPolicy{config_.initial_delay_ms, config_.max_delay_ms,
                                     config_.backoff_multiplier, config_.backoff_jitter};
     options.first_token = random_first_token();
+    options.outcome_linger_ms = kOutcomeLingerMs;
     relay_ = std::make_unique<Relay>(options, *store_, pool_port_, *this, *this, telemetry_);
     relay_->set_timeout_lookup(
         [this](const std::string& type) { return subscriptions_.timeout_for(type); });
@@ -478,7 +494,7 @@ void Service::finish() {
     if (relay_ && relay_->held() > 0 && exit_code_ == kExitOk) {
         spdlog::warn("{} events still held at exit; their leases will expire", relay_->held());
     }
-    for (Timer* t : {&poll_timer_, &wake_timer_, &flush_retry_timer_, &renew_timer_,
+    for (Timer* t : {&poll_timer_, &wake_timer_, &flush_retry_timer_, &linger_timer_, &renew_timer_,
                      &watchdog_timer_, &drain_timer_, &final_timer_}) {
         t->close();
     }

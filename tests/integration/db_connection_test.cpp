@@ -36,7 +36,7 @@ struct Harness {
     bool connected = false;
     std::string lost_reason;
 
-    explicit Harness(const std::string& conninfo) {
+    explicit Harness(const std::string& conninfo, const std::string& session_settings = "") {
         uv_loop_init(&loop);
         DbConnection::Callbacks callbacks;
         callbacks.on_connected = [this] {
@@ -46,6 +46,7 @@ struct Harness {
             lost_reason = why;
         };
         db.emplace(&loop, conninfo, "test", "", callbacks);
+        db->set_session_settings(session_settings);
         db->start();
         REQUIRE(run_until(&loop, [this] { return connected; }));
     }
@@ -157,4 +158,27 @@ TEST_CASE("prepared statements are prepared again after a reconnect", "[db]") {
     QueryResult after = t.select(1);
     REQUIRE(after.ok());
     CHECK(after.result.value(0, 1) == "a");
+}
+
+TEST_CASE("session settings apply to every session, also after a reconnect", "[db]") {
+    TestDatabase db;
+    // "local" is neither the server's default (on) nor the test cluster's (off).
+    Harness h(db.conninfo(), "SET synchronous_commit = local");
+    QueryResult first = h.plain("SHOW synchronous_commit");
+    REQUIRE(first.ok());
+    CHECK(first.result.value(0, 0) == "local");
+    QueryResult pid = h.plain("SELECT pg_backend_pid()");
+    REQUIRE(pid.ok());
+    h.connected = false;
+    db.exec("SELECT pg_terminate_backend(" + pid.result.value(0, 0) + ")");
+    h.plain("SELECT 1"); // finds the session gone
+    REQUIRE(run_until(&h.loop, [&h] { return h.connected; }));
+    QueryResult after = h.plain("SHOW synchronous_commit");
+    REQUIRE(after.ok());
+    CHECK(after.result.value(0, 0) == "local");
+    // Without settings, the server's.
+    Harness plain(db.conninfo());
+    QueryResult server = plain.plain("SHOW synchronous_commit");
+    REQUIRE(server.ok());
+    CHECK(server.result.value(0, 0) != "local");
 }

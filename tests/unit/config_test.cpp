@@ -289,6 +289,12 @@ TEST_CASE("config: words", "[config]") {
     for (const char* bad : {"drop", "DELETE", "remove", "true"}) {
         CHECK(load_error("OUTBOX_ON_COMPLETE", bad).find("keep, delete") != std::string::npos);
     }
+    CHECK(load_ok({}).synchronous_commit);
+    CHECK_FALSE(load_ok({{"OUTBOX_SYNCHRONOUS_COMMIT", "off"}}).synchronous_commit);
+    CHECK(load_ok({{"OUTBOX_SYNCHRONOUS_COMMIT", "on"}}).synchronous_commit);
+    for (const char* bad : {"false", "0", "local", "OFF"}) {
+        CHECK(load_error("OUTBOX_SYNCHRONOUS_COMMIT", bad).find("on, off") != std::string::npos);
+    }
 }
 
 TEST_CASE("config: text variables", "[config]") {

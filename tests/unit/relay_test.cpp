@@ -154,6 +154,8 @@ struct FakeHost final : RelayHost {
     int progress_calls = 0;
     void wake_at(uint64_t at_ms) override { wakes.push_back(at_ms); }
     void flush_after(uint64_t delay_ms) override { flushes.push_back(delay_ms); }
+    std::vector<uint64_t> lingers;
+    void linger(uint64_t delay_ms) override { lingers.push_back(delay_ms); }
     void progress() override { ++progress_calls; }
 };
 
@@ -545,4 +547,57 @@ TEST_CASE("relay: a full claim claims again; tokens are unique per claim", "[rel
     f.store.claims.clear();
     f.relay->wake();
     CHECK(f.store.claims.size() == 1);
+}
+
+TEST_CASE("relay: outcomes linger for a batch's worth while more are coming", "[relay]") {
+    Fixture f;
+    f.options.batch_size = 4;
+    f.options.outcome_linger_ms = 5;
+    f.make();
+    f.relay->start_claiming();
+    f.store.answer_claim(3); // not full: no claim follows
+    REQUIRE(f.store.claims.empty());
+    f.relay->on_result(f.pool.take("wire:e0"), success());
+    f.relay->flush();
+    // e1 and e2 still run: e0 waits for them, and the host is asked to flush in 5 ms.
+    CHECK(f.store.records.empty());
+    CHECK(f.host.lingers == std::vector<uint64_t>{5});
+    f.clock.now += 2;
+    f.relay->on_result(f.pool.take("wire:e1"), success());
+    f.relay->flush();
+    CHECK(f.store.records.empty());
+    // The linger runs out: what has gathered goes.
+    f.clock.now += 3;
+    f.relay->flush();
+    REQUIRE(f.store.records.size() == 1);
+    CHECK(f.store.records[0].ids == std::vector<std::string>{"e0", "e1"});
+    f.store.answer_record();
+    // A batch's worth goes at once, without waiting for the linger.
+    f.relay->wake();
+    f.store.answer_claim(3, 10);
+    for (const char* w : {"wire:e2", "wire:e10", "wire:e11", "wire:e12"}) {
+        f.relay->on_result(f.pool.take(w), success());
+    }
+    f.relay->flush();
+    REQUIRE(f.store.records.size() == 1);
+    CHECK(f.store.records[0].ids.size() == 4);
+    f.store.answer_record();
+    // When nothing more is coming (nothing running, nothing waiting): at once.
+    f.relay->wake();
+    f.store.answer_claim(2, 20);
+    f.relay->on_result(f.pool.take("wire:e20"), success());
+    f.relay->flush();
+    CHECK(f.store.records.empty()); // e21 still runs
+    f.relay->on_result(f.pool.take("wire:e21"), failure(Outcome::retry, "x"));
+    f.relay->flush();
+    REQUIRE(f.store.records.size() == 1);
+    CHECK(f.store.records[0].ids == std::vector<std::string>{"e20", "e21"});
+    f.store.answer_record();
+    // Draining never lingers.
+    f.relay->wake();
+    f.store.answer_claim(2, 30);
+    f.relay->on_result(f.pool.take("wire:e30"), success());
+    f.relay->begin_drain();
+    f.relay->flush();
+    CHECK(f.store.records.size() == 1);
 }
