@@ -13,7 +13,8 @@ ALTER TABLE "Outbox" ADD COLUMN IF NOT EXISTS "leaseToken" BIGINT;
 -- The claim walks due events oldest first; this partial index holds only PENDING rows, so it stays
 -- small however many COMPLETED rows the table keeps.
 CREATE INDEX IF NOT EXISTS "Outbox_worker_due_idx" ON "Outbox" ("createdAt") WHERE "status" = 'PENDING';
--- The lease sweep looks for PROCESSING rows whose lease ran out.
+-- The lease sweep looks for PROCESSING rows whose lease ran out. (Dropped again by migration 003:
+-- the sweep does as well without it, and every claim paid for it.)
 CREATE INDEX IF NOT EXISTS "Outbox_worker_lease_idx" ON "Outbox" ("leaseExpiresAt") WHERE "status" = 'PROCESSING';
 -- The retention sweep deletes old COMPLETED rows in small batches.
 CREATE INDEX IF NOT EXISTS "Outbox_worker_retention_idx" ON "Outbox" ("processedAt") WHERE "status" = 'COMPLETED';
