@@ -94,6 +94,101 @@ void Poll::start(int events) {
     });
 }
 
+namespace {
+
+// One write in flight: libuv keeps pointers to the request and to the bytes until the write
+// callback, which frees both.
+struct PipeWrite {
+    uv_write_t req{};
+    std::string bytes;
+    std::function<void(int status)> on_written;
+};
+
+} // namespace
+
+int Pipe::open(uv_loop_t* loop, int fd) {
+    close();
+    Block* b = adopt({});
+    int rc = uv_pipe_init(loop, &b->raw, 0);
+    if (rc != 0) {
+        // Never initialised: libuv holds no pointer to it, so it is freed here, not closed.
+        delete std::exchange(block_, nullptr);
+        return rc;
+    }
+    rc = uv_pipe_open(&b->raw, fd);
+    if (rc != 0) {
+        // Initialised, so it must be closed; it never took `fd`, so closing leaves that alone.
+        close();
+        return rc;
+    }
+    return 0;
+}
+
+int Pipe::read_start(size_t buffer_size, std::function<void(ssize_t, const char*)> on_read) {
+    if (block_ == nullptr) {
+        return UV_EBADF;
+    }
+    detail::PipeCallbacks& cb = block_->callback;
+    cb.on_read = std::move(on_read);
+    if (cb.buffer_size != buffer_size) {
+        cb.buffer = std::make_unique<char[]>(buffer_size);
+        cb.buffer_size = buffer_size;
+    }
+    return uv_read_start(
+        reinterpret_cast<uv_stream_t*>(&block_->raw),
+        [](uv_handle_t* h, size_t, uv_buf_t* buf) noexcept {
+            Block* blk = static_cast<Block*>(h->data);
+            *buf = uv_buf_init(blk->callback.buffer.get(),
+                               static_cast<unsigned>(blk->callback.buffer_size));
+        },
+        [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) noexcept {
+            Block* blk = static_cast<Block*>(s->data);
+            if (nread != 0 && !blk->closed && blk->callback.on_read) {
+                blk->callback.on_read(nread, buf->base);
+            }
+        });
+}
+
+void Pipe::read_stop() {
+    if (block_ != nullptr) {
+        uv_read_stop(reinterpret_cast<uv_stream_t*>(&block_->raw));
+    }
+}
+
+int Pipe::write(std::string bytes, std::function<void(int)> on_written) {
+    if (block_ == nullptr) {
+        return UV_EBADF;
+    }
+    auto w = std::make_unique<PipeWrite>();
+    w->bytes = std::move(bytes);
+    w->on_written = std::move(on_written);
+    w->req.data = w.get();
+    uv_buf_t buf = uv_buf_init(w->bytes.data(), static_cast<unsigned>(w->bytes.size()));
+    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(&block_->raw), &buf, 1,
+                      [](uv_write_t* req, int status) noexcept {
+                          std::unique_ptr<PipeWrite> done(static_cast<PipeWrite*>(req->data));
+                          // The handle's block outlives every write callback: libuv cancels the
+                          // queued writes while closing, before it runs the close callback.
+                          Block* blk = static_cast<Block*>(req->handle->data);
+                          if (!blk->closed && done->on_written) {
+                              done->on_written(status);
+                          }
+                      });
+    if (rc == 0) {
+        static_cast<void>(w.release()); // the write callback owns it now
+    }
+    return rc;
+}
+
+int Pipe::fd() const {
+    uv_os_fd_t fd = -1;
+    if (block_ == nullptr ||
+        uv_fileno(reinterpret_cast<const uv_handle_t*>(&block_->raw), &fd) != 0) {
+        return -1;
+    }
+    return fd;
+}
+
 std::string close_loop(uv_loop_t* loop) {
     // Close callbacks of handles closed during the last iteration run in the next one.
     uv_run(loop, UV_RUN_NOWAIT);

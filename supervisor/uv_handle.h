@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -78,6 +79,13 @@ class UvHandle {
     static Block* block_of(Raw* raw) { return static_cast<Block*>(raw->data); }
 };
 
+// What a Pipe's block holds besides the handle: the read callback and the one read buffer.
+struct PipeCallbacks {
+    std::function<void(ssize_t nread, const char* data)> on_read;
+    std::unique_ptr<char[]> buffer;
+    size_t buffer_size = 0;
+};
+
 } // namespace detail
 
 // A uv_timer_t. start() re-arms it (replacing any pending expiry); on a closed timer it does
@@ -122,6 +130,37 @@ class Poll : public detail::UvHandle<uv_poll_t, std::function<void(int status, i
 
   private:
     int fd_ = -1;
+};
+
+// A uv_pipe_t over a stream socket it owns from open() on: closing the Pipe closes the descriptor.
+//
+// Reads go through one buffer, allocated by read_start() and reused for every read: libuv asks for
+// a buffer right before each read and hands it back in the read callback. The buffer lives in the
+// heap block, so it stays valid through a read callback that closes the Pipe.
+//
+// Each write owns its bytes until libuv's write callback has run. Closing the Pipe cancels the
+// writes still queued (libuv calls their write callbacks with UV_ECANCELED, before the close
+// callback), and their bytes are freed then; so a Pipe may be closed, or destroyed, with writes in
+// flight. As with every callback here, on_written does not run once the Pipe is closed.
+class Pipe : public detail::UvHandle<uv_pipe_t, detail::PipeCallbacks> {
+  public:
+    Pipe() = default;
+    // Takes `fd` over: 0, or a negative libuv error with the Pipe left closed and `fd` still the
+    // caller's to close.
+    [[nodiscard]] int open(uv_loop_t* loop, int fd);
+    // Starts reading into a buffer of `buffer_size` bytes. on_read receives nread > 0 bytes at
+    // `data` (valid only during the call), or a negative libuv error (UV_EOF at end of file; the
+    // Pipe goes on reading until it is stopped or closed). Empty reads, libuv's way of saying
+    // EAGAIN, are not passed on. 0, or a negative libuv error. Not from inside on_read.
+    [[nodiscard]] int read_start(size_t buffer_size,
+                                 std::function<void(ssize_t nread, const char* data)> on_read);
+    void read_stop();
+    // Queues `bytes` for writing after the writes already queued. on_written, if given, receives
+    // the outcome (0 or a negative libuv error). Returns 0, or a negative libuv error when nothing
+    // was queued (then on_written does not run); UV_EBADF on a closed Pipe.
+    [[nodiscard]] int write(std::string bytes, std::function<void(int status)> on_written = {});
+    // The descriptor, to read synchronously outside a read callback; -1 when the Pipe is closed.
+    int fd() const;
 };
 
 // Closes `loop` after running it until every closing handle's callback has run. Returns an empty

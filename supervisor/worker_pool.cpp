@@ -66,21 +66,19 @@ const char* to_string(RestartReason reason) {
 }
 
 struct WorkerPool::Slot {
-    WorkerPool* pool = nullptr;
     int index = 0;
     pid_t pid = -1;
     SlotState state = SlotState::starting;
     bool retired = false;
-    uv_pipe_t* channel = nullptr;
-    uv_timer_t* timer = nullptr;
+    Pipe channel; // closed at end of file or when the process is reaped
+    Timer timer;  // the running event's timeout, or the grace after the channel closed
     FrameDecoder decoder;
     struct InFlight {
         uint64_t seq;
         long timeout_ms;
     };
     std::deque<InFlight> pipeline;
-    std::string held;                    // frames gathered by a WriteBatch, not yet written
-    std::unique_ptr<char[]> read_buffer; // the channel's one read buffer, reused for every read
+    std::string held; // frames gathered by a WriteBatch, not yet written
     long events_done = 0;
     bool killed = false;
     bool stopped_by_supervisor = false; // killed while draining: its events are not charged
@@ -97,17 +95,12 @@ WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options,
       callbacks_(std::move(callbacks)) {
     consecutive_crashes_.assign(static_cast<size_t>(options_.workers), 0);
     respawn_timers_.resize(static_cast<size_t>(options_.workers));
-    uv_signal_init(loop_, &sigchld_);
-    sigchld_.data = this;
-    ++open_handles_;
 }
 
 WorkerPool::~WorkerPool() = default;
 
 void WorkerPool::start() {
-    uv_signal_start(
-        &sigchld_, [](uv_signal_t* h, int) { static_cast<WorkerPool*>(h->data)->on_sigchld(); },
-        SIGCHLD);
+    sigchld_ = Signal(loop_, SIGCHLD, [this](int) { on_sigchld(); });
     for (int i = 0; i < options_.workers; ++i) {
         spawn(i);
     }
@@ -199,40 +192,23 @@ void WorkerPool::spawn(int index) {
 
     child_end.reset();
     auto slot = std::make_unique<Slot>();
-    slot->pool = this;
     slot->index = index;
     slot->pid = pid;
-    slot->channel = new uv_pipe_t;
-    uv_pipe_init(loop_, slot->channel, 0);
-    ++open_handles_;
-    uv_pipe_open(slot->channel, supervisor_end.release());
-    slot->timer = new uv_timer_t;
-    uv_timer_init(loop_, slot->timer);
-    ++open_handles_;
     Slot* raw = slot.get();
-    slot->channel->data = raw;
-    slot->timer->data = raw;
-    // libuv asks for a buffer right before each read of this stream and hands it back in the
-    // read callback, so one buffer per channel serves every read.
-    slot->read_buffer = std::make_unique<char[]>(kReadBufferSize);
-    uv_read_start(
-        reinterpret_cast<uv_stream_t*>(slot->channel),
-        [](uv_handle_t* handle, size_t, uv_buf_t* buf) {
-            auto* s = static_cast<Slot*>(handle->data);
-            *buf = uv_buf_init(s->read_buffer.get(), kReadBufferSize);
-        },
-        [](uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
-            auto* s = static_cast<Slot*>(stream->data);
-            s->pool->on_channel_read(*s, nread, buf);
-        });
+    // libuv refuses only a descriptor it already watches or one it cannot make non-blocking;
+    // neither can be true of a socket created just now.
+    OUTBOX_CHECK(slot->channel.open(loop_, supervisor_end.get()) == 0);
+    static_cast<void>(supervisor_end.release()); // closed with the channel from now on
+    // The slot outlives both handles' callbacks: on_exit() closes them before the slot goes.
+    OUTBOX_CHECK(slot->channel.read_start(kReadBufferSize, [this, raw](ssize_t n, const char* d) {
+        on_channel_read(*raw, n, d);
+    }) == 0);
+    slot->timer = Timer(loop_, [this, raw] { on_timeout(*raw); });
     slots_[index] = std::move(slot);
     spdlog::debug("handler process {} started (slot {})", pid, index);
 }
 
-void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf) {
-    if (nread == 0) {
-        return;
-    }
+void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const char* data) {
     if (nread < 0) {
         // EOF: the process closed its end, which only happens when it exits (or a handler closed
         // descriptor 3 behind our back). Either way it can no longer report results: make sure it
@@ -243,20 +219,11 @@ void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf)
             // within milliseconds. If it is still alive after a grace period, it closed the
             // channel but kept running (a handler closed descriptor 3): then it is killed.
             slot.channel_closed = true;
-            if (slot.timer != nullptr) {
-                uv_timer_stop(slot.timer);
-                uv_timer_start(
-                    slot.timer,
-                    [](uv_timer_t* t) {
-                        auto* s = static_cast<Slot*>(t->data);
-                        s->pool->on_timeout(*s);
-                    },
-                    kChannelCloseGraceMs, 0);
-            }
+            slot.timer.start(kChannelCloseGraceMs); // replaces the event's timeout
         }
         return;
     }
-    slot.decoder.feed(buf->base, static_cast<size_t>(nread));
+    slot.decoder.feed(data, static_cast<size_t>(nread));
     // The events dispatched in answer to these results (through on_result and on_capacity) go
     // out together once every frame of this read is handled.
     WriteBatch batch(*this);
@@ -273,7 +240,7 @@ void WorkerPool::on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf)
             return;
         }
         handle_frame(slot, std::move(next.frame));
-        if (slot.killed || slot.channel == nullptr) {
+        if (slot.killed || !slot.channel.is_open()) {
             return;
         }
     }
@@ -345,7 +312,7 @@ void WorkerPool::handle_frame(Slot& slot, Frame&& frame) {
 }
 
 void WorkerPool::send(Slot& slot, std::string frame) {
-    if (slot.channel == nullptr) {
+    if (!slot.channel.is_open()) {
         return;
     }
     if (hold_writes_ > 0) {
@@ -362,7 +329,7 @@ void WorkerPool::flush_writes() {
         }
         std::string bytes;
         bytes.swap(slot.held);
-        if (slot.channel != nullptr) {
+        if (slot.channel.is_open()) {
             write_now(slot, std::move(bytes));
         }
     };
@@ -375,21 +342,8 @@ void WorkerPool::flush_writes() {
 }
 
 void WorkerPool::write_now(Slot& slot, std::string bytes) {
-    struct WriteReq {
-        uv_write_t req;
-        std::string data;
-    };
-    auto* w = new WriteReq;
-    w->data = std::move(bytes);
-    uv_buf_t buf = uv_buf_init(w->data.data(), static_cast<unsigned>(w->data.size()));
-    int rc = uv_write(&w->req, reinterpret_cast<uv_stream_t*>(slot.channel), &buf, 1,
-                      [](uv_write_t* req, int) {
-                          // A failed write means the process is gone; EOF or SIGCHLD reports that.
-                          delete reinterpret_cast<WriteReq*>(req);
-                      });
-    if (rc != 0) {
-        delete w;
-    }
+    // A failed write means the process is gone; EOF or SIGCHLD reports that.
+    static_cast<void>(slot.channel.write(std::move(bytes)));
 }
 
 int WorkerPool::ready_processes() const {
@@ -442,10 +396,10 @@ bool WorkerPool::dispatch(uint64_t seq, std::string_view fields, long timeout_ms
 }
 
 void WorkerPool::arm_timeout(Slot& slot) {
-    if (slot.timer == nullptr || slot.channel_closed || slot.state == SlotState::dead) {
+    if (!slot.timer.is_open() || slot.channel_closed || slot.state == SlotState::dead) {
         return;
     }
-    uv_timer_stop(slot.timer);
+    slot.timer.stop();
     if (slot.pipeline.empty()) {
         return;
     }
@@ -456,13 +410,7 @@ void WorkerPool::arm_timeout(Slot& slot) {
     }
     uint64_t limit =
         static_cast<uint64_t>(slot.pipeline.front().timeout_ms + options_.kill_grace_ms);
-    uv_timer_start(
-        slot.timer,
-        [](uv_timer_t* t) {
-            auto* s = static_cast<Slot*>(t->data);
-            s->pool->on_timeout(*s);
-        },
-        limit, 0);
+    slot.timer.start(limit);
 }
 
 void WorkerPool::on_timeout(Slot& slot) {
@@ -491,18 +439,13 @@ void WorkerPool::kill_slot(Slot& slot, RestartReason reason, std::string why) {
     slot.kill_reason = reason;
     slot.kill_error = std::move(why);
     slot.kill_seq = slot.pipeline.empty() ? 0 : slot.pipeline.front().seq;
-    if (slot.timer != nullptr) {
-        uv_timer_stop(slot.timer);
-    }
+    slot.timer.stop();
     ::kill(slot.pid, SIGKILL);
 }
 
 void WorkerPool::close_channel(Slot& slot) {
-    if (slot.channel != nullptr) {
-        uv_read_stop(reinterpret_cast<uv_stream_t*>(slot.channel));
-        close_handle(slot.channel);
-        slot.channel = nullptr;
-    }
+    // Writes still queued are cancelled: the process is gone, or going.
+    slot.channel.close();
 }
 
 void WorkerPool::on_sigchld() {
@@ -534,11 +477,8 @@ void WorkerPool::on_sigchld() {
 }
 
 void WorkerPool::drain_channel(Slot& slot) {
-    uv_os_fd_t fd = -1;
-    if (slot.channel != nullptr &&
-        uv_fileno(reinterpret_cast<const uv_handle_t*>(slot.channel), &fd) != 0) {
-        fd = -1;
-    }
+    int fd = slot.channel.fd(); // -1 once the channel is closed
+    std::unique_ptr<char[]> buffer;
     WriteBatch batch(*this);
     for (;;) {
         // Frames already in the decoder first: once the slot is killed, a read callback stops
@@ -555,14 +495,17 @@ void WorkerPool::drain_channel(Slot& slot) {
         }
         // The channel is non-blocking (libuv made it so): this ends at end of file, or at
         // EAGAIN when something else still holds the process's end.
-        ssize_t n = ::read(fd, slot.read_buffer.get(), kReadBufferSize);
+        if (buffer == nullptr) {
+            buffer = std::make_unique_for_overwrite<char[]>(kReadBufferSize);
+        }
+        ssize_t n = ::read(fd, buffer.get(), kReadBufferSize);
         if (n < 0 && errno == EINTR) {
             continue;
         }
         if (n <= 0) {
             return;
         }
-        slot.decoder.feed(slot.read_buffer.get(), static_cast<size_t>(n));
+        slot.decoder.feed(buffer.get(), static_cast<size_t>(n));
     }
 }
 
@@ -575,11 +518,7 @@ void WorkerPool::on_exit(Slot& slot, int status) {
     // They are read first, so that the head of the pipeline is the event that was really running.
     drain_channel(slot);
     close_channel(slot);
-    if (slot.timer != nullptr) {
-        uv_timer_stop(slot.timer);
-        close_handle(slot.timer);
-        slot.timer = nullptr;
-    }
+    slot.timer.close();
     std::string how = describe_status(slot.pid, status);
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == kWorkerExitOk && !slot.killed;
 
@@ -667,22 +606,11 @@ void WorkerPool::on_exit(Slot& slot, int status) {
 }
 
 void WorkerPool::respawn_later(int index, long delay_ms) {
-    auto& timer = respawn_timers_[static_cast<size_t>(index)];
-    if (timer == nullptr) {
-        timer = std::make_unique<RespawnTimer>();
-        timer->pool = this;
-        timer->index = index;
-        uv_timer_init(loop_, &timer->handle);
-        timer->handle.data = timer.get();
-        ++open_handles_;
+    Timer& timer = respawn_timers_[static_cast<size_t>(index)];
+    if (!timer.is_open()) {
+        timer = Timer(loop_, [this, index] { spawn(index); });
     }
-    uv_timer_start(
-        &timer->handle,
-        [](uv_timer_t* t) {
-            auto* rt = static_cast<RespawnTimer*>(t->data);
-            rt->pool->spawn(rt->index);
-        },
-        static_cast<uint64_t>(delay_ms), 0);
+    timer.start(static_cast<uint64_t>(delay_ms));
 }
 
 void WorkerPool::replace_subscribers(std::shared_ptr<const std::vector<Subscriber>> subscribers) {
@@ -721,10 +649,8 @@ void WorkerPool::quit_all() {
     for (auto& slot : retired_) {
         quit(*slot);
     }
-    for (auto& timer : respawn_timers_) {
-        if (timer != nullptr) {
-            uv_timer_stop(&timer->handle);
-        }
+    for (Timer& timer : respawn_timers_) {
+        timer.stop();
     }
 }
 
@@ -752,56 +678,21 @@ void WorkerPool::close(std::function<void()> on_closed) {
     maybe_finish_close();
 }
 
-void WorkerPool::close_handle(uv_handle_t* handle, bool free_it) {
-    handle->data = this;
-    if (free_it) {
-        uv_close(handle, [](uv_handle_t* h) {
-            auto* self = static_cast<WorkerPool*>(h->data);
-            free_handle(h);
-            self->handle_closed();
-        });
-    } else {
-        uv_close(handle,
-                 [](uv_handle_t* h) { static_cast<WorkerPool*>(h->data)->handle_closed(); });
-    }
-}
-
-void WorkerPool::free_handle(uv_handle_t* h) {
-    switch (h->type) {
-    case UV_NAMED_PIPE:
-        delete reinterpret_cast<uv_pipe_t*>(h);
-        break;
-    case UV_TIMER:
-        delete reinterpret_cast<uv_timer_t*>(h);
-        break;
-    default:
-        OUTBOX_CHECK(!"only pipes and timers are closed through free_handle");
-    }
-}
-
-void WorkerPool::handle_closed() {
-    --open_handles_;
-    if (closing_ && open_handles_ == 0 && on_closed_) {
-        auto cb = std::move(on_closed_);
-        cb();
-    }
-}
-
 void WorkerPool::maybe_finish_close() {
-    if (!closing_ || !slots_.empty() || !retired_.empty() || final_handles_closing_) {
+    if (!closing_ || closed_ || !slots_.empty() || !retired_.empty()) {
         return;
     }
-    // Every child is reaped: now the pool's own handles can go.
-    final_handles_closing_ = true;
-    for (auto& timer : respawn_timers_) {
-        if (timer != nullptr) {
-            uv_timer_stop(&timer->handle);
-            timer->handle.data = this;
-            close_handle(reinterpret_cast<uv_handle_t*>(&timer->handle), false);
-        }
+    // Every child is reaped (and each slot's handles closed with it): now the pool's own handles
+    // can go. SIGCHLD stayed open until here so that the loop kept running to reap them.
+    closed_ = true;
+    for (Timer& timer : respawn_timers_) {
+        timer.close();
     }
-    uv_signal_stop(&sigchld_);
-    close_handle(reinterpret_cast<uv_handle_t*>(&sigchld_), false);
+    sigchld_.close();
+    if (on_closed_) {
+        auto on_closed = std::move(on_closed_);
+        on_closed(); // last: it may destroy the pool
+    }
 }
 
 } // namespace outbox

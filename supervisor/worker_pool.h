@@ -7,13 +7,13 @@
 // never started and are handed back without an attempt (on_returned).
 //
 // Everything runs on the supervisor's loop. The pool reaps its children on SIGCHLD (waitpid(-1),
-// so as PID 1 in a container it also reaps orphans that were re-parented to it).
+// so as PID 1 in a container it also reaps orphans that were re-parented to it). Its libuv handles
+// (each slot's channel and timer, the respawn timers, SIGCHLD) are the wrappers of uv_handle.h.
 #pragma once
 
 #include "common/protocol.h"
+#include "supervisor/uv_handle.h"
 #include "worker/subscriber.h"
-
-#include <uv.h>
 
 #include <cstdint>
 #include <deque>
@@ -96,7 +96,10 @@ class WorkerPool {
     // Deadline passed: SIGKILL every process. Events they held come back through on_returned
     // (uncharged: the service, not the handler, cut them short).
     void kill_all();
-    // Closes every handle; on_closed runs once all are closed and every child is reaped.
+    // Kills every process (as kill_all) and closes the pool's handles once every child is reaped:
+    // the SIGCHLD handle stays open until then, which keeps the loop running. on_closed runs
+    // after the last handle is closed (libuv frees them on the next turn of the loop); it may
+    // destroy the pool.
     void close(std::function<void()> on_closed);
 
   private:
@@ -104,7 +107,7 @@ class WorkerPool {
     enum class SlotState { starting, ready, quitting, dead };
 
     void spawn(int index);
-    void on_channel_read(Slot& slot, ssize_t nread, const uv_buf_t* buf);
+    void on_channel_read(Slot& slot, ssize_t nread, const char* data);
     void handle_frame(Slot& slot, Frame&& frame);
     void send(Slot& slot, std::string frame);
     void write_now(Slot& slot, std::string bytes);
@@ -118,21 +121,8 @@ class WorkerPool {
     void on_exit(Slot& slot, int status);
     void close_channel(Slot& slot);
     void respawn_later(int index, long delay_ms);
+    // Once closing and every child is reaped: closes the pool's own handles, runs on_closed.
     void maybe_finish_close();
-    // Closes a handle; freed afterwards when it was heap-allocated on its own (channel, timer).
-    void close_handle(uv_handle_t* handle, bool free_it);
-    template <typename Handle>
-    void close_handle(Handle* handle) {
-        close_handle(reinterpret_cast<uv_handle_t*>(handle), true);
-    }
-    static void free_handle(uv_handle_t* handle);
-    void handle_closed();
-
-    struct RespawnTimer {
-        uv_timer_t handle;
-        WorkerPool* pool;
-        int index;
-    };
 
     uv_loop_t* loop_;
     PoolOptions options_;
@@ -142,14 +132,13 @@ class WorkerPool {
     // Active slots by index 0..workers-1, plus retired slots (replaced on SIGHUP, still finishing).
     std::map<int, std::unique_ptr<Slot>> slots_;
     std::vector<std::unique_ptr<Slot>> retired_;
-    std::vector<std::unique_ptr<RespawnTimer>> respawn_timers_;
+    std::vector<Timer> respawn_timers_; // by slot index, opened on a slot's first delayed respawn
     std::vector<int> consecutive_crashes_;
-    uv_signal_t sigchld_;
+    Signal sigchld_;
     int hold_writes_ = 0; // open WriteBatch scopes
     bool draining_ = false;
     bool closing_ = false;
-    bool final_handles_closing_ = false;
-    int open_handles_ = 0;
+    bool closed_ = false; // every child reaped and every handle closed
     std::function<void()> on_closed_;
 };
 
