@@ -7,6 +7,7 @@
 #include "worker/subscriber.h"
 #include <outbox/outbox.h>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <string>
@@ -112,6 +113,16 @@ Worker& Worker::subscribe(Subscription subscription) {
 }
 
 int Worker::run() {
+    // A stop signal that arrives before the supervisor's loop watches for it would kill the
+    // process by its default action, which systemd, a container runtime or a test would see as a
+    // crash rather than a clean stop. Held back until the loop's handlers are in place
+    // (supervisor/service.cpp), it is delivered to them then, and the service drains and exits 0.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+        sigaddset(&stop_signals, sig);
+    }
+    pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
     ConfigResult loaded = load_config(process_environment());
     if (!loaded.config) {
         std::fprintf(stderr, "%s: %s\n", cli::kProgram, loaded.error.c_str());

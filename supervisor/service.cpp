@@ -198,6 +198,14 @@ void Service::start() {
     sigterm_ = Signal(&loop_, SIGTERM, [this](int s) { on_signal(s); });
     sigint_ = Signal(&loop_, SIGINT, [this](int s) { on_signal(s); });
     sighup_ = Signal(&loop_, SIGHUP, [this](int s) { on_signal(s); });
+    // Worker::run() blocked these until now: one that arrived meanwhile is delivered here, to the
+    // handlers just installed.
+    sigset_t stop_signals;
+    sigemptyset(&stop_signals);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+        sigaddset(&stop_signals, sig);
+    }
+    pthread_sigmask(SIG_UNBLOCK, &stop_signals, nullptr);
     poll_timer_ = Timer(&loop_, [this] { relay_->wake(); });
     wake_timer_ = Timer(&loop_, [this] { relay_->wake(); });
     flush_retry_timer_ = Timer(&loop_, [this] { relay_->flush(); });

@@ -5,8 +5,11 @@
 #include "tests/integration/engine_support.h"
 
 #include <algorithm>
+#include <fcntl.h>
 #include <fstream>
+#include <sys/stat.h>
 #include <thread>
+#include <unistd.h>
 
 using namespace outbox::test;
 
@@ -419,6 +422,29 @@ TEST_CASE("a second SIGTERM stops at once, still leaving nothing PROCESSING", "[
     CHECK(db.count(
               R"(SELECT count(*) FROM "Outbox" WHERE status = 'PENDING' AND "retryCount" = 0)") ==
           2);
+}
+
+TEST_CASE("a SIGTERM that arrives while the service is still starting stops it cleanly",
+          "[engine]") {
+    TestDatabase db;
+    db.migrate();
+    // The handlers file is a FIFO: the service blocks reading it, before its loop watches for
+    // signals. Opening the FIFO for writing returns once the service has opened it for reading,
+    // so the SIGTERM below surely arrives in that window.
+    std::string fifo = temp_path("handlers.fifo");
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    Service service(db, {{"OUTBOX_HANDLERS", fifo}});
+    int fd = ::open(fifo.c_str(), O_WRONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    service.process().send_signal(SIGTERM);
+    std::string handlers = R"([{"eventTypes": ["s.*"], "log": {}}])";
+    REQUIRE(::write(fd, handlers.data(), handlers.size()) == static_cast<ssize_t>(handlers.size()));
+    ::close(fd);
+    auto status = service.process().wait_exit(30s);
+    REQUIRE(status.has_value());
+    INFO(service.log());
+    CHECK(status->exited_with(0));
+    CHECK(service.log().find("received SIGTERM") != std::string::npos);
 }
 
 TEST_CASE("an event committed to an idle service starts at once, not at the next poll",
