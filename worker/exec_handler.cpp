@@ -1,5 +1,6 @@
 #include "worker/exec_handler.h"
 
+#include "common/fd.h"
 #include "common/protocol.h"
 
 #include <spdlog/spdlog.h>
@@ -28,35 +29,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// An owned file descriptor.
-class Fd {
-  public:
-    Fd() = default;
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() { reset(); }
-    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    Fd& operator=(Fd&& other) noexcept {
-        if (this != &other) {
-            reset();
-            fd_ = std::exchange(other.fd_, -1);
-        }
-        return *this;
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-
-    int get() const { return fd_; }
-    bool is_open() const { return fd_ >= 0; }
-    void reset() {
-        if (fd_ >= 0) {
-            ::close(fd_);
-            fd_ = -1;
-        }
-    }
-
-  private:
-    int fd_ = -1;
-};
+// Descriptors of the command's pipes and its pidfd (common/fd.h).
+using Fd = UniqueFd;
 
 // The child dup2()s its pipe ends onto 0 and 2; if an end already were 0, 1 or 2 (a handler
 // process started with a closed stdio descriptor), dup2 onto itself would keep its close-on-exec

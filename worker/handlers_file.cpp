@@ -1,5 +1,7 @@
 #include "worker/handlers_file.h"
 
+#include "common/fd.h"
+
 #include "common/json.h"
 #include "worker/exec_handler.h"
 #include "worker/http_handler.h"
@@ -526,14 +528,14 @@ HandlersFileResult load_handlers_file(const std::string& path, long default_time
     auto failure = [&](const std::string& problem) {
         return HandlersFileResult{std::nullopt, path + ": " + problem};
     };
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
+    UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!file.is_open()) {
         return failure(std::string("cannot open: ") + std::strerror(errno));
     }
+    const int fd = file.get();
     std::string text;
     struct stat info {};
     if (::fstat(fd, &info) == 0 && S_ISDIR(info.st_mode)) {
-        ::close(fd);
         return failure("cannot read: is a directory");
     }
     char buffer[65536];
@@ -543,21 +545,17 @@ HandlersFileResult load_handlers_file(const std::string& path, long default_time
             continue;
         }
         if (n < 0) {
-            const int error = errno;
-            ::close(fd);
-            return failure(std::string("cannot read: ") + std::strerror(error));
+            return failure(std::string("cannot read: ") + std::strerror(errno));
         }
         if (n == 0) {
             break;
         }
         text.append(buffer, static_cast<std::size_t>(n));
         if (text.size() > static_cast<std::size_t>(kMaxHandlersFileBytes)) {
-            ::close(fd);
             return failure("is larger than " + std::to_string(kMaxHandlersFileBytes / 1024 / 1024) +
                            " MiB");
         }
     }
-    ::close(fd);
     return parse_handlers_json(text, path, default_timeout_ms);
 }
 

@@ -74,7 +74,7 @@ TEST_CASE("uv_handle: close_loop names the handles left open", "[uv_handle]") {
     CHECK(close_loop(&loop).empty());
 }
 
-TEST_CASE("uv_handle: a poll watches a socket; a signal handle delivers its signal",
+TEST_CASE("uv_handle: a poll watches a socket, and a signal handle delivers its signal",
           "[uv_handle]") {
     uv_loop_t loop;
     REQUIRE(uv_loop_init(&loop) == 0);
