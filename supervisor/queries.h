@@ -347,8 +347,10 @@ SELECT count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2)
 inline constexpr const char* kSweepExpiredLeases = kSweepExpiredLeasesText.data();
 
 // Counts for health, metrics and the metrics log line. Cheap enough to run every few seconds,
-// and cached between runs rather than queried per HTTP request.
-//   $1 LIKE patterns of the subscribed types (NULL: every type)
+// and cached between runs rather than queried per HTTP request. The blocked keys (SPEC 2a) come
+// from the partial index on the head table's blocked_since, which holds only blocked keys.
+//   $1 LIKE patterns of the subscribed types (NULL: every type), $2 lease length in ms: keys
+//   blocked for longer are named (at most 5, longest first) for the log's warning.
 inline constexpr const char* kStatusCounts = R"sql(
 SELECT (SELECT count(*) FROM "Outbox" WHERE "status" = 'PENDING'),
        (SELECT count(*) FROM "Outbox" WHERE "status" = 'PROCESSING'),
@@ -362,7 +364,16 @@ SELECT (SELECT count(*) FROM "Outbox" WHERE "status" = 'PENDING'),
             SELECT "eventType" AS t, count(*) AS n FROM "Outbox"
              WHERE "status" = 'PENDING' AND $1::text[] IS NOT NULL
                AND NOT ("eventType" LIKE ANY ($1::text[]))
-             GROUP BY "eventType" ORDER BY count(*) DESC LIMIT 100) x)
+             GROUP BY "eventType" ORDER BY count(*) DESC LIMIT 100) x),
+       (SELECT count(*) FROM outbox_worker_ordering_head WHERE blocked_since IS NOT NULL),
+       (SELECT count(*) FROM outbox_worker_ordering_head
+         WHERE blocked_since < now() - $2::bigint * interval '1 millisecond'),
+       (SELECT COALESCE(string_agg(format('%s (%s s)', key,
+                                          extract(epoch FROM now() - blocked_since)::bigint),
+                                   ', ' ORDER BY blocked_since), '')
+          FROM (SELECT key, blocked_since FROM outbox_worker_ordering_head
+                 WHERE blocked_since < now() - $2::bigint * interval '1 millisecond'
+                 ORDER BY blocked_since LIMIT 5) b)
 )sql";
 
 // Retention (SPEC 2): deletes one small batch of old COMPLETED rows. One instance at a time: the
