@@ -110,10 +110,10 @@ class RowReader {
 } // namespace
 
 Decoded<ClaimedEvent> claimed_event_from_row(const PgResult& result, int row) {
-    if (result.get() == nullptr || result.columns() != kClaimColumns) {
+    if (result.get() == nullptr || result.columns() < kClaimColumns) {
         return Decoded<ClaimedEvent>::failure(
             "the claim returned " + std::to_string(result.columns()) + " columns, expected " +
-            std::to_string(kClaimColumns));
+            std::to_string(kClaimColumns) + " or more");
     }
     if (row < 0 || row >= result.rows()) {
         return Decoded<ClaimedEvent>::failure("claimed row " + std::to_string(row) +
