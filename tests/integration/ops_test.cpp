@@ -953,6 +953,10 @@ TEST_CASE("a blocked ordering key shows in outbox_blocked_keys and the log, and 
     INFO(service.log());
     REQUIRE(wait_for_count(db, kCompleted, 20));
     REQUIRE(wait_for_sample(port, "outbox_blocked_keys", {}, 1));
+    Json enhanced = json_body(http_get(port, "/api/metrics/enhanced"));
+    REQUIRE(enhanced);
+    CHECK(json_number(cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox"), "blockedKeys") ==
+          1);
     REQUIRE(wait_until(
         [&] { return service.log().find("blocked for longer than a lease") != std::string::npos; },
         20s));
