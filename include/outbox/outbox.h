@@ -88,7 +88,16 @@ struct Subscription {
     std::vector<std::string> eventTypes; // exact names or globs with '*': "shopify.*", "*"
     Handler handler;
     long timeoutMs = 0; // 0: OUTBOX_HANDLER_TIMEOUT_MS
-    std::string name;   // for logs; defaults to "code#N"
+    // The subscriber's identity, in logs and in an event's record of the subscribers that
+    // succeeded for it: a retry of the event (from the DLQ too) skips those (SPEC 2, "Several
+    // subscribers, one event"). Empty: "code#N", N the position among the subscribe() calls,
+    // which changes when a subscriber is added before it. So set a name, unique among all
+    // subscribers (the handlers file's included), on every subscriber that can match an event
+    // type another subscriber can match too, and keep it: a renamed subscriber runs again for
+    // events that were retrying or dead-lettered under the old name. A name should be valid
+    // UTF-8 of at most 1024 bytes; a longer or invalid one is recorded shortened or repaired,
+    // which still matches on the next attempt but reads differently in the database.
+    std::string name;
 };
 
 // The service. Configuration comes from the environment (SPEC section 3); handlers from subscribe()
