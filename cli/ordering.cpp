@@ -142,9 +142,12 @@ int ordering_blocked(Session& session, bool json) {
             since = res.value(row, 4) + " (" +
                     short_duration(std::atof(res.value(row, 6).c_str())) + ")";
         }
-        rows.push_back(
-            {res.value(row, 0), res.value(row, 1), res.value(row, 2), since, res.value(row, 5),
-             res.is_null(row, 3) ? "-" : shorten(res.value(row, 3), kReasonColumnWidth)});
+        // The view joins the head row loosely: an operator may have deleted it meanwhile.
+        auto cell = [&](int col) {
+            return res.is_null(row, col) ? std::string("-") : res.value(row, col);
+        };
+        rows.push_back({res.value(row, 0), cell(1), cell(2), since, res.value(row, 5),
+                        shorten(cell(3), kReasonColumnWidth)});
     }
     print_table({"KEY", "HEAD EVENT", "STATUS", "BLOCKED SINCE", "WAITING", "REASON"}, rows);
     return kExitOk;
