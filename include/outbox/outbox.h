@@ -112,8 +112,8 @@ class Worker {
     // Subscribers run in registration order; an event succeeds when every matching one succeeds.
     Worker& subscribe(Subscription subscription);
 
-    // The whole command line of `outbox-worker` (run, migrate, emit, dlq, stats, health,
-    // check-config). Returns the process exit code (0, 1, 64 usage, 78 configuration).
+    // The whole command line of `outbox-worker` (run, migrate, emit, dlq, ordering, stats,
+    // health, check-config). Returns the process exit code (0, 1, 64 usage, 78 configuration).
     int main(int argc, char** argv);
 
     // `outbox-worker run`: serves until SIGTERM/SIGINT, returns the exit code.
@@ -135,6 +135,10 @@ struct NewEvent {
     std::optional<std::string> metadata; // JSON text
     std::optional<std::string> correlationId;
     std::optional<int> maxRetries; // default: the column default (5)
+    // Events with the same ordering key are delivered one at a time, in the order in which their
+    // transactions commit (SPEC 2a). nullopt: the database's ordering rule decides (`outbox-worker
+    // ordering set`), and without a rule the event is unordered.
+    std::optional<std::string> orderingKey;
 };
 
 struct WrittenEvent {
