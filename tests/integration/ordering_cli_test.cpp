@@ -518,3 +518,33 @@ TEST_CASE("dlq retry puts a dead-lettered head back before the events that waite
     CHECK(none.out == "no blocked ordering keys\n");
     stop_cleanly(service, db);
 }
+
+TEST_CASE(
+    "OUTBOX_ORDERING_ON_DEAD_LETTER=skip: the events behind a dead-lettered head go on at once",
+    "[cli][ordering]") {
+    TestDatabase db;
+    db.migrate();
+    std::string delivered = temp_path("delivered.txt");
+    std::string handlers = write_handlers_file(
+        R"([{"name": "job", "eventTypes": ["ord.*"], "exec": {"command": ["sh", "-c",
+              "input=$(cat); case \"$input\" in *poison*) echo poisoned payload >&2; exit 65;; esac; echo \"$OUTBOX_EVENT_ID\" >> )" +
+        delivered + R"("]}}])");
+    std::string head = emit(db, {"--type", "ord.job", "--key", "head", "--ordering-key", "acct-1",
+                                 "--payload", R"({"poison": true})"});
+    std::string w1 = emit(db, {"--type", "ord.job", "--key", "w1", "--ordering-key", "acct-1"});
+    std::string w2 = emit(db, {"--type", "ord.job", "--key", "w2", "--ordering-key", "acct-1"});
+    Service service(db,
+                    {{"OUTBOX_HANDLERS", handlers}, {"OUTBOX_ORDERING_ON_DEAD_LETTER", "skip"}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, kCompleted, 2));
+    CHECK(db.count(R"(SELECT count(*) FROM "DlqEventLog")") == 1);
+    CHECK(lines(read_text_file(delivered)) == std::vector<std::string>{w1, w2});
+    RunResult blocked = cli({"ordering", "blocked", "--json"}, db_env(db));
+    REQUIRE_EXIT(blocked, 0);
+    CHECK(blocked.out.find("[]") != std::string::npos);
+    // The entry no longer blocks anything: skipping it releases nothing.
+    RunResult skip = cli({"dlq", "skip", dlq_id_of(db, head)}, db_env(db));
+    REQUIRE_EXIT(skip, 0);
+    CHECK(skip.out.find("did not block a key") != std::string::npos);
+    stop_cleanly(service, db);
+}
