@@ -65,18 +65,27 @@ inline constexpr char kNotifyChannel[] = "outbox_worker";
 // SKIP LOCKED lets any number of instances claim at once without waiting on each other; a row
 // another transaction is claiming is simply not ours this time.
 // Ordering per key (SPEC 2a, migration 004): an event with a key is taken only when it is its
-// key's head (orderingSeq = done_seq + 1; "<=" so that an event can never be stranded behind a
-// number that will not come); one that is not is parked, which takes it out of the claim's index
-// until its key reaches it. done_seq is read FOR SHARE so that a head being released right now
+// key's head: orderingSeq = done_seq + 1, or no event of the key still to deliver lies between
+// (a number drawn for a row that was never inserted is a hole, not a wait; the index probe runs
+// only for events that are not the next number); one that is not is parked, which takes it out
+// of the claim's index until its key reaches it. A row given a key by a later UPDATE has no
+// number and is taken as unordered rather than left in everyone's way. done_seq is read FOR SHARE so that a head being released right now
 // (whose release updates that row) is neither taken nor parked by this claim (SKIP LOCKED gives
 // NULL), and a park can never slip in after the release that would have unparked it.
 inline constexpr const char* kClaim = R"sql(
 WITH cand AS (
     SELECT o."id", o."eventLogId",
-           CASE WHEN o."orderingKey" IS NULL THEN true
-                ELSE o."orderingSeq" <= (SELECT h.done_seq FROM outbox_worker_ordering_head h
-                                          WHERE h.key = o."orderingKey"
-                                            FOR SHARE SKIP LOCKED) + 1
+           CASE WHEN o."orderingKey" IS NULL OR o."orderingSeq" IS NULL THEN true
+                ELSE (SELECT o."orderingSeq" <= h.done_seq + 1
+                             OR NOT EXISTS (
+                                 SELECT 1 FROM "Outbox" p
+                                  WHERE p."orderingKey" = o."orderingKey"
+                                    AND p."orderingSeq" > h.done_seq
+                                    AND p."orderingSeq" < o."orderingSeq"
+                                    AND p."status" <> 'COMPLETED')
+                        FROM outbox_worker_ordering_head h
+                       WHERE h.key = o."orderingKey"
+                         FOR SHARE OF h SKIP LOCKED)
            END AS head
       FROM "Outbox" o
      WHERE o."status" = 'PENDING' AND NOT o."orderingParked"
