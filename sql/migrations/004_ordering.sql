@@ -154,15 +154,15 @@ BEGIN
     IF NOT FOUND THEN
         RETURN FALSE;
     END IF;
-    -- FOR UPDATE waits for a claim that is parking this row right now; the UPDATE below then runs
-    -- with a fresh snapshot and sees the park.
+    -- No row lock is needed here: a claim parks an event only while it holds the key's head row
+    -- FOR SHARE, so the UPDATE above returned only after every such claim had committed, and this
+    -- statement (a new snapshot) sees their parks; a claim that comes later finds the key moved on.
     SELECT o."id", o."orderingSeq" INTO v_next_id, v_next_seq
       FROM "Outbox" o
      WHERE o."orderingKey" = p_key AND o."orderingSeq" > p_seq
        AND o."status" IN ('PENDING', 'PROCESSING')
      ORDER BY o."orderingSeq"
-     LIMIT 1
-       FOR UPDATE;
+     LIMIT 1;
     IF FOUND THEN
         IF v_next_seq > p_seq + 1 THEN
             UPDATE outbox_worker_ordering_head SET done_seq = v_next_seq - 1 WHERE key = p_key;
