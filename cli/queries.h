@@ -4,8 +4,9 @@
 namespace outbox::cli::sql {
 
 // stats, in one statement so that the numbers come from one snapshot: rows by status, the DLQ
-// size and the age in seconds of the oldest due event (SPEC 2's definition of due), which the
-// partial index "Outbox_worker_due_idx" on PENDING rows answers cheaply.
+// size and the age in seconds of the oldest due event (SPEC 2's definition of due; an event parked
+// behind an earlier event of its ordering key is waiting, not due), which the claim's partial
+// index "Outbox_worker_claim_idx" answers cheaply.
 inline constexpr const char* kStats = R"sql(
 SELECT count(*) FILTER (WHERE o."status" = 'PENDING'),
        count(*) FILTER (WHERE o."status" = 'PROCESSING'),
@@ -14,7 +15,7 @@ SELECT count(*) FILTER (WHERE o."status" = 'PENDING'),
        (SELECT count(*) FROM "DlqEventLog"),
        (SELECT extract(epoch FROM now() - d."createdAt")::float8
           FROM "Outbox" d
-         WHERE d."status" = 'PENDING'
+         WHERE d."status" = 'PENDING' AND NOT d."orderingParked"
            AND (d."nextRetryAt" IS NULL OR d."nextRetryAt" <= now())
          ORDER BY d."createdAt"
          LIMIT 1)

@@ -24,14 +24,27 @@ enum Column : int {
     kCorrelationId,
     kCreatedAt,
     kAttempt,
+    kSubscribersDone,
 };
-static_assert(kAttempt + 1 == kClaimColumns);
+static_assert(kSubscribersDone + 1 == kClaimColumns);
 
 const char* column_name(int column) {
-    static constexpr const char* kNames[kClaimColumns] = {
-        "id",         "retryCount", "maxRetries",    "eventType (Outbox)", "createdAt (ms)",
-        "eventLogId", "eventKey",   "tenantId",      "projectId",          "eventType",
-        "payload",    "metadata",   "correlationId", "createdAt",          "attempt"};
+    static constexpr const char* kNames[kClaimColumns] = {"id",
+                                                          "retryCount",
+                                                          "maxRetries",
+                                                          "eventType (Outbox)",
+                                                          "createdAt (ms)",
+                                                          "eventLogId",
+                                                          "eventKey",
+                                                          "tenantId",
+                                                          "projectId",
+                                                          "eventType",
+                                                          "payload",
+                                                          "metadata",
+                                                          "correlationId",
+                                                          "createdAt",
+                                                          "attempt",
+                                                          "subscribersDone"};
     return kNames[column];
 }
 
@@ -130,6 +143,9 @@ Decoded<ClaimedEvent> claimed_event_from_row(const PgResult& result, int row) {
     fields.correlation_id = reader.nullable_text(kCorrelationId);
     fields.created_at = reader.text(kCreatedAt);
     fields.attempt = reader.integer<int>(kAttempt, 1);
+    // Subscribers that already succeeded (SPEC 2): passed on as PostgreSQL printed the array.
+    const std::optional<std::string_view> done = reader.nullable_text(kSubscribersDone);
+    (void)done;
     if (!reader.ok()) {
         return Decoded<ClaimedEvent>::failure(reader.error());
     }

@@ -15,7 +15,7 @@
 namespace outbox {
 
 // Columns of the claim's result, in the order of sql::kClaim.
-inline constexpr int kClaimColumns = 15;
+inline constexpr int kClaimColumns = 16;
 
 struct ClaimedEvent {
     std::string id; // "Outbox".id

@@ -110,35 +110,61 @@ void Janitor::refresh_counts(std::function<void()> then) {
     if (!serving_ || closed_ || !db_.connected()) {
         return;
     }
-    db_.query(
-        sql::kStatusCounts, {like_patterns_}, [this, then = std::move(then)](QueryResult&& r) {
-            if (!r.ok()) {
-                if (!r.lost) {
-                    spdlog::error("reading status counts failed: {}", r.error());
-                }
-                return;
-            }
-            DatabaseCounts c;
-            c.valid = true;
-            c.read_at_ms = uv_now(loop_);
-            c.pending = to_long(r.result.view(0, 0));
-            c.processing = to_long(r.result.view(0, 1));
-            c.completed = to_long(r.result.view(0, 2));
-            c.failed = to_long(r.result.view(0, 3));
-            c.dlq = to_long(r.result.view(0, 4));
-            c.oldest_due_age_s = to_double(r.result.view(0, 5));
-            c.unsubscribed_json = r.result.value(0, 6);
-            if (c.unsubscribed_json != "{}" &&
-                c.unsubscribed_json != telemetry_.counts().unsubscribed_json) {
-                spdlog::warn("pending events of types no subscriber here handles (left for other "
-                             "deployments): {}",
-                             c.unsubscribed_json);
-            }
-            telemetry_.set_counts(c);
-            if (then && !closed_) {
-                then();
-            }
-        });
+    db_.query(sql::kStatusCounts, {like_patterns_, std::to_string(config_.lease_ms)},
+              [this, then = std::move(then)](QueryResult&& r) {
+                  if (!r.ok()) {
+                      if (!r.lost) {
+                          spdlog::error("reading status counts failed: {}", r.error());
+                      }
+                      return;
+                  }
+                  DatabaseCounts c;
+                  c.valid = true;
+                  c.read_at_ms = uv_now(loop_);
+                  c.pending = to_long(r.result.view(0, 0));
+                  c.processing = to_long(r.result.view(0, 1));
+                  c.completed = to_long(r.result.view(0, 2));
+                  c.failed = to_long(r.result.view(0, 3));
+                  c.dlq = to_long(r.result.view(0, 4));
+                  c.oldest_due_age_s = to_double(r.result.view(0, 5));
+                  c.unsubscribed_json = r.result.value(0, 6);
+                  c.blocked_keys = to_long(r.result.view(0, 7));
+                  c.blocked_over_lease = to_long(r.result.view(0, 8));
+                  c.blocked_over_lease_names = r.result.value(0, 9);
+                  warn_blocked_keys(c);
+                  if (c.unsubscribed_json != "{}" &&
+                      c.unsubscribed_json != telemetry_.counts().unsubscribed_json) {
+                      spdlog::warn(
+                          "pending events of types no subscriber here handles (left for other "
+                          "deployments): {}",
+                          c.unsubscribed_json);
+                  }
+                  telemetry_.set_counts(c);
+                  if (then && !closed_) {
+                      then();
+                  }
+              });
+}
+
+void Janitor::warn_blocked_keys(const DatabaseCounts& c) {
+    // SPEC 2a: a key blocked for longer than a lease is worth an operator's look (its head keeps
+    // failing, or sits in the DLQ under the block policy). Once when the set of the longest-
+    // blocked keys changes, and again every minute while any stays blocked, not every pass.
+    if (c.blocked_over_lease == 0) {
+        blocked_warned_names_.clear();
+        return;
+    }
+    uint64_t now = uv_now(loop_);
+    if (c.blocked_over_lease_names == blocked_warned_names_ &&
+        now - blocked_warned_at_ms_ < kBlockedWarningEveryMs) {
+        return;
+    }
+    blocked_warned_names_ = c.blocked_over_lease_names;
+    blocked_warned_at_ms_ = now;
+    spdlog::warn("{} ordering key(s) blocked for longer than a lease ({} ms), their later events "
+                 "waiting: {}{}; see `outbox-worker ordering blocked`",
+                 c.blocked_over_lease, config_.lease_ms, c.blocked_over_lease_names,
+                 c.blocked_over_lease > 5 ? ", ..." : "");
 }
 
 void Janitor::run_retention() {

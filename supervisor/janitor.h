@@ -53,6 +53,7 @@ class Janitor {
     void run_retention();
     void log_metrics_line();
     void write_metrics_line();
+    void warn_blocked_keys(const DatabaseCounts& counts);
 
     uv_loop_t* loop_;
     const Config& config_;
@@ -65,6 +66,9 @@ class Janitor {
     bool closed_ = false;
 
     Timer sweep_timer_, counts_timer_, retention_timer_, metrics_log_timer_, status_timer_;
+    static constexpr uint64_t kBlockedWarningEveryMs = 60000;
+    std::string blocked_warned_names_; // the long-blocked keys last warned about
+    uint64_t blocked_warned_at_ms_ = 0;
     uint64_t completed_at_last_status_ = 0;
     uint64_t last_status_ms_ = 0;
 };

@@ -28,13 +28,16 @@ consteval auto join(const char (&... parts)[N]) {
 // outcome statements and the lease sweep): from a CTE named `upd` returning the updated Outbox
 // rows with `kind` (2 = dead letter) and `err` (the failure reason), one "DlqEventLog" row per
 // dead-lettered event, in the same statement and so the same transaction as the Outbox update.
-// The EventLog row supplies eventKey, projectId and metadata when it exists.
+// The EventLog row supplies eventKey, projectId and metadata when it exists. The ordering key and
+// number and the subscribers that had succeeded travel with it (migration 004), for its retry.
 inline constexpr char kDlqInsertFromUpd[] = R"sql(
     INSERT INTO "DlqEventLog" ("id", "originalId", "eventKey", "tenantId", "projectId", "eventType",
-                               "payload", "metadata", "failureReason", "retryCount")
+                               "payload", "metadata", "failureReason", "retryCount",
+                               "orderingKey", "orderingSeq", "subscribersDone")
     SELECT 'dlq_' || replace(gen_random_uuid()::text, '-', ''), u."id",
            COALESCE(e."eventKey", u."eventLogId"), u."tenantId", e."projectId", u."eventType",
-           u."payload", e."metadata", COALESCE(u.err, 'unknown error'), u."retryCount"
+           u."payload", e."metadata", COALESCE(u.err, 'unknown error'), u."retryCount",
+           u."orderingKey", u."orderingSeq", u."subscribersDone"
       FROM upd u LEFT JOIN "EventLog" e ON e."id" = u."eventLogId"
      WHERE u.kind = 2)sql";
 
@@ -53,42 +56,71 @@ inline constexpr char kNotifyChannel[] = "outbox_worker";
 // row's eventType, 4 its createdAt in epoch ms (for the latency metric), then the event's fields:
 // 5 eventLogId, 6 eventKey (NULL without an EventLog row), 7 tenantId, 8 projectId, 9 eventType,
 // 10 payload, 11 metadata, 12 correlationId, 13 createdAt (ISO 8601 UTC, microseconds),
-// 14 attempt (retryCount + 1).
+// 14 attempt (retryCount + 1), 15 subscribersDone (a JSON array of names, or NULL).
+// After the claimed rows comes one summary row whose id is NULL: its column 1 counts the
+// candidates this claim parked, which tells the relay that a short claim does not mean nothing
+// more is due. (A candidate whose key was busy at that instant is neither taken nor parked nor
+// counted: the release that made it busy wakes every instance when it commits.)
 // SKIP LOCKED lets any number of instances claim at once without waiting on each other; a row
 // another transaction is claiming is simply not ours this time.
+// Ordering per key (SPEC 2a, migration 004): an event with a key is taken only when it is its
+// key's head (orderingSeq = done_seq + 1; "<=" so that an event can never be stranded behind a
+// number that will not come); one that is not is parked, which takes it out of the claim's index
+// until its key reaches it. done_seq is read FOR SHARE so that a head being released right now
+// (whose release updates that row) is neither taken nor parked by this claim (SKIP LOCKED gives
+// NULL), and a park can never slip in after the release that would have unparked it.
 inline constexpr const char* kClaim = R"sql(
-WITH due AS (
-    SELECT o."id", o."eventLogId"
+WITH cand AS (
+    SELECT o."id", o."eventLogId",
+           CASE WHEN o."orderingKey" IS NULL THEN true
+                ELSE o."orderingSeq" <= (SELECT h.done_seq FROM outbox_worker_ordering_head h
+                                          WHERE h.key = o."orderingKey"
+                                            FOR SHARE SKIP LOCKED) + 1
+           END AS head
       FROM "Outbox" o
-     WHERE o."status" = 'PENDING'
+     WHERE o."status" = 'PENDING' AND NOT o."orderingParked"
        AND (o."nextRetryAt" IS NULL OR o."nextRetryAt" <= now())
        AND ($3::text[] IS NULL OR o."eventType" LIKE ANY ($3::text[]))
      ORDER BY o."createdAt"
      LIMIT $2::int
        FOR UPDATE OF o SKIP LOCKED
+),
+parked AS (
+    UPDATE "Outbox" o
+       SET "orderingParked" = true, "updatedAt" = now()
+      FROM cand
+     WHERE o."id" = cand."id" AND cand.head IS FALSE
+    RETURNING o."id"
+),
+claimed AS (
+    UPDATE "Outbox" o
+       SET "status" = 'PROCESSING',
+           "leaseOwner" = $1,
+           "leaseToken" = $4::bigint,
+           "leaseExpiresAt" = now() + $5::bigint * interval '1 millisecond',
+           "updatedAt" = now()
+      FROM cand
+      LEFT JOIN "EventLog" e ON e."id" = cand."eventLogId"
+     WHERE o."id" = cand."id" AND cand.head
+    RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
+              (extract(epoch FROM o."createdAt") * 1000)::bigint AS created_ms,
+              o."eventLogId",
+              e."eventKey",
+              COALESCE(e."tenantId", o."tenantId") AS tenant_id,
+              e."projectId",
+              COALESCE(e."eventType", o."eventType") AS event_type,
+              COALESCE(e."payload", o."payload") AS payload,
+              e."metadata",
+              e."correlationId",
+              to_char(COALESCE(e."createdAt", o."createdAt") AT TIME ZONE 'UTC',
+                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
+              o."retryCount" + 1 AS attempt,
+              to_json(o."subscribersDone")::text AS subscribers_done
 )
-UPDATE "Outbox" o
-   SET "status" = 'PROCESSING',
-       "leaseOwner" = $1,
-       "leaseToken" = $4::bigint,
-       "leaseExpiresAt" = now() + $5::bigint * interval '1 millisecond',
-       "updatedAt" = now()
-  FROM due
-  LEFT JOIN "EventLog" e ON e."id" = due."eventLogId"
- WHERE o."id" = due."id"
-RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
-          (extract(epoch FROM o."createdAt") * 1000)::bigint,
-          o."eventLogId",
-          e."eventKey",
-          COALESCE(e."tenantId", o."tenantId"),
-          e."projectId",
-          COALESCE(e."eventType", o."eventType"),
-          COALESCE(e."payload", o."payload"),
-          e."metadata",
-          e."correlationId",
-          to_char(COALESCE(e."createdAt", o."createdAt") AT TIME ZONE 'UTC',
-                  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-          o."retryCount" + 1
+SELECT * FROM claimed
+UNION ALL
+SELECT NULL, (SELECT count(*) FROM parked)::int, NULL, NULL, NULL, NULL,
+       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
 )sql";
 
 // The common case: a batch of outcomes that are all successes. A plain UPDATE (or, with
@@ -131,7 +163,9 @@ SELECT r.n, (o."id" IS NULL OR (o."leaseToken" = r.token AND o."status" = 'COMPL
 // Fenced: a row changes only while it is PROCESSING under this claim's token. The token stays on
 // the row afterwards, which lets the final SELECT tell a lost lease (someone else's claim now)
 // from a result that was already recorded (a retry after a connection broke mid-commit).
-//   $1 ids, $2 tokens, $3 kinds, $4 errors, $5 delays (ms)
+//   $1 ids, $2 tokens, $3 kinds, $4 errors, $5 delays (ms), $6 subscribers that succeeded in
+//   this attempt (per row a JSON array of names, or NULL), added to "subscribersDone" with a
+//   retry or dead letter so that the next attempt runs only the others (SPEC 2)
 // Returns one row per input row that this statement did NOT change: its 1-based position in the
 // input, and whether the outcome had been recorded before (a retry after a connection broke
 // mid-commit); otherwise the lease was lost. Every input row not returned was applied. Returning
@@ -144,8 +178,9 @@ SELECT r.n, (o."id" IS NULL OR (o."leaseToken" = r.token AND o."status" = 'COMPL
 // lease sweep leaves the token on a row it returns to PENDING, and that is a lost lease.
 inline constexpr auto kRecordResultsText = join(R"sql(
 WITH r AS (
-    SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[])
-                  WITH ORDINALITY AS r(id, token, kind, err, delay_ms, n)
+    SELECT * FROM unnest($1::text[], $2::bigint[], $3::int[], $4::text[], $5::bigint[],
+                         $6::text[])
+                  WITH ORDINALITY AS r(id, token, kind, err, delay_ms, done, n)
 ),
 upd AS (
     UPDATE "Outbox" o
@@ -155,12 +190,15 @@ upd AS (
            "processedAt" = CASE WHEN r.kind = 0 THEN now() ELSE o."processedAt" END,
            "nextRetryAt" = CASE WHEN r.kind = 1 THEN now() + r.delay_ms * interval '1 millisecond'
                                 ELSE o."nextRetryAt" END,
+           "subscribersDone" = CASE WHEN r.done IS NULL THEN o."subscribersDone" ELSE ARRAY(
+               SELECT DISTINCT name FROM unnest(o."subscribersDone" || ARRAY(
+                   SELECT json_array_elements_text(r.done::json))) AS name ORDER BY name) END,
            "leaseExpiresAt" = NULL,
            "updatedAt" = now()
       FROM r
      WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
     RETURNING r.n, r.kind, o."id", o."eventLogId", o."tenantId", o."eventType", o."payload",
-              o."retryCount", r.err
+              o."retryCount", r.err, o."orderingKey", o."orderingSeq", o."subscribersDone"
 ),
 dlq AS (
 )sql",
@@ -182,7 +220,8 @@ inline constexpr const char* kRecordResults = kRecordResultsText.data();
 // filter on one shared array made the planner expect one row and join by nested loop, quadratic
 // in the batch).
 //   $1 success ids, $2 success tokens,
-//   $3 failure ids, $4 failure tokens, $5 kinds (1 retry, 2 dead letter), $6 errors, $7 delays
+//   $3 failure ids, $4 failure tokens, $5 kinds (1 retry, 2 dead letter), $6 errors, $7 delays,
+//   $8 subscribers that succeeded in the failed attempt (as kRecordResults' $6)
 // Returns the rows not applied as in kRecordResults, numbered successes first (1..#$1), then
 // failures (#$1+1..). A success not applied whose row is gone was recorded before: its earlier
 // statement committed and deleted the row. (The row could also have been completed and deleted by
@@ -193,9 +232,9 @@ WITH ok AS (
     SELECT * FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS ok(id, token, n)
 ),
 r AS (
-    SELECT id, token, kind, err, delay_ms, n + cardinality($1::text[]) AS n
-      FROM unnest($3::text[], $4::bigint[], $5::int[], $6::text[], $7::bigint[])
-           WITH ORDINALITY AS f(id, token, kind, err, delay_ms, n)
+    SELECT id, token, kind, err, delay_ms, done, n + cardinality($1::text[]) AS n
+      FROM unnest($3::text[], $4::bigint[], $5::int[], $6::text[], $7::bigint[], $8::text[])
+           WITH ORDINALITY AS f(id, token, kind, err, delay_ms, done, n)
 ),
 del AS (
     DELETE FROM "Outbox" o USING ok
@@ -209,12 +248,15 @@ upd AS (
            "lastError" = r.err,
            "nextRetryAt" = CASE WHEN r.kind = 1 THEN now() + r.delay_ms * interval '1 millisecond'
                                 ELSE o."nextRetryAt" END,
+           "subscribersDone" = CASE WHEN r.done IS NULL THEN o."subscribersDone" ELSE ARRAY(
+               SELECT DISTINCT name FROM unnest(o."subscribersDone" || ARRAY(
+                   SELECT json_array_elements_text(r.done::json))) AS name ORDER BY name) END,
            "leaseExpiresAt" = NULL,
            "updatedAt" = now()
       FROM r
      WHERE o."id" = r.id AND o."leaseToken" = r.token AND o."status" = 'PROCESSING'
     RETURNING r.n, r.kind, o."id", o."eventLogId", o."tenantId", o."eventType", o."payload",
-              o."retryCount", r.err
+              o."retryCount", r.err, o."orderingKey", o."orderingSeq", o."subscribersDone"
 ),
 dlq AS (
 )sql",
@@ -293,7 +335,7 @@ upd AS (
      WHERE o."id" = expired."id"
     RETURNING o."id", (CASE WHEN o."status" = 'FAILED' THEN 2 ELSE 1 END) AS kind,
               o."eventLogId", o."tenantId", o."eventType", o."payload", o."retryCount",
-              o."lastError" AS err
+              o."lastError" AS err, o."orderingKey", o."orderingSeq", o."subscribersDone"
 ),
 dlq AS (
 )sql",
@@ -305,8 +347,10 @@ SELECT count(*) FILTER (WHERE kind = 1), count(*) FILTER (WHERE kind = 2)
 inline constexpr const char* kSweepExpiredLeases = kSweepExpiredLeasesText.data();
 
 // Counts for health, metrics and the metrics log line. Cheap enough to run every few seconds,
-// and cached between runs rather than queried per HTTP request.
-//   $1 LIKE patterns of the subscribed types (NULL: every type)
+// and cached between runs rather than queried per HTTP request. The blocked keys (SPEC 2a) come
+// from the partial index on the head table's blocked_since, which holds only blocked keys.
+//   $1 LIKE patterns of the subscribed types (NULL: every type), $2 lease length in ms: keys
+//   blocked for longer are named (at most 5, longest first) for the log's warning.
 inline constexpr const char* kStatusCounts = R"sql(
 SELECT (SELECT count(*) FROM "Outbox" WHERE "status" = 'PENDING'),
        (SELECT count(*) FROM "Outbox" WHERE "status" = 'PROCESSING'),
@@ -314,13 +358,22 @@ SELECT (SELECT count(*) FROM "Outbox" WHERE "status" = 'PENDING'),
        (SELECT count(*) FROM "Outbox" WHERE "status" = 'FAILED'),
        (SELECT count(*) FROM "DlqEventLog"),
        (SELECT COALESCE(extract(epoch FROM now() - min("createdAt")), 0)::float8
-          FROM "Outbox" WHERE "status" = 'PENDING'
+          FROM "Outbox" WHERE "status" = 'PENDING' AND NOT "orderingParked"
            AND ("nextRetryAt" IS NULL OR "nextRetryAt" <= now())),
        (SELECT COALESCE(json_object_agg(t, n), '{}')::text FROM (
             SELECT "eventType" AS t, count(*) AS n FROM "Outbox"
              WHERE "status" = 'PENDING' AND $1::text[] IS NOT NULL
                AND NOT ("eventType" LIKE ANY ($1::text[]))
-             GROUP BY "eventType" ORDER BY count(*) DESC LIMIT 100) x)
+             GROUP BY "eventType" ORDER BY count(*) DESC LIMIT 100) x),
+       (SELECT count(*) FROM outbox_worker_ordering_head WHERE blocked_since IS NOT NULL),
+       (SELECT count(*) FROM outbox_worker_ordering_head
+         WHERE blocked_since < now() - $2::bigint * interval '1 millisecond'),
+       (SELECT COALESCE(string_agg(format('%s (%s s)', key,
+                                          extract(epoch FROM now() - blocked_since)::bigint),
+                                   ', ' ORDER BY blocked_since), '')
+          FROM (SELECT key, blocked_since FROM outbox_worker_ordering_head
+                 WHERE blocked_since < now() - $2::bigint * interval '1 millisecond'
+                 ORDER BY blocked_since LIMIT 5) b)
 )sql";
 
 // Retention (SPEC 2): deletes one small batch of old COMPLETED rows. One instance at a time: the

@@ -1,6 +1,7 @@
 #include "supervisor/relay.h"
 
 #include "common/check.h"
+#include "common/json.h"
 #include "supervisor/telemetry.h"
 
 #include <spdlog/spdlog.h>
@@ -57,15 +58,14 @@ void Relay::maybe_claim() {
     claim_in_flight_ = true;
     more_due_ = false;
     uint64_t sent_at = clock_.now_ms();
-    store_.claim(
-        requested, token,
-        [this, requested, token, sent_at](StoreStatus status, std::vector<ClaimedEvent> events) {
-            on_claimed(std::move(status), std::move(events), requested, token, sent_at);
-        });
+    store_.claim(requested, token,
+                 [this, requested, token, sent_at](StoreStatus status, ClaimBatch batch) {
+                     on_claimed(std::move(status), std::move(batch), requested, token, sent_at);
+                 });
 }
 
-void Relay::on_claimed(StoreStatus status, std::vector<ClaimedEvent> events, int requested,
-                       int64_t token, uint64_t sent_at) {
+void Relay::on_claimed(StoreStatus status, ClaimBatch batch, int requested, int64_t token,
+                       uint64_t sent_at) {
     claim_in_flight_ = false;
     if (!status.ok) {
         if (!status.lost) {
@@ -77,8 +77,8 @@ void Relay::on_claimed(StoreStatus status, std::vector<ClaimedEvent> events, int
         host_.progress();
         return;
     }
-    size_t rows = events.size();
-    for (auto& e : events) {
+    size_t rows = batch.events.size();
+    for (auto& e : batch.events) {
         uint64_t seq = next_seq_++;
         Held h;
         h.timeout_ms = timeout_for(e.event_type);
@@ -93,8 +93,10 @@ void Relay::on_claimed(StoreStatus status, std::vector<ClaimedEvent> events, int
     if (rows > 0) {
         spdlog::debug("claimed {} events", rows);
     }
-    if (rows >= static_cast<size_t>(requested)) {
-        more_due_ = true; // a full batch: there is probably more
+    if (rows >= static_cast<size_t>(requested) || batch.passed_over > 0) {
+        // A full batch: there is probably more. Candidates passed over (parked behind the
+        // earlier event of their key) took places in the batch that due events may be behind.
+        more_due_ = true;
     }
     if (draining_) {
         // Claimed while the stop signal arrived: give them straight back.
@@ -169,10 +171,23 @@ void Relay::on_result(uint64_t seq, const ResultMsg& result) {
     telemetry_.handler_duration(h.event.event_type, static_cast<double>(result.duration_us) / 1e6);
     if (result.outcome == Outcome::success) {
         h.finished = true;
-        pending_.push_back({seq, OutcomeKind::success, {}, 0});
+        pending_.push_back({seq, OutcomeKind::success, {}, 0, {}});
         return;
     }
     record_failure(seq, result.error, result.outcome == Outcome::permanent, result.retry_after_ms);
+    // The subscribers that succeeded in this failed attempt are recorded with its outcome, so
+    // that the retry runs only the others (SPEC 2). Names were made safe by the handler process
+    // (encode_result) and checked by the decoder.
+    std::string done;
+    for (const SubscriberOutcome& s : result.subscribers) {
+        if (s.outcome == Outcome::success) {
+            done += done.empty() ? "[" : ",";
+            json_quote_to(done, s.name);
+        }
+    }
+    if (!done.empty()) {
+        pending_.back().subscribers_done_json = done + "]";
+    }
 }
 
 void Relay::on_failed(uint64_t seq, const std::string& error, bool permanent) {
@@ -194,13 +209,13 @@ void Relay::record_failure(uint64_t seq, std::string error, bool permanent, long
         spdlog::warn("event {} ({}) failed attempt {}/{}{}: {}; moving it to the dead-letter queue",
                      h.event.id, h.event.event_type, attempt, h.event.max_retries,
                      permanent ? " permanently" : "", error);
-        pending_.push_back({seq, OutcomeKind::dead_letter, std::move(error), 0});
+        pending_.push_back({seq, OutcomeKind::dead_letter, std::move(error), 0, {}});
         return;
     }
     long delay = std::max(backoff_.delay_ms(attempt), retry_after_ms);
     spdlog::info("event {} ({}) failed attempt {}/{}: {}; retrying in {} ms", h.event.id,
                  h.event.event_type, attempt, h.event.max_retries, error, delay);
-    pending_.push_back({seq, OutcomeKind::retry, std::move(error), delay});
+    pending_.push_back({seq, OutcomeKind::retry, std::move(error), delay, {}});
 }
 
 void Relay::on_returned(const std::vector<uint64_t>& seqs) {
@@ -257,7 +272,8 @@ void Relay::flush() {
             OUTBOX_CHECK(it != held_.end()); // held until its outcome is recorded
             const Held& h = it->second;
             rows.push_back({&h.event.id, h.token, p.kind,
-                            p.kind == OutcomeKind::success ? nullptr : &p.error, p.delay_ms});
+                            p.kind == OutcomeKind::success ? nullptr : &p.error, p.delay_ms,
+                            p.subscribers_done_json.empty() ? nullptr : &p.subscribers_done_json});
         }
         record_in_flight_ = true;
         store_.record(rows, [this, batch = std::move(batch)](

@@ -43,6 +43,9 @@ struct OutcomeRow {
     OutcomeKind kind;
     const std::string* error; // nullptr on success
     long delay_ms;
+    // A failed attempt's subscribers that succeeded (a JSON array of names), to be added to the
+    // event's record so that its next attempt runs only the others; nullptr: none.
+    const std::string* subscribers_done_json = nullptr;
 };
 
 // A lease to renew or release.
@@ -64,6 +67,15 @@ struct StoreStatus {
     }
 };
 
+// What one claim brought: the events now held under its token, and how many candidates it looked
+// at without taking them (events of a key whose earlier event is still in flight, which the claim
+// parked, or whose key was busy at that instant). A claim that took fewer events than asked for
+// but passed some over has not seen the end of what is due.
+struct ClaimBatch {
+    std::vector<ClaimedEvent> events;
+    int passed_over = 0;
+};
+
 // The database, as the relay needs it. Requests on one store complete in the order they were made.
 class RelayStore {
   public:
@@ -76,7 +88,7 @@ class RelayStore {
 
     // Claims up to `limit` due events under the lease token `token`.
     virtual void claim(int limit, int64_t token,
-                       std::function<void(StoreStatus, std::vector<ClaimedEvent>)> done) = 0;
+                       std::function<void(StoreStatus, ClaimBatch)> done) = 0;
 
     // Records outcomes in one statement (one transaction). Answers with the rows it did NOT apply,
     // as (index into `rows`, recorded before): `recorded before` is a retry of an outcome whose
@@ -217,12 +229,13 @@ class Relay {
         OutcomeKind kind;
         std::string error;
         long delay_ms;
+        std::string subscribers_done_json; // empty: none (see OutcomeRow)
     };
 
     void maybe_claim();
     bool linger();
-    void on_claimed(StoreStatus status, std::vector<ClaimedEvent> events, int requested,
-                    int64_t token, uint64_t sent_at);
+    void on_claimed(StoreStatus status, ClaimBatch batch, int requested, int64_t token,
+                    uint64_t sent_at);
     void pump();
     void record_failure(uint64_t seq, std::string error, bool permanent, long retry_after_ms);
     void on_recorded(StoreStatus status, std::vector<Pending> batch,

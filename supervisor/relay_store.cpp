@@ -60,20 +60,29 @@ PgRelayStore::PgRelayStore(Options options, DbConnection& claim_db, DbConnection
       like_patterns_(like_patterns) {}
 
 void PgRelayStore::claim(int limit, int64_t token,
-                         std::function<void(StoreStatus, std::vector<ClaimedEvent>)> done) {
+                         std::function<void(StoreStatus, ClaimBatch)> done) {
     claim_db_.query_prepared("outbox_claim", sql::kClaim,
                              {options_.instance_id, std::to_string(limit), like_patterns_,
                               std::to_string(token), std::to_string(options_.lease_ms)},
                              [done = std::move(done)](QueryResult&& r) {
                                  StoreStatus status = status_of(r);
-                                 std::vector<ClaimedEvent> events;
+                                 ClaimBatch batch;
                                  if (!status.ok) {
                                      done(std::move(status), {});
                                      return;
                                  }
                                  int rows = r.result.rows();
-                                 events.reserve(static_cast<size_t>(rows));
+                                 batch.events.reserve(static_cast<size_t>(rows));
                                  for (int i = 0; i < rows; ++i) {
+                                     if (r.result.is_null(i, 0)) {
+                                         // The summary row (sql::kClaim): how many candidates were
+                                         // parked.
+                                         std::string_view parked = r.result.view(i, 1);
+                                         std::from_chars(parked.data(),
+                                                         parked.data() + parked.size(),
+                                                         batch.passed_over);
+                                         continue;
+                                     }
                                      Decoded<ClaimedEvent> e = claimed_event_from_row(r.result, i);
                                      if (!e.ok()) {
                                          // Claimed but unreadable (a bug, never data): the other
@@ -83,9 +92,9 @@ void PgRelayStore::claim(int limit, int64_t token,
                                                        r.result.value(i, 0), e.error());
                                          continue;
                                      }
-                                     events.push_back(std::move(e.value()));
+                                     batch.events.push_back(std::move(e.value()));
                                  }
-                                 done({}, std::move(events));
+                                 done({}, std::move(batch));
                              });
 }
 
@@ -169,7 +178,7 @@ void PgRelayStore::record(
     std::vector<size_t> order;
     order.reserve(rows.size());
     std::vector<std::string> ok_ids, ok_tokens, ids, tokens, kinds, delays;
-    std::vector<std::optional<std::string>> errors;
+    std::vector<std::optional<std::string>> errors, done_names;
     auto add_full = [&](size_t i) {
         const OutcomeRow& row = rows[i];
         ids.push_back(*row.id);
@@ -177,6 +186,9 @@ void PgRelayStore::record(
         kinds.push_back(std::to_string(static_cast<int>(row.kind)));
         errors.push_back(row.error ? std::optional<std::string>(*row.error) : std::nullopt);
         delays.push_back(std::to_string(row.delay_ms));
+        done_names.push_back(row.subscribers_done_json != nullptr
+                                 ? std::optional<std::string>(*row.subscribers_done_json)
+                                 : std::nullopt);
         order.push_back(i);
     };
     const char* name;
@@ -200,15 +212,15 @@ void PgRelayStore::record(
         statement = sql::kRecordResultsDelete;
         params = {pg_text_array(ok_ids), pg_text_array(ok_tokens), pg_text_array(ids),
                   pg_text_array(tokens), pg_text_array(kinds),     pg_text_array(errors),
-                  pg_text_array(delays)};
+                  pg_text_array(delays), pg_text_array(done_names)};
     } else {
         for (size_t i = 0; i < rows.size(); ++i) {
             add_full(i);
         }
         name = "outbox_record";
         statement = sql::kRecordResults;
-        params = {pg_text_array(ids), pg_text_array(tokens), pg_text_array(kinds),
-                  pg_text_array(errors), pg_text_array(delays)};
+        params = {pg_text_array(ids),    pg_text_array(tokens), pg_text_array(kinds),
+                  pg_text_array(errors), pg_text_array(delays), pg_text_array(done_names)};
     }
     result_db_.query_prepared(
         name, statement, std::move(params),

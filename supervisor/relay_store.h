@@ -30,7 +30,7 @@ class PgRelayStore final : public RelayStore {
     bool can_record() const override { return result_db_.connected(); }
     bool can_claim() const override { return claim_db_.connected(); }
     void claim(int limit, int64_t token,
-               std::function<void(StoreStatus, std::vector<ClaimedEvent>)> done) override;
+               std::function<void(StoreStatus, ClaimBatch)> done) override;
     void
     record(const std::vector<OutcomeRow>& rows,
            std::function<void(StoreStatus, std::vector<std::pair<size_t, bool>>)> done) override;

@@ -25,6 +25,10 @@ Telemetry::Telemetry() {
     rows_ = &registry_.gauge("outbox_rows", "Outbox rows by status (read every few seconds).",
                              {"status"});
     dlq_rows_ = &registry_.gauge("outbox_dlq_rows", "Rows in the dead-letter queue (DlqEventLog).");
+    blocked_keys_ = &registry_.gauge(
+        "outbox_blocked_keys",
+        "Ordering keys whose head event has failed and is not delivered yet (retrying, or "
+        "dead-lettered under OUTBOX_ORDERING_ON_DEAD_LETTER=block).");
     oldest_due_ =
         &registry_.gauge("outbox_backlog_age_seconds", "Age of the oldest due PENDING event.");
     restarts_ = &registry_.counter("outbox_worker_restarts_total",
@@ -96,6 +100,7 @@ void Telemetry::set_counts(const DatabaseCounts& counts) {
     rows_->with({"COMPLETED"}).set(static_cast<double>(counts.completed));
     rows_->with({"FAILED"}).set(static_cast<double>(counts.failed));
     dlq_rows_->set(static_cast<double>(counts.dlq));
+    blocked_keys_->set(static_cast<double>(counts.blocked_keys));
     oldest_due_->set(counts.oldest_due_age_s);
     // Types that disappeared from the backlog drop to 0 rather than vanish, so alerts see the end.
     if (Json parsed = json_parse(counts.unsubscribed_json)) {

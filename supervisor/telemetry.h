@@ -17,6 +17,9 @@ struct DatabaseCounts {
     long pending = 0, processing = 0, completed = 0, failed = 0, dlq = 0;
     double oldest_due_age_s = 0;
     std::string unsubscribed_json = "{}"; // {"eventType": count} of PENDING rows nobody here takes
+    long blocked_keys = 0;                // ordering keys whose head is failing (SPEC 2a)
+    long blocked_over_lease = 0;          // of those, blocked for longer than a lease
+    std::string blocked_over_lease_names; // the longest-blocked of them, for the log
 };
 
 class Telemetry {
@@ -54,6 +57,7 @@ class Telemetry {
     Gauge* in_flight_;
     Gauge* rows_;
     Gauge* dlq_rows_;
+    Gauge* blocked_keys_;
     Gauge* oldest_due_;
     Counter* restarts_;
     Gauge* db_up_;

@@ -57,14 +57,18 @@ struct StoreHarness {
         return true;
     }
 
-    std::vector<ClaimedEvent> claim(int limit, int64_t token) {
-        std::optional<std::vector<ClaimedEvent>> got;
-        store->claim(limit, token, [&](StoreStatus s, std::vector<ClaimedEvent> events) {
+    ClaimBatch claim_batch(int limit, int64_t token) {
+        std::optional<ClaimBatch> got;
+        store->claim(limit, token, [&](StoreStatus s, ClaimBatch batch) {
+            INFO(s.error);
             REQUIRE(s.ok);
-            got = std::move(events);
+            got = std::move(batch);
         });
         REQUIRE(run([&] { return got.has_value(); }));
-        return *got;
+        return std::move(*got);
+    }
+    std::vector<ClaimedEvent> claim(int limit, int64_t token) {
+        return claim_batch(limit, token).events;
     }
 
     // Records `rows` and returns what was not applied: (input index, recorded before).

@@ -34,7 +34,8 @@ Row sample_row() {
             std::nullopt,
             "",
             "2024-05-01T12:00:00.123456Z",
-            "3"};
+            "3",
+            std::nullopt};
 }
 
 // A text-format PGresult with `columns` columns holding `rows`.
@@ -138,7 +139,7 @@ TEST_CASE("a malformed claimed row is an error naming the column, never a crash"
     const PgResult narrow = make_result({}, kClaimColumns - 1);
     const auto wrong_shape = claimed_event_from_row(narrow, 0);
     REQUIRE_FALSE(wrong_shape.ok());
-    CHECK_THAT(wrong_shape.error(), Catch::Contains("14 columns, expected 15"));
+    CHECK_THAT(wrong_shape.error(), Catch::Contains("15 columns, expected 16"));
 
     const PgResult one = make_result({sample_row()});
     for (const int row : {-1, 1}) {

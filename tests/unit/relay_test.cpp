@@ -17,7 +17,7 @@ struct FakeStore final : RelayStore {
     struct Claim {
         int limit;
         int64_t token;
-        std::function<void(StoreStatus, std::vector<ClaimedEvent>)> done;
+        std::function<void(StoreStatus, ClaimBatch)> done;
     };
     struct Record {
         std::vector<std::string> ids;
@@ -44,7 +44,7 @@ struct FakeStore final : RelayStore {
     bool can_record() const override { return record_up; }
     bool can_claim() const override { return claim_up; }
     void claim(int limit, int64_t token,
-               std::function<void(StoreStatus, std::vector<ClaimedEvent>)> done) override {
+               std::function<void(StoreStatus, ClaimBatch)> done) override {
         claims.push_back({limit, token, std::move(done)});
     }
     void
@@ -80,8 +80,10 @@ struct FakeStore final : RelayStore {
         releases.back().released = std::move(done);
     }
 
-    // Answers the oldest unanswered claim with events e<first>..e<first+n-1>.
-    void answer_claim(int n, int first = 0, int retry_count = 0, int max_retries = 5) {
+    // Answers the oldest unanswered claim with events e<first>..e<first+n-1>, and `parked`
+    // candidates passed over (ordering per key).
+    void answer_claim(int n, int first = 0, int retry_count = 0, int max_retries = 5,
+                      int parked = 0) {
         REQUIRE(!claims.empty());
         Claim c = std::move(claims.front());
         claims.erase(claims.begin());
@@ -96,7 +98,7 @@ struct FakeStore final : RelayStore {
             e.wire = "wire:" + e.id;
             events.push_back(std::move(e));
         }
-        c.done({}, std::move(events));
+        c.done({}, ClaimBatch{std::move(events), parked});
     }
     // Answers the oldest unanswered record statement.
     void answer_record(std::vector<std::pair<size_t, bool>> not_applied = {},
@@ -523,7 +525,7 @@ TEST_CASE("relay: an event too large for the channel goes straight to the DLQ", 
     big.wire.assign(kMaxFrameBody + 1, 'x');
     std::vector<ClaimedEvent> events;
     events.push_back(std::move(big));
-    f.store.claims[0].done({}, std::move(events));
+    f.store.claims[0].done({}, ClaimBatch{std::move(events), 0});
     CHECK(f.pool.running.empty());
     f.relay->flush();
     REQUIRE(f.store.records.size() == 1);
@@ -547,6 +549,20 @@ TEST_CASE("relay: a full claim claims again; tokens are unique per claim", "[rel
     f.store.claims.clear();
     f.relay->wake();
     CHECK(f.store.claims.size() == 1);
+}
+
+TEST_CASE("relay: a short claim that parked candidates claims again", "[relay]") {
+    // Ordering per key: candidates that wait behind an earlier event of their key are parked by
+    // the claim and take places in its batch; a short claim is then no sign that nothing is due.
+    Fixture f;
+    f.pool.room = 100;
+    f.relay->start_claiming();
+    f.store.answer_claim(10);
+    REQUIRE(f.store.claims.size() == 1);
+    f.store.answer_claim(2, 10, 0, 5, /*parked=*/7);
+    REQUIRE(f.store.claims.size() == 1); // claims again at once
+    f.store.answer_claim(0, 0, 0, 5, /*parked=*/0);
+    CHECK(f.store.claims.empty()); // nothing parked, nothing taken: nothing more is due
 }
 
 TEST_CASE("relay: outcomes linger for a batch's worth while more are coming", "[relay]") {
