@@ -432,34 +432,35 @@ TEST_CASE("ordering: draining releases claimed events without reordering their k
     std::string record = temp_path("ordering-drain.txt");
     std::string gate = temp_path("ordering-drain-gate");
     std::ofstream(gate) << "the head of key gated fails while this file exists\n";
-    // Slow handlers and few processes, so that the draining instance holds claimed events that
-    // have not started (read-ahead) besides the ones running.
+    // Slow handlers and one handler process, so that the draining instance holds claimed events
+    // that have not started (read ahead, beyond the 4 a handler process is sent at once) besides
+    // the ones running and queued in the process.
     EnvMap env{{"EXAMPLE_RECORD_FILE", record},
                {"EXAMPLE_HOLD_MS", "150"},
-               {"OUTBOX_WORKERS", "2"},
+               {"OUTBOX_WORKERS", "1"},
                {"OUTBOX_BATCH_SIZE", "20"},
                {"OUTBOX_INITIAL_DELAY_MS", "100"},
                {"OUTBOX_MAX_DELAY_MS", "300"}};
     auto conn = db.connect();
-    // A key blocked by its failing head, and eight keys of four events each.
+    // A key blocked by its failing head, and twelve keys of three events each.
     std::string gated_head = write_ordered(conn.get(), "gated-head", "gated", 0,
                                            R"("failWhileExists": ")" + gate + R"(")", 1000);
     for (int i = 1; i <= 3; ++i) {
         write_ordered(conn.get(), "gated-" + std::to_string(i), "gated");
     }
-    for (int i = 0; i < 4; ++i) {
-        for (int k = 0; k < 8; ++k) {
+    for (int i = 0; i < 3; ++i) {
+        for (int k = 0; k < 12; ++k) {
             write_ordered(conn.get(), "drain-" + std::to_string(k) + "-" + std::to_string(i),
                           "drain-" + std::to_string(k));
         }
     }
-    const long total = 4 + 32;
+    const long total = 4 + 36;
 
     auto draining = std::make_unique<Service>(db, env, OUTBOX_EXAMPLE_APP);
     // Wait until it holds more than it runs, and the gated head has failed once.
     REQUIRE(wait_until(
         [&] {
-            return db.count(kProcessing) > 2 &&
+            return db.count(kProcessing) > 4 &&
                    db.count(R"(SELECT "retryCount" FROM "Outbox" WHERE "id" = ')" + gated_head +
                             "'") >= 1;
         },
