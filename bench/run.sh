@@ -828,12 +828,13 @@ l AS (SELECT (start_us - prev_done_us) / 1000.0 AS handoff_ms,
              (start_us - greatest(write_us, prev_done_us)) / 1000.0 AS due_to_start_ms,
              (start_us - write_us) / 1000.0 AS commit_to_start_ms,
              write_us < prev_done_us AS waited, start_us, n
-        FROM j)
+        FROM j WHERE prev_done_us IS NOT NULL)
 SELECT json_build_object(
   'events', (SELECT count(*) FROM ev), 'events_measured', count(*),
   'delivered_more_than_once', count(*) FILTER (WHERE n > 1),
   'commit_times_missing', (SELECT count(*) FROM ev WHERE write_us IS NULL OR done_us IS NULL),
   'events_that_waited_for_the_previous', count(*) FILTER (WHERE waited),
+  'started_before_the_previous_completed', count(*) FILTER (WHERE handoff_ms < 0),
   'key_events_per_s', round(count(*) / nullif((max(start_us) - min(start_us)) / 1e6, 0)),
   'handoff_ms', json_build_object(
       'p50', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY handoff_ms) FILTER (WHERE waited))::numeric, 3),
@@ -850,7 +851,7 @@ SELECT json_build_object(
       'p50', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY commit_to_start_ms))::numeric, 3),
       'p99', round((percentile_cont(0.99) WITHIN GROUP (ORDER BY commit_to_start_ms))::numeric, 3),
       'max', round(max(commit_to_start_ms)::numeric, 3)))
-FROM l WHERE prev_done_us IS NOT NULL;
+FROM l;
 EOF
 }
 
@@ -1054,7 +1055,8 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
                              commit_to_start_ms, commit_to_completed_ms, started, events,
                              delivered_more_than_once, peak_rss_mib})),
        key_latency: ($keylat | map({rate, events_written, achieved_rate: .driver.achieved_rate, events,
-                                    events_measured, events_that_waited_for_the_previous, key_events_per_s,
+                                    events_measured, events_that_waited_for_the_previous,
+                                    started_before_the_previous_completed, key_events_per_s,
                                     handoff_ms, handoff_from_processed_at_ms, due_to_start_ms,
                                     commit_to_start_ms, delivered_more_than_once, commit_times_missing})),
        min_ratio_ordered_10000_keys_to_unordered: $ord_ratio,
