@@ -618,19 +618,28 @@ write_ceiling_script() { # completion -> path of the script
         echo "-- then its result statement ($results_stmt, OUTBOX_ON_COMPLETE=$completion) for every claimed id"
         echo '-- (success); each its own implicit transaction, as in the service.'
         echo '\set token random(1, 1000000000000000)'
-        # Only the first column, the id, is named and used. Each claimed row is also turned into
-        # text (claimed_row_bytes), so that PostgreSQL produces every column as the service
-        # receives it, whatever the claim returns.
-        echo 'WITH claimed (id) AS ('
+        # Only the first column, the id, is used (a row whose id is NULL is the claim's summary
+        # of what it parked, not an event). Each claimed row is also turned into text
+        # (claimed_row_bytes), so that PostgreSQL produces every column as the service receives
+        # it, whatever the claim returns. The claim has data-modifying CTEs of its own, which
+        # PostgreSQL allows only at the top level: its main query becomes one more CTE of its own
+        # WITH (claim_result), after the line ")" that closes its last CTE.
         # pgbench takes every ":name" for a variable, even inside a string literal: the two colons
         # of the to_char() format are spelled chr(58), which the planner folds into the same constant.
         bind_parameters kClaim owner batch patterns token lease_ms |
-            sed -e "s/HH24:MI:SS/HH24' || chr(58) || 'MI' || chr(58) || 'SS/"
-        echo ')'
+            sed -e "s/HH24:MI:SS/HH24' || chr(58) || 'MI' || chr(58) || 'SS/" |
+            awk '{ line[NR] = $0; if ($0 == ")") last = NR }
+                 END {
+                     if (!last) { print "bench: kClaim has no CTE to extend" > "/dev/stderr"; exit 1 }
+                     for (i = 1; i <= last; i++) print line[i]
+                     print ", claim_result AS ("
+                     for (i = last + 1; i <= NR; i++) print line[i]
+                     print ")"
+                 }'
         echo "SELECT COALESCE(array_agg(id), '{}') AS ids, COALESCE(array_agg(:token::bigint), '{}') AS tokens,"
         echo "       COALESCE(array_agg(0), '{}') AS kinds, COALESCE(array_agg(NULL::text), '{}') AS errors,"
-        echo "       COALESCE(array_agg(0::bigint), '{}') AS delays, sum(octet_length(claimed::text)) AS claimed_row_bytes"
-        echo '  FROM claimed'
+        echo "       COALESCE(array_agg(0::bigint), '{}') AS delays, sum(octet_length(c::text)) AS claimed_row_bytes"
+        echo '  FROM claim_result c WHERE c.id IS NOT NULL'
         echo '\gset'
         # shellcheck disable=SC2086 # the variable names are words
         bind_parameters "$results_stmt" $results_vars
