@@ -72,6 +72,7 @@ int check_config_command(const std::vector<std::string>& args) {
     std::printf("LOG_LEVEL=%s\n", to_string(c.log_level));
     std::printf("LOG_FORMAT=%s\n", c.log_format == LogFormat::json ? "json" : "text");
     std::printf("SERVICE_NAME=%s\n", c.service_name.c_str());
+    std::printf("OUTBOX_ORDERING_ON_DEAD_LETTER=%s\n", to_string(c.ordering_on_dead_letter));
     return kExitOk;
 }
 

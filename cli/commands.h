@@ -35,6 +35,7 @@ int dlq_command(const std::vector<std::string>& args);
 int stats_command(const std::vector<std::string>& args);
 int health_command(const std::vector<std::string>& args);
 int check_config_command(const std::vector<std::string>& args);
+int ordering_command(const std::vector<std::string>& args);
 
 extern const char* const kMigrateUsage;
 extern const char* const kEmitUsage;
@@ -42,6 +43,7 @@ extern const char* const kDlqUsage;
 extern const char* const kStatsUsage;
 extern const char* const kHealthUsage;
 extern const char* const kCheckConfigUsage;
+extern const char* const kOrderingUsage;
 
 // Prints "outbox-worker <command>: <problem>", a blank line and the usage to stderr; returns 64.
 int usage_error(const char* command, const std::string& problem, const char* usage);
@@ -71,5 +73,14 @@ std::optional<Session> open_session(const char* command, SchemaNeed need, int& e
 
 // libpq messages span lines (a tab-indented hint after the error); a diagnostic is one line.
 std::string one_line(std::string text);
+
+// Free text (a failure reason) for one cell of a table: line breaks and tabs become spaces, and
+// text longer than `max_chars` characters is cut at a UTF-8 character boundary, ending in "...".
+std::string shorten(const std::string& text, size_t max_chars);
+
+// Prints `headers` and then `rows` to stdout as columns padded to their widest cell, two spaces
+// apart. The last column is not padded: it holds free text, shortened by the caller.
+void print_table(const std::vector<std::string>& headers,
+                 const std::vector<std::vector<std::string>>& rows);
 
 } // namespace outbox::cli

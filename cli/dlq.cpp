@@ -1,28 +1,37 @@
-// `outbox-worker dlq list|retry|purge`: the dead-letter queue ("DlqEventLog") for operators.
+// `outbox-worker dlq list|retry|skip|purge`: the dead-letter queue ("DlqEventLog") for operators.
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/queries.h"
 #include "common/json.h"
 
-#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <utility>
 
 namespace outbox::cli {
 
 const char* const kDlqUsage =
     R"(usage: outbox-worker dlq list [--type TYPE] [--tenant ID] [--limit N] [--json]
        outbox-worker dlq retry DLQ_ID... | --all [--type TYPE]
+       outbox-worker dlq skip DLQ_ID...
        outbox-worker dlq purge --older-than DURATION | --all
 
-list    the dead-lettered events, newest first, as a table (the failure reason cut short) or,
-        with --json, as a JSON array of objects with id, originalId, eventKey, eventType,
-        tenantId, projectId, retryCount, failedAt and the whole failureReason.
+list    the dead-lettered events, newest first, as a table (the failure reason cut short; an
+        ORDERING KEY column when an entry has one) or, with --json, as a JSON array of objects
+        with id, originalId, eventKey, eventType, tenantId, projectId, orderingKey (null when
+        the event was unordered), retryCount, failedAt and the whole failureReason.
         --limit N: at most N entries (default 50).
 retry   gives each entry a new PENDING "Outbox" row, due now with a fresh attempt budget, and
         removes it from the queue, in one transaction per entry; prints "<dlq id> -> <outbox id>".
+        An entry that still blocks its ordering key goes back to the head of the key, before
+        the events that waited, and runs only the subscribers that had not succeeded.
         --all retries every entry (of --type TYPE). An unknown id is reported and the others are
         still retried; the exit code is then 1.
+skip    releases the ordering key that each entry's event blocks, so that the later events of
+        the key continue without it; the entry stays in the queue (retry or purge it later).
+        Prints "<dlq id>: released key KEY", or "<dlq id>: did not block a key" when its event
+        was unordered or its key had moved on already. An unknown id is reported and the others
+        are still processed; the exit code is then 1.
 purge   deletes entries that failed longer ago than DURATION (90s, 30m, 12h, 7d, 2w), or all of
         them with --all; prints how many.
 
@@ -32,24 +41,6 @@ Environment: DATABASE_URL (required).
 namespace {
 
 constexpr int kReasonColumnWidth = 60;
-
-// Cuts at a UTF-8 character boundary and keeps the table one line per entry.
-std::string shorten(const std::string& text, size_t max_chars) {
-    std::string flat;
-    for (char c : text) {
-        flat += (c == '\n' || c == '\r' || c == '\t') ? ' ' : c;
-    }
-    size_t chars = 0;
-    for (size_t i = 0; i < flat.size(); ++i) {
-        if ((static_cast<unsigned char>(flat[i]) & 0xC0) != 0x80) {
-            if (chars == max_chars) {
-                return flat.substr(0, i) + "...";
-            }
-            ++chars;
-        }
-    }
-    return flat;
-}
 
 int dlq_list(Session& session, const ParsedArgs& a, long long limit) {
     PgResult res = pg_exec_params(session.conn.get(), sql::kDlqList,
@@ -67,10 +58,12 @@ int dlq_list(Session& session, const ParsedArgs& a, long long limit) {
             cJSON_AddStringToObject(item, "eventKey", res.value(row, 7).c_str());
             cJSON_AddStringToObject(item, "eventType", res.value(row, 2).c_str());
             cJSON_AddStringToObject(item, "tenantId", res.value(row, 3).c_str());
-            if (res.is_null(row, 8)) {
-                cJSON_AddNullToObject(item, "projectId");
-            } else {
-                cJSON_AddStringToObject(item, "projectId", res.value(row, 8).c_str());
+            for (auto [name, col] : {std::pair{"projectId", 8}, std::pair{"orderingKey", 9}}) {
+                if (res.is_null(row, col)) {
+                    cJSON_AddNullToObject(item, name);
+                } else {
+                    cJSON_AddStringToObject(item, name, res.value(row, col).c_str());
+                }
             }
             cJSON_AddNumberToObject(item, "retryCount", std::atof(res.value(row, 4).c_str()));
             cJSON_AddStringToObject(item, "failedAt", res.value(row, 5).c_str());
@@ -84,33 +77,32 @@ int dlq_list(Session& session, const ParsedArgs& a, long long limit) {
         std::printf("no dead-lettered events\n");
         return kExitOk;
     }
-    // Column widths follow the widest value, so that ids of any length line up.
-    const char* headers[] = {"ID", "ORIGINAL ID", "TYPE", "TENANT", "RETRIES", "FAILED AT"};
-    size_t width[6];
-    for (int col = 0; col < 6; ++col) {
-        width[col] = std::char_traits<char>::length(headers[col]);
-        for (int row = 0; row < res.rows(); ++row) {
-            width[col] = std::max(width[col], res.value(row, col).size());
-        }
-    }
-    auto print_row = [&](const std::string* cells, const std::string& reason) {
-        for (int col = 0; col < 6; ++col) {
-            std::printf("%-*s  ", static_cast<int>(width[col]), cells[col].c_str());
-        }
-        std::printf("%s\n", reason.c_str());
-    };
-    std::string header_cells[6];
-    for (int col = 0; col < 6; ++col) {
-        header_cells[col] = headers[col];
-    }
-    print_row(header_cells, "REASON");
+    // The ordering key gets a column only when some entry has one, so that the table of a
+    // deployment without ordering stays as narrow as it was.
+    bool any_ordering_key = false;
     for (int row = 0; row < res.rows(); ++row) {
-        std::string cells[6];
-        for (int col = 0; col < 6; ++col) {
-            cells[col] = res.value(row, col);
-        }
-        print_row(cells, shorten(res.value(row, 6), kReasonColumnWidth));
+        any_ordering_key = any_ordering_key || !res.is_null(row, 9);
     }
+    std::vector<std::string> headers = {"ID", "ORIGINAL ID", "TYPE", "TENANT"};
+    if (any_ordering_key) {
+        headers.push_back("ORDERING KEY");
+    }
+    for (const char* h : {"RETRIES", "FAILED AT", "REASON"}) {
+        headers.push_back(h);
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (int row = 0; row < res.rows(); ++row) {
+        std::vector<std::string> cells = {res.value(row, 0), res.value(row, 1), res.value(row, 2),
+                                          res.value(row, 3)};
+        if (any_ordering_key) {
+            cells.push_back(res.is_null(row, 9) ? "-" : res.value(row, 9));
+        }
+        cells.push_back(res.value(row, 4));
+        cells.push_back(res.value(row, 5));
+        cells.push_back(shorten(res.value(row, 6), kReasonColumnWidth));
+        rows.push_back(std::move(cells));
+    }
+    print_table(headers, rows);
     return kExitOk;
 }
 
@@ -149,6 +141,34 @@ int dlq_retry(Session& session, const ParsedArgs& a) {
     return exit_code;
 }
 
+// Like retry, one statement (and so one transaction) per entry: an unknown id costs the others
+// nothing.
+int dlq_skip(Session& session, const ParsedArgs& a) {
+    int exit_code = kExitOk;
+    for (const auto& id : a.positionals) {
+        PgResult res = pg_exec_params(session.conn.get(), sql::kDlqSkip, {id});
+        if (!res.ok()) {
+            if (res.sqlstate() == "P0002") {
+                print_error("dlq skip", "no dead-letter entry with id \"" + id + "\"");
+            } else {
+                print_error("dlq skip", "skipping \"" + id + "\" failed: " + res.error());
+            }
+            exit_code = kExitFailure;
+            continue;
+        }
+        if (res.value(0, 0) == "t") {
+            std::printf("%s: released key %s\n", id.c_str(), res.value(0, 1).c_str());
+        } else if (res.is_null(0, 1)) {
+            std::printf("%s: did not block a key (the event has no ordering key)\n", id.c_str());
+        } else {
+            std::printf("%s: did not block a key (key %s had moved on already)\n", id.c_str(),
+                        res.value(0, 1).c_str());
+        }
+        std::fflush(stdout);
+    }
+    return exit_code;
+}
+
 // `older_than_s`: nullopt purges everything.
 int dlq_purge(Session& session, std::optional<long long> older_than_s) {
     PgResult res = older_than_s ? pg_exec_params(session.conn.get(), sql::kDlqPurgeOlderThan,
@@ -166,7 +186,7 @@ int dlq_purge(Session& session, std::optional<long long> older_than_s) {
 
 int dlq_command(const std::vector<std::string>& args) {
     if (args.empty()) {
-        return usage_error("dlq", "which one: list, retry or purge?", kDlqUsage);
+        return usage_error("dlq", "which one: list, retry, skip or purge?", kDlqUsage);
     }
     const std::string& action = args[0];
     if (action == "--help" || action == "-h" || action == "help") {
@@ -181,6 +201,8 @@ int dlq_command(const std::vector<std::string>& args) {
             parse_args(rest, {{"type", true}, {"tenant", true}, {"limit", true}, {"json", false}});
     } else if (action == "retry") {
         parsed = parse_args(rest, {{"all", false}, {"type", true}}, true);
+    } else if (action == "skip") {
+        parsed = parse_args(rest, {}, true);
     } else if (action == "purge") {
         parsed = parse_args(rest, {{"older-than", true}, {"all", false}});
     } else {
@@ -201,6 +223,9 @@ int dlq_command(const std::vector<std::string>& args) {
         if (a.has("type") && !a.has("all")) {
             return usage_error(command.c_str(), "--type goes with --all", kDlqUsage);
         }
+    }
+    if (action == "skip" && a.positionals.empty()) {
+        return usage_error(command.c_str(), "give the DLQ ids to skip", kDlqUsage);
     }
     if (action == "purge" && a.has("all") == a.has("older-than")) {
         return usage_error(command.c_str(), "give either --older-than DURATION or --all",
@@ -238,6 +263,9 @@ int dlq_command(const std::vector<std::string>& args) {
     }
     if (action == "retry") {
         return dlq_retry(*session, a);
+    }
+    if (action == "skip") {
+        return dlq_skip(*session, a);
     }
     return dlq_purge(*session, older_than_s);
 }

@@ -33,7 +33,14 @@ the Outbox id of each, one a line; an event whose key already existed is printed
   --project ID           project id
   --correlation-id ID    correlation id
   --metadata JSON        metadata (JSON text)
-  --max-retries N        attempts before the dead-letter queue (default: 5)
+  --max-retries N        attempts before the dead-letter queue (default: OUTBOX_MAX_RETRIES)
+  --ordering-key KEY     the ordering key: events of one key are delivered one at a time, in
+                         the order in which their transactions committed (default: what the
+                         database's ordering rule derives, if any; `outbox-worker ordering
+                         --help`); with --count, every event gets KEY
+  --ordering-keys N      with --count and --ordering-key: spread the events over the N keys
+                         KEY-1 ... KEY-N in turn (event i gets KEY-((i-1) mod N + 1)), for
+                         ordered load on many keys
   --count N              write N events with unique keys, in transactions of 1000; shows
                          progress when stderr is a terminal and a summary at the end
 
@@ -77,7 +84,8 @@ std::optional<std::string> read_payload(const std::string& arg) {
 struct EmitOptions {
     NewEvent base;
     std::string key_prefix;
-    long long count = 0; // 0: one event, with base.eventKey as it is
+    long long count = 0;         // 0: one event, with base.eventKey as it is
+    long long ordering_keys = 0; // with count: base.orderingKey-1 ... -N in turn; 0: all the same
 };
 
 void append_result(std::string& out, const WrittenEvent& written) {
@@ -114,7 +122,12 @@ int emit_many(Session& session, const EmitOptions& options) {
             std::min<long long>(static_cast<long long>(kBatchSize), options.count - written));
         batch.assign(size, options.base);
         for (size_t i = 0; i < size; ++i) {
-            batch[i].eventKey = options.key_prefix + "-" + std::to_string(written + 1 + i);
+            long long n = written + static_cast<long long>(i); // 0-based over the whole run
+            batch[i].eventKey = options.key_prefix + "-" + std::to_string(n + 1);
+            if (options.ordering_keys > 0) {
+                batch[i].orderingKey =
+                    *options.base.orderingKey + "-" + std::to_string(n % options.ordering_keys + 1);
+            }
         }
         // Each batch is its own transaction: a failure keeps what earlier batches wrote, and the
         // summary says how much that was.
@@ -177,6 +190,8 @@ int emit_command(const std::vector<std::string>& args) {
                                            {"correlation-id", true},
                                            {"metadata", true},
                                            {"max-retries", true},
+                                           {"ordering-key", true},
+                                           {"ordering-keys", true},
                                            {"count", true}});
     if (!parsed.error.empty()) {
         return usage_error("emit", parsed.error, kEmitUsage);
@@ -207,6 +222,26 @@ int emit_command(const std::vector<std::string>& args) {
                                kEmitUsage);
         }
         options.count = *n;
+    }
+    if (auto ordering_key = a.value("ordering-key")) {
+        if (ordering_key->empty()) {
+            return usage_error("emit", "--ordering-key must not be empty", kEmitUsage);
+        }
+        options.base.orderingKey = *ordering_key;
+    }
+    if (auto keys = a.value("ordering-keys")) {
+        if (!options.base.orderingKey || options.count == 0) {
+            return usage_error("emit", "--ordering-keys goes with --count and --ordering-key",
+                               kEmitUsage);
+        }
+        auto n = parse_integer(*keys, 1, kMaxCount);
+        if (!n) {
+            return usage_error("emit",
+                               "--ordering-keys \"" + *keys + "\": allowed: an integer from 1 to " +
+                                   std::to_string(kMaxCount),
+                               kEmitUsage);
+        }
+        options.ordering_keys = *n;
     }
     if (auto retries = a.value("max-retries")) {
         auto n = parse_integer(*retries, 1, 1000);

@@ -3,6 +3,7 @@
 #include "common/log.h"
 #include "common/migrations.h"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace outbox::cli {
@@ -11,7 +12,9 @@ const std::vector<CommandInfo>& commands() {
     static const std::vector<CommandInfo> all = {
         {"migrate", "create or upgrade the database schema", kMigrateUsage, migrate_command},
         {"emit", "write synthetic events through the writer API", kEmitUsage, emit_command},
-        {"dlq", "list, retry or purge dead-lettered events", kDlqUsage, dlq_command},
+        {"dlq", "list, retry, skip or purge dead-lettered events", kDlqUsage, dlq_command},
+        {"ordering", "set or show the ordering rule, list blocked ordering keys", kOrderingUsage,
+         ordering_command},
         {"stats", "counts by status, DLQ size, oldest due event", kStatsUsage, stats_command},
         {"health", "ask the running instance's /health (for health checks)", kHealthUsage,
          health_command},
@@ -45,6 +48,45 @@ std::string one_line(std::string text) {
         out += c;
     }
     return out;
+}
+
+std::string shorten(const std::string& text, size_t max_chars) {
+    std::string flat;
+    for (char c : text) {
+        flat += (c == '\n' || c == '\r' || c == '\t') ? ' ' : c;
+    }
+    size_t chars = 0;
+    for (size_t i = 0; i < flat.size(); ++i) {
+        if ((static_cast<unsigned char>(flat[i]) & 0xC0) != 0x80) {
+            if (chars == max_chars) {
+                return flat.substr(0, i) + "...";
+            }
+            ++chars;
+        }
+    }
+    return flat;
+}
+
+void print_table(const std::vector<std::string>& headers,
+                 const std::vector<std::vector<std::string>>& rows) {
+    // Column widths follow the widest value, so that ids of any length line up.
+    std::vector<size_t> width(headers.size());
+    for (size_t col = 0; col < headers.size(); ++col) {
+        width[col] = headers[col].size();
+        for (const auto& row : rows) {
+            width[col] = std::max(width[col], row.at(col).size());
+        }
+    }
+    auto print_row = [&](const std::vector<std::string>& cells) {
+        for (size_t col = 0; col + 1 < cells.size(); ++col) {
+            std::printf("%-*s  ", static_cast<int>(width[col]), cells[col].c_str());
+        }
+        std::printf("%s\n", cells.empty() ? "" : cells.back().c_str());
+    };
+    print_row(headers);
+    for (const auto& row : rows) {
+        print_row(row);
+    }
 }
 
 std::optional<Config> load_cli_config(bool require_database) {

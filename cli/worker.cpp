@@ -93,6 +93,7 @@ bool build_subscribers(const std::vector<Subscription>& subscriptions, const Con
             return false;
         }
         Subscriber sub;
+        sub.name_given = !s.name.empty();
         sub.name = std::move(name);
         sub.patterns = s.eventTypes;
         sub.timeout_ms = s.timeoutMs > 0 ? s.timeoutMs : config.handler_timeout_ms;

@@ -41,6 +41,10 @@ const char* to_string(OnComplete mode) {
     return mode == OnComplete::remove ? "delete" : "keep";
 }
 
+const char* to_string(OrderingOnDeadLetter policy) {
+    return policy == OrderingOnDeadLetter::skip ? "skip" : "block";
+}
+
 namespace {
 
 // Collects the first error; every parse_* is a no-op once one has been recorded, so load_config
@@ -317,6 +321,9 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
            {{"keep", OnComplete::keep}, {"delete", OnComplete::remove}}, "keep, delete");
     p.word("OUTBOX_SYNCHRONOUS_COMMIT", c.synchronous_commit, {{"on", true}, {"off", false}},
            "on, off");
+    p.word("OUTBOX_ORDERING_ON_DEAD_LETTER", c.ordering_on_dead_letter,
+           {{"block", OrderingOnDeadLetter::block}, {"skip", OrderingOnDeadLetter::skip}},
+           "block, skip");
 
     if (!p.failed() && c.max_delay_ms < c.initial_delay_ms) {
         p.fail("OUTBOX_MAX_DELAY_MS", std::to_string(c.max_delay_ms),

@@ -20,6 +20,11 @@ enum class LogFormat { text, json };
 // (retention deletes it later); `remove` (the word "delete") deletes it in the statement that
 // records the success, the EventLog row keeping the history.
 enum class OnComplete { keep, remove };
+// OUTBOX_ORDERING_ON_DEAD_LETTER (SPEC 2a): what a dead-lettered event does to the later events of
+// its ordering key. `block` keeps the key blocked until the DLQ entry is retried or skipped;
+// `skip` lets the later events continue at once. The service applies it to its sessions as the
+// setting outbox_worker.on_dead_letter, which the migration's dead-letter path reads.
+enum class OrderingOnDeadLetter { block, skip };
 
 struct Config {
     std::string database_url;
@@ -52,6 +57,7 @@ struct Config {
     // renewals) wait for their commit to be flushed. Off trades duplicate deliveries after a
     // database crash for fewer flushes; it never loses an event (README, "Durability").
     bool synchronous_commit = true;
+    OrderingOnDeadLetter ordering_on_dead_letter = OrderingOnDeadLetter::block;
 };
 
 struct ConfigResult {
@@ -70,5 +76,7 @@ EnvLookup process_environment();
 
 const char* to_string(LogLevel level);
 const char* to_string(OnComplete mode); // "keep" or "delete", as OUTBOX_ON_COMPLETE spells it
+// "block" or "skip", as OUTBOX_ORDERING_ON_DEAD_LETTER and outbox_worker.on_dead_letter spell it.
+const char* to_string(OrderingOnDeadLetter policy);
 
 } // namespace outbox

@@ -1,5 +1,6 @@
 // outbox::EventWriter (include/outbox/outbox.h): the C++ face of the SQL function
-// outbox_write_event() of sql/migrations/002_outbox_worker.sql. Both paths run the same function,
+// outbox_write_event() of sql/migrations/002_outbox_worker.sql (its ordering key argument from
+// 004_ordering.sql). Both paths run the same function,
 // so the C++ API and an application calling the function from its own SQL have the same semantics
 // by construction: one "EventLog" row plus one "Outbox" row, or the existing ids for a repeated
 // (eventKey, tenantId).
@@ -16,7 +17,7 @@ namespace {
 
 constexpr const char* kWriteOne = R"sql(
 SELECT w.event_log_id, w.outbox_id, w.duplicate
-  FROM outbox_write_event($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8::int) AS w
+  FROM outbox_write_event($1, $2, $3, $4::jsonb, $5, $6::jsonb, $7, $8::int, $9) AS w
 )sql";
 
 // The whole batch in one statement and one round trip. unnest() of parallel arrays yields the
@@ -26,12 +27,12 @@ SELECT w.event_log_id, w.outbox_id, w.duplicate
 constexpr const char* kWriteBatch = R"sql(
 SELECT w.event_log_id, w.outbox_id, w.duplicate
   FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-              $8::int[])
+              $8::int[], $9::text[])
        WITH ORDINALITY AS e(event_key, tenant_id, event_type, payload, project_id, metadata,
-                            correlation_id, max_retries, ord)
+                            correlation_id, max_retries, ordering_key, ord)
  CROSS JOIN LATERAL outbox_write_event(e.event_key, e.tenant_id, e.event_type, e.payload::jsonb,
                                        e.project_id, e.metadata::jsonb, e.correlation_id,
-                                       e.max_retries) AS w
+                                       e.max_retries, e.ordering_key) AS w
  ORDER BY e.ord
 )sql";
 
@@ -79,7 +80,7 @@ WrittenEvent EventWriter::write(const NewEvent& event) {
     PgResult res = pg_exec_params(conn_, kWriteOne,
                                   {event.eventKey, event.tenantId, event.eventType, event.payload,
                                    event.projectId, event.metadata, event.correlationId,
-                                   optional_int(event.maxRetries)});
+                                   optional_int(event.maxRetries), event.orderingKey});
     if (!res.ok()) {
         throw_database_error(res, "writing " + describe(event, 0, false));
     }
@@ -95,7 +96,8 @@ std::vector<WrittenEvent> EventWriter::write_batch(const std::vector<NewEvent>& 
         return {};
     }
     std::vector<std::string> keys, tenants, types, payloads;
-    std::vector<std::optional<std::string>> projects, metadata, correlations, max_retries;
+    std::vector<std::optional<std::string>> projects, metadata, correlations, max_retries,
+        ordering_keys;
     keys.reserve(events.size());
     tenants.reserve(events.size());
     types.reserve(events.size());
@@ -104,6 +106,7 @@ std::vector<WrittenEvent> EventWriter::write_batch(const std::vector<NewEvent>& 
     metadata.reserve(events.size());
     correlations.reserve(events.size());
     max_retries.reserve(events.size());
+    ordering_keys.reserve(events.size());
     for (size_t i = 0; i < events.size(); ++i) {
         const NewEvent& e = events[i];
         check_event(e, i, true);
@@ -115,12 +118,13 @@ std::vector<WrittenEvent> EventWriter::write_batch(const std::vector<NewEvent>& 
         metadata.push_back(e.metadata);
         correlations.push_back(e.correlationId);
         max_retries.push_back(optional_int(e.maxRetries));
+        ordering_keys.push_back(e.orderingKey);
     }
-    PgResult res =
-        pg_exec_params(conn_, kWriteBatch,
-                       {pg_text_array(keys), pg_text_array(tenants), pg_text_array(types),
-                        pg_text_array(payloads), pg_text_array(projects), pg_text_array(metadata),
-                        pg_text_array(correlations), pg_text_array(max_retries)});
+    PgResult res = pg_exec_params(
+        conn_, kWriteBatch,
+        {pg_text_array(keys), pg_text_array(tenants), pg_text_array(types), pg_text_array(payloads),
+         pg_text_array(projects), pg_text_array(metadata), pg_text_array(correlations),
+         pg_text_array(max_retries), pg_text_array(ordering_keys)});
     if (!res.ok()) {
         throw_database_error(res,
                              "writing a batch of " + std::to_string(events.size()) + " events");

@@ -427,14 +427,21 @@ std::string encode_quit() {
 }
 
 std::string encode_event_fields(const EventFieldsView& fields) {
+    // An oversized or empty list goes out as null (see the header): running every subscriber
+    // again is allowed, failing the event for good over its bookkeeping is not.
+    std::optional<std::string_view> subscribers_done = fields.subscribers_done_json;
+    if (subscribers_done &&
+        (subscribers_done->empty() || subscribers_done->size() > kMaxSubscribersDoneBytes)) {
+        subscribers_done.reset();
+    }
     std::string out;
-    out.reserve(fields.id.size() + fields.event_log_id.size() +
-                (fields.event_key ? fields.event_key->size() : 0) + fields.tenant_id.size() +
-                (fields.project_id ? fields.project_id->size() : 0) + fields.event_type.size() +
-                fields.payload_json.size() +
-                (fields.metadata_json ? fields.metadata_json->size() : 0) +
-                (fields.correlation_id ? fields.correlation_id->size() : 0) +
-                fields.created_at.size() + 11 * 5);
+    out.reserve(
+        fields.id.size() + fields.event_log_id.size() +
+        (fields.event_key ? fields.event_key->size() : 0) + fields.tenant_id.size() +
+        (fields.project_id ? fields.project_id->size() : 0) + fields.event_type.size() +
+        fields.payload_json.size() + (fields.metadata_json ? fields.metadata_json->size() : 0) +
+        (fields.correlation_id ? fields.correlation_id->size() : 0) + fields.created_at.size() +
+        (subscribers_done ? subscribers_done->size() : 0) + 12 * 5);
     put_string(out, fields.id);
     put_string(out, fields.event_log_id);
     put_nullable_string(out, fields.event_key);
@@ -446,6 +453,7 @@ std::string encode_event_fields(const EventFieldsView& fields) {
     put_nullable_string(out, fields.correlation_id);
     put_string(out, fields.created_at);
     put_u32(out, static_cast<uint32_t>(fields.attempt < 0 ? 0 : fields.attempt));
+    put_nullable_string(out, subscribers_done);
     return out;
 }
 
@@ -467,6 +475,14 @@ EventFieldsView event_fields_of(const Event& event) {
     fields.correlation_id = view(event.correlation_id);
     fields.created_at = event.created_at;
     fields.attempt = event.attempt;
+    return fields;
+}
+
+EventFieldsView event_fields_of(const EventDelivery& delivery) {
+    EventFieldsView fields = event_fields_of(delivery.event);
+    if (delivery.subscribers_done_json) {
+        fields.subscribers_done_json = *delivery.subscribers_done_json;
+    }
     return fields;
 }
 
@@ -542,10 +558,11 @@ Decoded<EventMsg> decode_event(const Frame& frame) {
     return Decoded<EventMsg>::success(message);
 }
 
-Decoded<Event> decode_event_fields(std::string_view fields) {
+Decoded<EventDelivery> decode_event_delivery(std::string_view fields) {
     WireReader reader(fields);
     std::string_view id, event_log_id, tenant_id, event_type, payload, created_at;
-    std::optional<std::string_view> event_key, project_id, metadata, correlation_id;
+    std::optional<std::string_view> event_key, project_id, metadata, correlation_id,
+        subscribers_done;
     uint32_t attempt = 0;
     reader.string("id", id);
     reader.string("eventLogId", event_log_id);
@@ -566,13 +583,25 @@ Decoded<Event> decode_event_fields(std::string_view fields) {
         reader.fail("attempt", "is " + std::to_string(attempt) + ", outside [1, " +
                                    std::to_string(std::numeric_limits<int>::max()) + "]");
     }
+    // Only its size is checked here: what it holds is judged by the handler process, which runs
+    // every subscriber when the list is not a JSON array of strings.
+    if (reader.nullable_string("subscribersDone", subscribers_done) && subscribers_done) {
+        if (subscribers_done->empty()) {
+            reader.fail("subscribersDone", "is empty, neither null nor a JSON text");
+        } else if (subscribers_done->size() > kMaxSubscribersDoneBytes) {
+            reader.fail("subscribersDone", "is " + std::to_string(subscribers_done->size()) +
+                                               " bytes long, above the limit of " +
+                                               std::to_string(kMaxSubscribersDoneBytes));
+        }
+    }
     if (!reader.at_end()) {
-        return Decoded<Event>::failure("event " + reader.error());
+        return Decoded<EventDelivery>::failure("event " + reader.error());
     }
     const auto copy = [](const std::optional<std::string_view>& text) {
         return text ? std::optional<std::string>(*text) : std::nullopt;
     };
-    Event event;
+    EventDelivery delivery;
+    Event& event = delivery.event;
     event.id.assign(id);
     event.event_log_id.assign(event_log_id);
     event.event_key = copy(event_key);
@@ -584,7 +613,16 @@ Decoded<Event> decode_event_fields(std::string_view fields) {
     event.correlation_id = copy(correlation_id);
     event.created_at.assign(created_at);
     event.attempt = static_cast<int>(attempt);
-    return Decoded<Event>::success(std::move(event));
+    delivery.subscribers_done_json = copy(subscribers_done);
+    return Decoded<EventDelivery>::success(std::move(delivery));
+}
+
+Decoded<Event> decode_event_fields(std::string_view fields) {
+    Decoded<EventDelivery> delivery = decode_event_delivery(fields);
+    if (!delivery) {
+        return Decoded<Event>::failure(delivery.error());
+    }
+    return Decoded<Event>::success(std::move(delivery.value().event));
 }
 
 Decoded<ResultMsg> decode_result(const Frame& frame) {

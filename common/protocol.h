@@ -27,8 +27,9 @@
 
 namespace outbox {
 
-// Bumped whenever a message changes incompatibly; HELLO carries it. Version 1 was JSON bodies.
-inline constexpr int kProtocolVersion = 2;
+// Bumped whenever a message changes incompatibly; HELLO carries it. Version 1 was JSON bodies;
+// version 3 added subscribersDone to the event fields and fills RESULT's per-subscriber outcomes.
+inline constexpr int kProtocolVersion = 3;
 
 inline constexpr size_t kFrameHeaderSize = 4;
 // The smallest body is a type byte alone (QUIT).
@@ -40,6 +41,9 @@ inline constexpr size_t kMaxErrorBytes = 4096;
 // Per-subscriber outcomes in a RESULT: at most this many, names at most this many bytes.
 inline constexpr size_t kMaxSubscriberResults = 1024;
 inline constexpr size_t kMaxSubscriberNameBytes = 1024;
+// The longest subscribersDone list an EVENT carries (its JSON text). Far above any real list: a
+// thousand names of a kilobyte each. encode_event_fields sends a longer one as null.
+inline constexpr size_t kMaxSubscribersDoneBytes = 1024 * 1024;
 
 // Exit codes of a handler process: a contract between run_worker_process (and the forking code)
 // and the supervisor, which decides from them whether and when to respawn. Any other exit code or
@@ -68,6 +72,12 @@ struct HelloMsg {
 // The fields of one event (SPEC 2) as views, for encode_event_fields. The nullable ones are
 // nullopt for SQL NULL, which stays distinct from an empty string on the wire. payload_json and
 // metadata_json are JSON texts and are carried as opaque bytes.
+//
+// subscribers_done_json is not part of the event a handler sees: it names the subscribers that
+// already succeeded for this event ("Outbox"."subscribersDone", SPEC 2 "Several subscribers, one
+// event"), so that the handler process runs only the others. nullopt for SQL NULL (none yet), else
+// a JSON array of strings as PostgreSQL's to_json(text[]) prints it. The channel carries it as
+// opaque bytes; only the handler process parses it (worker/worker_process.h).
 struct EventFieldsView {
     std::string_view id;
     std::string_view event_log_id;
@@ -80,6 +90,14 @@ struct EventFieldsView {
     std::optional<std::string_view> correlation_id;
     std::string_view created_at;
     int attempt = 1;
+    std::optional<std::string_view> subscribers_done_json;
+};
+
+// The event fields of an EVENT as the handler process decodes them: the event its handlers
+// receive, and the delivery state that only the handler process reads.
+struct EventDelivery {
+    Event event;
+    std::optional<std::string> subscribers_done_json; // as in EventFieldsView
 };
 
 struct EventMsg {
@@ -91,8 +109,9 @@ struct EventMsg {
     std::string_view fields;
 };
 
-// What one subscriber made of the event. Not filled in yet: the list travels empty until the
-// supervisor records which subscribers succeeded (SPEC 2, "Several subscribers, one event").
+// What one subscriber made of the event. A RESULT lists every subscriber that ran in this attempt,
+// in the order they ran; the supervisor records the names of the successful ones in the event
+// (SPEC 2, "Several subscribers, one event"), and a later attempt skips them.
 struct SubscriberOutcome {
     std::string name;
     Outcome outcome = Outcome::success;
@@ -204,10 +223,15 @@ std::string encode_event(const EventMsg& event);
 
 // The event's fields in their wire encoding: what the supervisor builds once per claimed event
 // (supervisor/claimed_event.h) and hands to encode_event_frame for every delivery. Aborts if a
-// string is 4 GiB or longer, which no PostgreSQL value can be.
+// string is 4 GiB or longer, which no PostgreSQL value can be. A subscribers_done_json longer
+// than kMaxSubscribersDoneBytes is sent as null, and an empty one too (it is no JSON text): the
+// handler process then runs every matching subscriber again, which at-least-once delivery
+// allows, where a list the decoder must refuse would fail the event for good.
 std::string encode_event_fields(const EventFieldsView& fields);
-// The same fields from a decoded Event (metadata_json "null" becomes null).
+// The same fields from a decoded Event (metadata_json "null" becomes null), with no
+// subscribersDone, or from a decoded delivery, with its subscribersDone.
 EventFieldsView event_fields_of(const Event& event);
+EventFieldsView event_fields_of(const EventDelivery& delivery);
 
 // The EVENT frame: the envelope (seq, timeout) prepended to already encoded fields.
 // Preconditions: `fields` came from encode_event_fields and event_fits_in_frame(fields.size());
@@ -226,9 +250,12 @@ bool event_fits_in_frame(size_t fields_size);
 [[nodiscard]] Decoded<ResultMsg> decode_result(const Frame& frame);
 [[nodiscard]] Decoded<QuitMsg> decode_quit(const Frame& frame);
 
-// The event's fields into an Event, copying each string once and parsing no JSON. Checks every
-// length and tag, that the payload (and metadata when present) is not empty, that attempt is at
-// least 1, and that nothing follows the last field. The error names the field.
+// The event's fields into an EventDelivery, copying each string once and parsing no JSON. Checks
+// every length and tag, that the payload (and metadata and subscribersDone when present) is not
+// empty, that subscribersDone is at most kMaxSubscribersDoneBytes, that attempt is at least 1,
+// and that nothing follows the last field. The error names the field.
+[[nodiscard]] Decoded<EventDelivery> decode_event_delivery(std::string_view fields);
+// The same, keeping only the event.
 [[nodiscard]] Decoded<Event> decode_event_fields(std::string_view fields);
 
 // "success", "retry", "permanent" for logs.

@@ -6,23 +6,26 @@
 // - as the bytes a channel delivered: fed to one FrameDecoder at once and to another in small
 //   pieces, which must agree, and every frame goes through every decode_*(). The encoding is
 //   canonical, so an accepted message must re-encode to exactly the bytes it came from;
-// - as the fields of an EVENT (decode_event_fields), which must re-encode to themselves too, and
+// - as the fields of an EVENT (decode_event_delivery), which must re-encode to themselves too,
 //   whose event object (Event::json) must be valid JSON holding the same fields whenever the
-//   payload and metadata are valid JSON;
+//   payload and metadata are valid JSON, and whose subscribersDone list the handler process must
+//   read as it would read the same names written by json_quote;
 // - as a string: bounded_error() and json_quote() on the same bytes.
 // Every error text must be printable ASCII: decoders name fields and numbers, never echo bytes.
 //
-// cJSON appears here only as the judge of the JSON text the code writes; the code under test
-// parses no JSON.
+// cJSON appears here as the judge of the JSON text the code writes; the only JSON the code under
+// test parses is the subscribersDone list (parse_subscribers_done), never the event.
 #pragma once
 
 #include "common/json.h"
 #include "common/protocol.h"
 #include "fuzz/fuzz_check.h"
+#include "worker/worker_process.h"
 
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -188,26 +191,62 @@ inline void check_event_object(const Event& event) {
                       "the event object's attempt is not the attempt");
 }
 
+// The subscribers an EVENT names as done, read the way the handler process reads them. Names
+// written back as a JSON array by json_quote (as PostgreSQL's to_json writes them) must read the
+// same, whenever cJSON can carry them unchanged.
+inline void check_subscribers_done(std::string_view json) {
+    const std::optional<SubscriberNames> names = parse_subscribers_done(json);
+    if (!names) {
+        return;
+    }
+    std::string again = "[";
+    for (const std::string& name : *names) {
+        if (!survives_cjson(name)) {
+            return;
+        }
+        again += (again.size() > 1 ? "," : "") + json_quote(name);
+    }
+    again += "]";
+    const std::optional<SubscriberNames> reread = parse_subscribers_done(again);
+    OUTBOX_FUZZ_CHECK(reread && *reread == *names,
+                      "subscribersDone names do not survive being written as JSON");
+}
+
 inline void check_event_fields(std::string_view fields) {
-    const auto decoded = decode_event_fields(fields);
+    const auto decoded = decode_event_delivery(fields);
     if (!decoded) {
         OUTBOX_FUZZ_CHECK(is_printable_ascii(decoded.error()),
                           "an event field error is not printable ASCII");
+        const auto event_only = decode_event_fields(fields);
+        OUTBOX_FUZZ_CHECK(!event_only && event_only.error() == decoded.error(),
+                          "decode_event_fields and decode_event_delivery disagree");
         return;
     }
-    const Event& event = decoded.value();
+    const EventDelivery& delivery = decoded.value();
+    const Event& event = delivery.event;
     OUTBOX_FUZZ_CHECK(event.attempt >= 1, "Event::attempt below 1");
     OUTBOX_FUZZ_CHECK(!event.payload_json.empty() && !event.metadata_json.empty(),
                       "an event with an empty payload or metadata was accepted");
-    const std::string again = encode_event_fields(event_fields_of(event));
+    OUTBOX_FUZZ_CHECK(!delivery.subscribers_done_json ||
+                          (!delivery.subscribers_done_json->empty() &&
+                           delivery.subscribers_done_json->size() <= kMaxSubscribersDoneBytes),
+                      "an empty or oversized subscribersDone was accepted");
+    const std::string again = encode_event_fields(event_fields_of(delivery));
     // Metadata that is the JSON text "null" comes back as SQL NULL, the one encoding that is
     // not canonical; the event it decodes to is the same.
     if (event.metadata_json != "null") {
         OUTBOX_FUZZ_CHECK(again == fields, "event fields do not re-encode to themselves");
     }
-    const auto redecoded = decode_event_fields(again);
-    OUTBOX_FUZZ_CHECK(redecoded && same_event(redecoded.value(), event),
+    const auto redecoded = decode_event_delivery(again);
+    OUTBOX_FUZZ_CHECK(redecoded && same_event(redecoded.value().event, event) &&
+                          redecoded.value().subscribers_done_json == delivery.subscribers_done_json,
                       "event fields do not survive a re-encoding");
+    const auto event_only = decode_event_fields(fields);
+    OUTBOX_FUZZ_CHECK(event_only && same_event(event_only.value(), event),
+                      "decode_event_fields and decode_event_delivery disagree");
+    if (delivery.subscribers_done_json) {
+        check_subscribers_done(*delivery.subscribers_done_json);
+    }
     check_event_object(event);
 }
 

@@ -7,6 +7,8 @@
 #pragma once
 
 #include "common/config.h"
+#include "common/glob.h"
+#include "common/protocol.h"
 #include "fuzz/fuzz_check.h"
 #include "worker/handlers_file.h"
 
@@ -15,6 +17,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace outbox::fuzz {
 
@@ -58,7 +61,35 @@ inline void fuzz_handlers_file(std::string_view input) {
                       "a handlers file succeeded without subscribers");
 
     std::set<std::string> names;
+    const std::vector<Subscriber>& subscribers = *result.subscribers;
+    for (size_t second = 0; second < subscribers.size(); ++second) {
+        for (size_t first = 0; first < second; ++first) {
+            const bool both_named = subscribers[first].name_given && subscribers[second].name_given;
+            for (const std::string& a : subscribers[first].patterns) {
+                for (const std::string& b : subscribers[second].patterns) {
+                    // The two overlap tests must agree, and their example must match both.
+                    const bool overlap = globs_overlap(a, b);
+                    const std::optional<std::string> example = glob_common_match(a, b);
+                    OUTBOX_FUZZ_CHECK(overlap == example.has_value(),
+                                      "globs_overlap and glob_common_match disagree");
+                    OUTBOX_FUZZ_CHECK(!example ||
+                                          (glob_match(a, *example) && glob_match(b, *example)),
+                                      "glob_common_match's example does not match both");
+                    // A pattern matches its own text (a star may stand for itself), so a pattern
+                    // matching the other's text is an overlap: only named subscribers may have it.
+                    OUTBOX_FUZZ_CHECK(both_named || !overlap, "unnamed subscribers overlap");
+                    OUTBOX_FUZZ_CHECK(both_named || (!glob_match(a, b) && !glob_match(b, a)),
+                                      "unnamed subscribers share an event type");
+                }
+            }
+        }
+    }
     for (const Subscriber& subscriber : *result.subscribers) {
+        // An event records names as RESULT carries them; a name must survive that unchanged.
+        OUTBOX_FUZZ_CHECK(!subscriber.name_given ||
+                              bounded_error(subscriber.name, kMaxSubscriberNameBytes) ==
+                                  subscriber.name,
+                          "a given name would change on its way into an event's record");
         OUTBOX_FUZZ_CHECK(!subscriber.name.empty(), "a subscriber without a name");
         OUTBOX_FUZZ_CHECK(subscriber.handler != nullptr, "a subscriber without a handler");
         OUTBOX_FUZZ_CHECK(

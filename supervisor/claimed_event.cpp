@@ -110,10 +110,10 @@ class RowReader {
 } // namespace
 
 Decoded<ClaimedEvent> claimed_event_from_row(const PgResult& result, int row) {
-    if (result.get() == nullptr || result.columns() != kClaimColumns) {
+    if (result.get() == nullptr || result.columns() < kClaimColumns) {
         return Decoded<ClaimedEvent>::failure(
             "the claim returned " + std::to_string(result.columns()) + " columns, expected " +
-            std::to_string(kClaimColumns));
+            std::to_string(kClaimColumns) + " or more");
     }
     if (row < 0 || row >= result.rows()) {
         return Decoded<ClaimedEvent>::failure("claimed row " + std::to_string(row) +
@@ -143,9 +143,9 @@ Decoded<ClaimedEvent> claimed_event_from_row(const PgResult& result, int row) {
     fields.correlation_id = reader.nullable_text(kCorrelationId);
     fields.created_at = reader.text(kCreatedAt);
     fields.attempt = reader.integer<int>(kAttempt, 1);
-    // Subscribers that already succeeded (SPEC 2): passed on as PostgreSQL printed the array.
-    const std::optional<std::string_view> done = reader.nullable_text(kSubscribersDone);
-    (void)done;
+    // Subscribers that already succeeded (SPEC 2): passed on as PostgreSQL printed the array,
+    // for the handler process to read (it runs only the others).
+    fields.subscribers_done_json = reader.nullable_text(kSubscribersDone);
     if (!reader.ok()) {
         return Decoded<ClaimedEvent>::failure(reader.error());
     }

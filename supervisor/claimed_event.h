@@ -14,7 +14,8 @@
 
 namespace outbox {
 
-// Columns of the claim's result, in the order of sql::kClaim.
+// Columns of the claim's result that describe the event, in the order of sql::kClaim. One more
+// column follows them: whether the row was claimed or parked, which the store reads.
 inline constexpr int kClaimColumns = 16;
 
 struct ClaimedEvent {
@@ -27,7 +28,8 @@ struct ClaimedEvent {
 };
 
 // Reads row `row` of a claim result. Contract:
-// - `result` is the successful result of sql::kClaim, with kClaimColumns text-format columns,
+// - `result` is the successful result of sql::kClaim, with at least kClaimColumns text-format
+// columns,
 //   and 0 <= row < result.rows(); anything else is reported as an error, not a crash.
 // - Integers are read exactly (std::from_chars, the whole value, no sign or space tolerated
 //   where PostgreSQL would not write one) and checked: retryCount and maxRetries >= 0, attempt

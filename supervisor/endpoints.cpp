@@ -99,6 +99,7 @@ HttpResponse enhanced_metrics_response(const EndpointView& view) {
     cJSON_AddNumberToObject(outbox, "failed", static_cast<double>(c.failed));
     cJSON_AddNumberToObject(outbox, "dlq", static_cast<double>(c.dlq));
     cJSON_AddNumberToObject(outbox, "backlogAgeSeconds", c.oldest_due_age_s);
+    cJSON_AddNumberToObject(outbox, "blockedKeys", static_cast<double>(c.blocked_keys));
     cJSON_AddStringToObject(outbox, "onComplete", to_string(view.config.on_complete));
     cJSON_AddNumberToObject(outbox, "completedByThisInstance",
                             static_cast<double>(view.telemetry.completed_total()));

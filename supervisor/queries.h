@@ -57,25 +57,35 @@ inline constexpr char kNotifyChannel[] = "outbox_worker";
 // 5 eventLogId, 6 eventKey (NULL without an EventLog row), 7 tenantId, 8 projectId, 9 eventType,
 // 10 payload, 11 metadata, 12 correlationId, 13 createdAt (ISO 8601 UTC, microseconds),
 // 14 attempt (retryCount + 1), 15 subscribersDone (a JSON array of names, or NULL).
-// After the claimed rows comes one summary row whose id is NULL: its column 1 counts the
-// candidates this claim parked, which tells the relay that a short claim does not mean nothing
-// more is due. (A candidate whose key was busy at that instant is neither taken nor parked nor
-// counted: the release that made it busy wakes every instance when it commits.)
+// 16 whether the row was claimed: "f" for a candidate that was parked instead (below), which
+// tells the relay that a short claim does not mean nothing more is due. (A candidate whose key
+// was busy at that instant is neither taken nor parked nor returned: the release that made it
+// busy wakes every instance when it commits.) Parking and claiming are one UPDATE, because a
+// second data-modifying part cost more planning time than it saved.
 // SKIP LOCKED lets any number of instances claim at once without waiting on each other; a row
 // another transaction is claiming is simply not ours this time.
 // Ordering per key (SPEC 2a, migration 004): an event with a key is taken only when it is its
-// key's head (orderingSeq = done_seq + 1; "<=" so that an event can never be stranded behind a
-// number that will not come); one that is not is parked, which takes it out of the claim's index
-// until its key reaches it. done_seq is read FOR SHARE so that a head being released right now
+// key's head: orderingSeq = done_seq + 1, or no event of the key still to deliver lies between
+// (a number drawn for a row that was never inserted is a hole, not a wait; the index probe runs
+// only for events that are not the next number); one that is not is parked, which takes it out
+// of the claim's index until its key reaches it. A row given a key by a later UPDATE has no
+// number and is taken as unordered rather than left in everyone's way. done_seq is read FOR SHARE so that a head being released right now
 // (whose release updates that row) is neither taken nor parked by this claim (SKIP LOCKED gives
 // NULL), and a park can never slip in after the release that would have unparked it.
 inline constexpr const char* kClaim = R"sql(
 WITH cand AS (
     SELECT o."id", o."eventLogId",
-           CASE WHEN o."orderingKey" IS NULL THEN true
-                ELSE o."orderingSeq" <= (SELECT h.done_seq FROM outbox_worker_ordering_head h
-                                          WHERE h.key = o."orderingKey"
-                                            FOR SHARE SKIP LOCKED) + 1
+           CASE WHEN o."orderingKey" IS NULL OR o."orderingSeq" IS NULL THEN true
+                ELSE (SELECT o."orderingSeq" <= h.done_seq + 1
+                             OR NOT EXISTS (
+                                 SELECT 1 FROM "Outbox" p
+                                  WHERE p."orderingKey" = o."orderingKey"
+                                    AND p."orderingSeq" > h.done_seq
+                                    AND p."orderingSeq" < o."orderingSeq"
+                                    AND p."status" <> 'COMPLETED')
+                        FROM outbox_worker_ordering_head h
+                       WHERE h.key = o."orderingKey"
+                         FOR SHARE OF h SKIP LOCKED)
            END AS head
       FROM "Outbox" o
      WHERE o."status" = 'PENDING' AND NOT o."orderingParked"
@@ -84,43 +94,34 @@ WITH cand AS (
      ORDER BY o."createdAt"
      LIMIT $2::int
        FOR UPDATE OF o SKIP LOCKED
-),
-parked AS (
-    UPDATE "Outbox" o
-       SET "orderingParked" = true, "updatedAt" = now()
-      FROM cand
-     WHERE o."id" = cand."id" AND cand.head IS FALSE
-    RETURNING o."id"
-),
-claimed AS (
-    UPDATE "Outbox" o
-       SET "status" = 'PROCESSING',
-           "leaseOwner" = $1,
-           "leaseToken" = $4::bigint,
-           "leaseExpiresAt" = now() + $5::bigint * interval '1 millisecond',
-           "updatedAt" = now()
-      FROM cand
-      LEFT JOIN "EventLog" e ON e."id" = cand."eventLogId"
-     WHERE o."id" = cand."id" AND cand.head
-    RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
-              (extract(epoch FROM o."createdAt") * 1000)::bigint AS created_ms,
-              o."eventLogId",
-              e."eventKey",
-              COALESCE(e."tenantId", o."tenantId") AS tenant_id,
-              e."projectId",
-              COALESCE(e."eventType", o."eventType") AS event_type,
-              COALESCE(e."payload", o."payload") AS payload,
-              e."metadata",
-              e."correlationId",
-              to_char(COALESCE(e."createdAt", o."createdAt") AT TIME ZONE 'UTC',
-                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
-              o."retryCount" + 1 AS attempt,
-              to_json(o."subscribersDone")::text AS subscribers_done
 )
-SELECT * FROM claimed
-UNION ALL
-SELECT NULL, (SELECT count(*) FROM parked)::int, NULL, NULL, NULL, NULL,
-       NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL
+UPDATE "Outbox" o
+   SET "status" = CASE WHEN cand.head THEN 'PROCESSING'::"OutboxStatus" ELSE o."status" END,
+       "orderingParked" = NOT cand.head,
+       "leaseOwner" = CASE WHEN cand.head THEN $1 ELSE o."leaseOwner" END,
+       "leaseToken" = CASE WHEN cand.head THEN $4::bigint ELSE o."leaseToken" END,
+       "leaseExpiresAt" = CASE WHEN cand.head
+                               THEN now() + $5::bigint * interval '1 millisecond'
+                               ELSE o."leaseExpiresAt" END,
+       "updatedAt" = now()
+  FROM cand
+  LEFT JOIN "EventLog" e ON e."id" = cand."eventLogId"
+ WHERE o."id" = cand."id" AND cand.head IS NOT NULL
+RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
+          (extract(epoch FROM o."createdAt") * 1000)::bigint,
+          o."eventLogId",
+          e."eventKey",
+          COALESCE(e."tenantId", o."tenantId"),
+          e."projectId",
+          COALESCE(e."eventType", o."eventType"),
+          COALESCE(e."payload", o."payload"),
+          e."metadata",
+          e."correlationId",
+          to_char(COALESCE(e."createdAt", o."createdAt") AT TIME ZONE 'UTC',
+                  'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+          o."retryCount" + 1,
+          to_json(o."subscribersDone")::text,
+          cand.head
 )sql";
 
 // The common case: a batch of outcomes that are all successes. A plain UPDATE (or, with

@@ -74,13 +74,10 @@ void PgRelayStore::claim(int limit, int64_t token,
                                  int rows = r.result.rows();
                                  batch.events.reserve(static_cast<size_t>(rows));
                                  for (int i = 0; i < rows; ++i) {
-                                     if (r.result.is_null(i, 0)) {
-                                         // The summary row (sql::kClaim): how many candidates were
-                                         // parked.
-                                         std::string_view parked = r.result.view(i, 1);
-                                         std::from_chars(parked.data(),
-                                                         parked.data() + parked.size(),
-                                                         batch.passed_over);
+                                     if (r.result.view(i, kClaimColumns) == "f") {
+                                         // Parked behind the earlier event of its key, not claimed
+                                         // (sql::kClaim).
+                                         ++batch.passed_over;
                                          continue;
                                      }
                                      Decoded<ClaimedEvent> e = claimed_event_from_row(r.result, i);

@@ -189,11 +189,12 @@ int Service::run() {
 }
 
 void Service::start() {
-    spdlog::info("starting: instance {}, {} handler processes, batch {}, lease {} ms, "
-                 "on complete: {}, synchronous commit: {}, database {}",
-                 config_.instance_id, config_.workers, config_.batch_size, config_.lease_ms,
-                 to_string(config_.on_complete), config_.synchronous_commit ? "on" : "off",
-                 mask_conninfo(config_.database_url));
+    spdlog::info(
+        "starting: instance {}, {} handler processes, batch {}, lease {} ms, "
+        "on complete: {}, synchronous commit: {}, ordering on dead letter: {}, database {}",
+        config_.instance_id, config_.workers, config_.batch_size, config_.lease_ms,
+        to_string(config_.on_complete), config_.synchronous_commit ? "on" : "off",
+        to_string(config_.ordering_on_dead_letter), mask_conninfo(config_.database_url));
 
     sigterm_ = Signal(&loop_, SIGTERM, [this](int s) { on_signal(s); });
     sigint_ = Signal(&loop_, SIGINT, [this](int s) { on_signal(s); });
@@ -279,12 +280,17 @@ void Service::open_connections() {
         &loop_, config_.database_url, "housekeeping", "",
         DbConnection::Callbacks{[this] { janitor_->refresh_counts(); }, nullptr, nullptr});
 
+    // Every session of the service says which dead-letter policy its statements follow (SPEC 2a):
+    // migration 004's trigger reads it when an outcome or the lease sweep dead-letters an ordered
+    // event. synchronous_commit = off is for the service's own bookkeeping only: what the
+    // application writes keeps the server's setting (README, "Durability and duplicates").
+    std::string settings = std::string("SET outbox_worker.on_dead_letter = '") +
+                           to_string(config_.ordering_on_dead_letter) + "'";
     if (!config_.synchronous_commit) {
-        // The service's own bookkeeping only (sessions of this instance): what the application
-        // writes keeps the server's setting. README, "Durability", says what this trades.
-        for (DbConnection* db : {claim_db_.get(), result_db_.get(), house_db_.get()}) {
-            db->set_session_settings("SET synchronous_commit = off");
-        }
+        settings += "; SET synchronous_commit = off";
+    }
+    for (DbConnection* db : {claim_db_.get(), result_db_.get(), house_db_.get()}) {
+        db->set_session_settings(settings);
     }
     store_ = std::make_unique<PgRelayStore>(
         PgRelayStore::Options{config_.instance_id, config_.lease_ms, config_.on_complete},

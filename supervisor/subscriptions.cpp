@@ -4,6 +4,9 @@
 #include "common/pg.h"
 #include "worker/handlers_file.h"
 
+#include <set>
+#include <string_view>
+
 namespace outbox {
 
 namespace {
@@ -32,6 +35,26 @@ std::optional<std::string> Subscriptions::load() {
         return std::string(
             "no handlers: set OUTBOX_HANDLERS to a handlers file (see examples/handlers.json) "
             "or register subscribers in code with outbox::Worker::subscribe()");
+    }
+    // A subscriber's name is its identity in an event's record of which subscribers succeeded
+    // (SPEC 2), across code and file alike: names must be unique, and subscribers that can share
+    // an event type must have names of their own rather than positions.
+    std::set<std::string_view> names;
+    for (const auto& s : *all) {
+        if (!names.insert(s.name).second) {
+            return "two subscribers are named \"" + s.name +
+                   "\" (in code or in the handlers file): names must be unique, because an "
+                   "event records which subscribers succeeded by name";
+        }
+    }
+    if (auto overlap = find_unnamed_overlap(*all)) {
+        const Subscriber& a = (*all)[overlap->first];
+        const Subscriber& b = (*all)[overlap->second];
+        return "subscribers " + a.name + " and " + b.name + " can both match event type \"" +
+               overlap->example + "\" (by \"" + overlap->first_pattern + "\" and \"" +
+               overlap->second_pattern +
+               "\"), so each needs a name of its own (the handlers file's \"name\", or "
+               "Subscription::name in code)";
     }
     std::vector<std::string> likes;
     bool everything = false;

@@ -3,6 +3,7 @@
 #include "common/fd.h"
 
 #include "common/json.h"
+#include "common/protocol.h"
 #include "worker/exec_handler.h"
 #include "worker/http_handler.h"
 #include "worker/log_handler.h"
@@ -375,6 +376,9 @@ class HandlersParser {
             }
             subscribers.push_back(std::move(subscriber));
         }
+        if (const std::optional<SubscriberOverlap> overlap = find_unnamed_overlap(subscribers)) {
+            return fail(overlap_problem(*overlap, subscribers));
+        }
         return {std::move(subscribers), {}};
     }
 
@@ -395,6 +399,37 @@ class HandlersParser {
             }
         }
         return {std::nullopt, std::move(message)};
+    }
+
+    // Subscribers without a given name are shown by index only: their made-up names would only
+    // repeat the index.
+    static std::string overlap_problem(const SubscriberOverlap& overlap,
+                                       const std::vector<Subscriber>& subscribers) {
+        const Subscriber& first = subscribers[overlap.first];
+        const Subscriber& second = subscribers[overlap.second];
+        const auto label = [](size_t index, const Subscriber& subscriber) {
+            std::string text = "subscriber " + std::to_string(index);
+            if (subscriber.name_given) {
+                text += " (" + subscriber.name + ")";
+            }
+            return text;
+        };
+        std::string problem = label(overlap.first, first) + " and " +
+                              label(overlap.second, second) + " can both match ";
+        // Only two all-star patterns have the empty text as their shortest common match.
+        problem += overlap.example.empty() ? "every event type"
+                                           : "event type " + json_quote(overlap.example);
+        problem += " (by " + json_quote(overlap.first_pattern) + " and " +
+                   json_quote(overlap.second_pattern) + "), so each needs a \"name\" (";
+        if (!first.name_given && !second.name_given) {
+            problem += "neither has one";
+        } else {
+            problem += "subscriber " +
+                       std::to_string(first.name_given ? overlap.second : overlap.first) +
+                       " has none";
+        }
+        return problem + "): the name is a subscriber's identity in an event's record of the "
+                         "subscribers that succeeded for it";
     }
 
     static std::string invalid_json(std::string_view text, const char* where, const char* what) {
@@ -431,6 +466,17 @@ class HandlersParser {
         if (const cJSON* given = member(item, "name")) {
             if (!is_nonempty_string(given)) {
                 return field_error("name", "must be a non-empty string");
+            }
+            // An event records the names of the subscribers that succeeded as the RESULT carried
+            // them, bounded and sanitised (encode_result): a name that did not survive that
+            // unchanged would never be found in the record, and its subscriber would run again.
+            if (name.size() > kMaxSubscriberNameBytes) {
+                return field_error("name", "must be at most " +
+                                               std::to_string(kMaxSubscriberNameBytes) +
+                                               " bytes long");
+            }
+            if (!is_valid_utf8(name)) {
+                return field_error("name", "must be valid UTF-8");
             }
             if (auto [it, inserted] = names_.try_emplace(name, index); !inserted) {
                 return field_error("name",
@@ -492,6 +538,7 @@ class HandlersParser {
         }
         if (!name.empty()) {
             subscriber.name = name;
+            subscriber.name_given = true;
             return std::nullopt;
         }
         subscriber.name = basename_ + "#" + std::to_string(index) + " (" + kind_name + ")";

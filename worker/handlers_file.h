@@ -7,8 +7,12 @@
 // Each subscriber is an object with:
 //   "eventTypes"  required; a non-empty array of non-empty strings, exact event types or globs
 //                 with '*' ("shopify.*", "*").
-//   "name"        optional; a non-empty string, unique in the file, used in logs and metrics.
-//                 Default: "<file name>#<index> (<kind>)", for example "handlers.json#2 (exec)".
+//   "name"        a non-empty string of valid UTF-8, at most 1024 bytes, unique in the file. It
+//                 is the subscriber's identity: in logs and metrics, and in an event's record of
+//                 the subscribers that succeeded for it, which a retry skips (SPEC 2). Required
+//                 when the subscriber can match an event type that another subscriber can match
+//                 too (find_unnamed_overlap); otherwise it defaults to
+//                 "<file name>#<index> (<kind>)", for example "handlers.json#2 (exec)".
 //   "timeoutMs"   optional; an integer from 1 to 3600000. It wins over the kind's own timeoutMs,
 //                 which wins over OUTBOX_HANDLER_TIMEOUT_MS.
 // and exactly one kind:
@@ -33,6 +37,11 @@
 // JSON field and the problem, for example
 //     /etc/outbox/handlers.json: subscriber 2 (billing): "exec.command": must be a non-empty array
 //     of strings
+// and for two subscribers that can match one event type without both having a name
+//     /etc/outbox/handlers.json: subscriber 0 and subscriber 2 (billing) can both match event type
+//     "order.created" (by "order.*" and "*.created"), so each needs a "name" (subscriber 0 has
+//     none): the name is a subscriber's identity in an event's record of the subscribers that
+//     succeeded for it
 //
 // Loading builds the handlers but starts nothing: no process, no connection, no libcurl state.
 // The supervisor may therefore load the file (at start, on SIGHUP, for check-config) and pass the

@@ -1,5 +1,6 @@
 #include "worker/worker_process.h"
 
+#include "common/json.h"
 #include "common/protocol.h"
 
 #include <spdlog/spdlog.h>
@@ -136,6 +137,25 @@ class Channel {
     FrameDecoder decoder_;
 };
 
+// The subscribers an event names as done, parsed once; a list that is not what the supervisor
+// sends is logged and taken as empty, so that every subscriber runs (at least once).
+SubscriberNames done_subscribers(const EventDelivery& delivery,
+                                 const WorkerProcessOptions& options) {
+    if (!delivery.subscribers_done_json) {
+        return {};
+    }
+    std::optional<SubscriberNames> done = parse_subscribers_done(*delivery.subscribers_done_json);
+    if (!done) {
+        spdlog::warn("{}: event {} ({}) attempt {}: its list of subscribers that already "
+                     "succeeded is not a JSON array of strings ({} bytes); running every matching "
+                     "subscriber",
+                     options.process_name, delivery.event.id, delivery.event.event_type,
+                     delivery.event.attempt, delivery.subscribers_done_json->size());
+        return {};
+    }
+    return std::move(*done);
+}
+
 ResultMsg run_event(const EventMsg& message, const std::vector<Subscriber>& subscribers,
                     const WorkerProcessOptions& options) {
     ResultMsg result;
@@ -143,40 +163,77 @@ ResultMsg run_event(const EventMsg& message, const std::vector<Subscriber>& subs
     result.started_at_us = realtime_us();
     const int64_t start = monotonic_us();
 
-    Decoded<Event> event = decode_event_fields(message.fields);
-    Result outcome;
-    if (!event) {
+    Decoded<EventDelivery> delivery = decode_event_delivery(message.fields);
+    DispatchResult dispatched;
+    if (!delivery) {
         // The envelope was fine and the frame's length framed it, so the channel can be trusted;
         // only this event is unusable, and since it would be just as unusable next time, it
         // fails permanently.
         spdlog::error("{}: malformed event in EVENT seq {}: {}", options.process_name, message.seq,
-                      event.error());
-        outcome = Result::permanent("malformed event from the supervisor: " + event.error());
+                      delivery.error());
+        dispatched.result =
+            Result::permanent("malformed event from the supervisor: " + delivery.error());
     } else {
-        outcome = dispatch_event(subscribers, event.value());
+        const SubscriberNames done = done_subscribers(delivery.value(), options);
+        dispatched = dispatch_event(subscribers, delivery.value().event, done);
     }
 
     result.duration_us = monotonic_us() - start;
+    Result& outcome = dispatched.result;
     result.outcome = outcome.outcome;
     result.error = std::move(outcome.error);
     result.retry_after_ms = outcome.outcome == Outcome::success ? 0 : outcome.retry_after_ms;
-    if (event) {
-        spdlog::debug("{}: event {} ({}) attempt {}: {} in {} us", options.process_name,
-                      event.value().id, event.value().event_type, event.value().attempt,
-                      outcome_name(result.outcome), result.duration_us);
+    result.subscribers = std::move(dispatched.ran);
+    if (delivery) {
+        const Event& event = delivery.value().event;
+        if (dispatched.skipped > 0 && result.subscribers.empty() &&
+            result.outcome == Outcome::success) {
+            spdlog::debug("{}: event {} ({}) attempt {}: all {} matching subscribers had already "
+                          "succeeded; nothing to run",
+                          options.process_name, event.id, event.event_type, event.attempt,
+                          dispatched.skipped);
+        } else {
+            spdlog::debug("{}: event {} ({}) attempt {}: {} in {} us ({} subscribers ran, {} "
+                          "skipped as already successful)",
+                          options.process_name, event.id, event.event_type, event.attempt,
+                          outcome_name(result.outcome), result.duration_us,
+                          result.subscribers.size(), dispatched.skipped);
+        }
     }
     return result;
 }
 
 } // namespace
 
-Result dispatch_event(const std::vector<Subscriber>& subscribers, const Event& event) {
+std::optional<SubscriberNames> parse_subscribers_done(std::string_view json) {
+    const Json list = json_parse(json);
+    if (!cJSON_IsArray(list.get())) {
+        return std::nullopt;
+    }
+    SubscriberNames names;
+    for (const cJSON* item = list->child; item != nullptr; item = item->next) {
+        if (!cJSON_IsString(item) || item->valuestring == nullptr) {
+            return std::nullopt;
+        }
+        names.emplace(item->valuestring);
+    }
+    return names;
+}
+
+DispatchResult dispatch_event(const std::vector<Subscriber>& subscribers, const Event& event,
+                              const SubscriberNames& done) {
+    DispatchResult dispatched;
     bool matched = false;
     for (const Subscriber& subscriber : subscribers) {
         if (!subscriber.matches(event.event_type)) {
             continue;
         }
         matched = true;
+        if (!done.empty() &&
+            done.contains(bounded_error(subscriber.name, kMaxSubscriberNameBytes))) {
+            ++dispatched.skipped;
+            continue;
+        }
         Result result;
         try {
             result = subscriber.handler(event);
@@ -185,6 +242,7 @@ Result dispatch_event(const std::vector<Subscriber>& subscribers, const Event& e
         } catch (...) {
             result = Result::retry("unknown exception");
         }
+        dispatched.ran.push_back({subscriber.name, result.outcome});
         if (result.outcome == Outcome::success) {
             continue;
         }
@@ -195,13 +253,14 @@ Result dispatch_event(const std::vector<Subscriber>& subscribers, const Event& e
         if (result.retry_after_ms < 0) {
             result.retry_after_ms = 0;
         }
-        return result;
+        dispatched.result = std::move(result);
+        return dispatched;
     }
     if (!matched) {
-        return Result::retry("no subscriber matches event type " + event.event_type +
-                             " in this handler process");
+        dispatched.result = Result::retry("no subscriber matches event type " + event.event_type +
+                                          " in this handler process");
     }
-    return Result::ok();
+    return dispatched;
 }
 
 void run_worker_process(int channel_fd, const std::vector<Subscriber>& subscribers,

@@ -8,10 +8,16 @@
 // twice.
 #pragma once
 
+#include "common/protocol.h"
 #include "worker/subscriber.h"
 #include <outbox/outbox.h>
 
+#include <cstddef>
+#include <functional>
+#include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace outbox {
@@ -33,11 +39,32 @@ struct WorkerProcessOptions {
 [[noreturn]] void run_worker_process(int channel_fd, const std::vector<Subscriber>& subscribers,
                                      const WorkerProcessOptions& options);
 
-// Runs every subscriber whose patterns match event.event_type, in order, stopping at the first
-// failure, whose error becomes "subscriber <name>: <error>". A std::exception is a retryable
-// failure with what(), any other exception a retryable "unknown exception". No matching
-// subscriber is a retryable failure too: the supervisor claimed the event for a handler set this
-// process no longer has (a handlers reload raced with the claim), and another process will.
-[[nodiscard]] Result dispatch_event(const std::vector<Subscriber>& subscribers, const Event& event);
+// Names of subscribers, looked up by string_view.
+using SubscriberNames = std::set<std::string, std::less<>>;
+
+// The names in an EVENT's subscribersDone (EventDelivery::subscribers_done_json), which the
+// supervisor fills from PostgreSQL's to_json(text[]): a JSON array of strings. nullopt when the
+// text is anything else; the caller then treats the event as reached by no subscriber yet, since
+// running a subscriber again is allowed (at least once) and skipping one wrongly is not.
+[[nodiscard]] std::optional<SubscriberNames> parse_subscribers_done(std::string_view json);
+
+// What dispatch_event did with one event.
+struct DispatchResult {
+    Result result; // the event's outcome
+    // Each subscriber that ran in this attempt, in order, with its outcome: what RESULT carries.
+    std::vector<SubscriberOutcome> ran;
+    size_t skipped = 0; // matching subscribers not run because they had succeeded before
+};
+
+// Runs every subscriber whose patterns match event.event_type and whose name is not in `done`, in
+// order, stopping at the first failure, whose error becomes "subscriber <name>: <error>". A name
+// is compared as RESULT carries it (bounded_error with kMaxSubscriberNameBytes), since that is
+// what the supervisor recorded. A std::exception is a retryable failure with what(), any other
+// exception a retryable "unknown exception". When every matching subscriber is in `done`, the
+// event succeeds with nothing run. No matching subscriber is a retryable failure: the supervisor
+// claimed the event for a handler set this process no longer has (a handlers reload raced with
+// the claim), and another process will.
+[[nodiscard]] DispatchResult dispatch_event(const std::vector<Subscriber>& subscribers,
+                                            const Event& event, const SubscriberNames& done = {});
 
 } // namespace outbox

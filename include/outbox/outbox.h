@@ -88,7 +88,16 @@ struct Subscription {
     std::vector<std::string> eventTypes; // exact names or globs with '*': "shopify.*", "*"
     Handler handler;
     long timeoutMs = 0; // 0: OUTBOX_HANDLER_TIMEOUT_MS
-    std::string name;   // for logs; defaults to "code#N"
+    // The subscriber's identity, in logs and in an event's record of the subscribers that
+    // succeeded for it: a retry of the event (from the DLQ too) skips those (SPEC 2, "Several
+    // subscribers, one event"). Empty: "code#N", N the position among the subscribe() calls,
+    // which changes when a subscriber is added before it. So set a name, unique among all
+    // subscribers (the handlers file's included), on every subscriber that can match an event
+    // type another subscriber can match too, and keep it: a renamed subscriber runs again for
+    // events that were retrying or dead-lettered under the old name. A name should be valid
+    // UTF-8 of at most 1024 bytes; a longer or invalid one is recorded shortened or repaired,
+    // which still matches on the next attempt but reads differently in the database.
+    std::string name;
 };
 
 // The service. Configuration comes from the environment (SPEC section 3); handlers from subscribe()
@@ -103,8 +112,8 @@ class Worker {
     // Subscribers run in registration order; an event succeeds when every matching one succeeds.
     Worker& subscribe(Subscription subscription);
 
-    // The whole command line of `outbox-worker` (run, migrate, emit, dlq, stats, health,
-    // check-config). Returns the process exit code (0, 1, 64 usage, 78 configuration).
+    // The whole command line of `outbox-worker` (run, migrate, emit, dlq, ordering, stats,
+    // health, check-config). Returns the process exit code (0, 1, 64 usage, 78 configuration).
     int main(int argc, char** argv);
 
     // `outbox-worker run`: serves until SIGTERM/SIGINT, returns the exit code.
@@ -126,6 +135,10 @@ struct NewEvent {
     std::optional<std::string> metadata; // JSON text
     std::optional<std::string> correlationId;
     std::optional<int> maxRetries; // default: the column default (5)
+    // Events with the same ordering key are delivered one at a time, in the order in which their
+    // transactions commit (SPEC 2a). nullopt: the database's ordering rule decides (`outbox-worker
+    // ordering set`), and without a rule the event is unordered.
+    std::optional<std::string> orderingKey;
 };
 
 struct WrittenEvent {

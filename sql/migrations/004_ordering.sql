@@ -85,13 +85,22 @@ CREATE INDEX IF NOT EXISTS "Outbox_worker_ordering_idx" ON "Outbox" ("orderingKe
     WHERE "orderingKey" IS NOT NULL;
 
 -- Before each insert: the key from the rule when the writer gave none, then the key's next number,
--- under the key's row lock (see the top). A row inserted with a number keeps it: that is the
--- service's own retry of a dead letter that goes back to the head of its key.
+-- under the key's row lock (see the top). Numbers and parking belong to the service: a number a
+-- writer supplies is replaced (a copied row would otherwise jump the queue), except in the
+-- service's own retry of a dead letter that goes back to the head of its key, which says so in the
+-- transaction-local setting outbox_worker.keep_seq. A number drawn for a row that is then not
+-- inserted (INSERT ... ON CONFLICT DO NOTHING, a later trigger returning NULL) leaves a hole,
+-- which the claim and the release step over.
 CREATE OR REPLACE FUNCTION outbox_worker_ordering_assign() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     v_rule outbox_worker_ordering_rule%ROWTYPE;
 BEGIN
+    NEW."orderingParked" := false;
+    IF NEW."orderingSeq" IS NOT NULL
+       AND current_setting('outbox_worker.keep_seq', true) IS DISTINCT FROM 'on' THEN
+        NEW."orderingSeq" := NULL;
+    END IF;
     IF NEW."orderingKey" IS NULL THEN
         SELECT * INTO v_rule FROM outbox_worker_ordering_rule;
         IF NOT FOUND THEN
@@ -125,9 +134,11 @@ CREATE TRIGGER "Outbox_worker_ordering_assign" BEFORE INSERT ON "Outbox"
     FOR EACH ROW EXECUTE FUNCTION outbox_worker_ordering_assign();
 
 -- The event numbered p_seq of key p_key no longer holds its key: if it was the head, the key moves
--- on to its next event still to deliver (skipping numbers whose rows were deleted), which is
--- unparked, and waiting instances are woken. Returns whether it was the head. Called by the
--- triggers below and by outbox_skip_dlq.
+-- on to its next event still to deliver, which is unparked, and waiting instances are woken.
+-- Returns whether it was the head. Called by the triggers below and by outbox_skip_dlq.
+-- "The head" tolerates holes: no event of the key still to deliver lies between done_seq and it
+-- (a number drawn for a row that was never inserted, or a row an operator deleted, is a hole;
+-- a dead-lettered event not yet released under the block policy is not).
 CREATE OR REPLACE FUNCTION outbox_worker_ordering_release(p_key TEXT, p_seq BIGINT) RETURNS BOOLEAN
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -135,8 +146,11 @@ DECLARE
     v_next_seq BIGINT;
 BEGIN
     -- The row lock taken here is what a concurrent claim's FOR SHARE read of done_seq waits out.
-    UPDATE outbox_worker_ordering_head SET done_seq = p_seq, blocked_since = NULL
-     WHERE key = p_key AND done_seq = p_seq - 1;
+    UPDATE outbox_worker_ordering_head h SET done_seq = p_seq, blocked_since = NULL
+     WHERE h.key = p_key AND h.done_seq < p_seq
+       AND NOT EXISTS (SELECT 1 FROM "Outbox" x
+                        WHERE x."orderingKey" = p_key AND x."orderingSeq" > h.done_seq
+                          AND x."orderingSeq" < p_seq AND x."status" <> 'COMPLETED');
     IF NOT FOUND THEN
         RETURN FALSE;
     END IF;
@@ -155,8 +169,12 @@ BEGIN
         END IF;
         UPDATE "Outbox" SET "orderingParked" = false, "updatedAt" = now()
          WHERE "id" = v_next_id AND "orderingParked";
-        PERFORM pg_notify('outbox_worker', '');
     END IF;
+    -- Always, not only when a next event was found: a claim that ran while this transaction held
+    -- the key's head row passed its candidates of the key over without parking them, and one of
+    -- them may have been inserted after the lookup above. Notifications of one transaction are
+    -- folded into one.
+    PERFORM pg_notify('outbox_worker', '');
     RETURN TRUE;
 END
 $$;
@@ -205,6 +223,29 @@ CREATE TRIGGER "Outbox_worker_ordering_delete" AFTER DELETE ON "Outbox"
     FOR EACH ROW
     WHEN (OLD."orderingKey" IS NOT NULL AND OLD."status" IN ('PENDING', 'PROCESSING'))
     EXECUTE FUNCTION outbox_worker_ordering_on_delete();
+
+-- A dead-letter entry that is deleted (`dlq purge`, an operator's DELETE) gives up on its event: if
+-- it was still blocking its key (policy block, neither retried nor skipped), the key moves on, as
+-- with `dlq skip`. outbox_retry_dlq deletes the entry too, after inserting the event again with its
+-- number; that pending copy is what tells the two apart.
+CREATE OR REPLACE FUNCTION outbox_worker_ordering_on_dlq_delete() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM "Outbox" o
+                    WHERE o."orderingKey" = OLD."orderingKey"
+                      AND o."orderingSeq" = OLD."orderingSeq"
+                      AND o."status" IN ('PENDING', 'PROCESSING')) THEN
+        PERFORM outbox_worker_ordering_release(OLD."orderingKey", OLD."orderingSeq");
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+DROP TRIGGER IF EXISTS "DlqEventLog_worker_ordering_delete" ON "DlqEventLog";
+CREATE TRIGGER "DlqEventLog_worker_ordering_delete" AFTER DELETE ON "DlqEventLog"
+    FOR EACH ROW
+    WHEN (OLD."orderingKey" IS NOT NULL AND OLD."orderingSeq" IS NOT NULL)
+    EXECUTE FUNCTION outbox_worker_ordering_on_dlq_delete();
 
 -- Keys whose head event has failed and is not delivered yet: retrying, or dead-lettered under the
 -- `block` policy. `waiting` counts the events queued behind the head.
@@ -356,12 +397,19 @@ BEGIN
     END IF;
 
     v_outbox_id := 'obx_' || replace(gen_random_uuid()::text, '-', '');
+    -- Tells the insert trigger to keep the number (back at the head), for this transaction only.
+    IF v_seq IS NOT NULL THEN
+        PERFORM set_config('outbox_worker.keep_seq', 'on', true);
+    END IF;
     INSERT INTO "Outbox" ("id", "eventLogId", "tenantId", "eventType", "payload", "status",
                           "retryCount", "maxRetries", "nextRetryAt", "updatedAt", "orderingKey",
                           "orderingSeq", "subscribersDone")
     VALUES (v_outbox_id, v_log_id, v_dlq."tenantId", v_dlq."eventType", v_dlq."payload",
             'PENDING', 0, COALESCE(v_max_retries, 5), NULL, now(), v_dlq."orderingKey", v_seq,
             v_dlq."subscribersDone");
+    IF v_seq IS NOT NULL THEN
+        PERFORM set_config('outbox_worker.keep_seq', 'off', true);
+    END IF;
     DELETE FROM "DlqEventLog" WHERE "id" = p_dlq_id;
     RETURN v_outbox_id;
 END

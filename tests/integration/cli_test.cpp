@@ -164,12 +164,12 @@ TEST_CASE("cli: --version and --help", "[cli]") {
     RunResult top = cli({"--help"});
     REQUIRE_EXIT(top, 0);
     for (const char* command :
-         {"run", "migrate", "emit", "dlq", "stats", "health", "check-config"}) {
+         {"run", "migrate", "emit", "dlq", "ordering", "stats", "health", "check-config"}) {
         CHECK(top.out.find(std::string("  ") + command + " ") != std::string::npos);
     }
     // Help needs no configuration at all.
     for (const char* command :
-         {"run", "migrate", "emit", "dlq", "stats", "health", "check-config"}) {
+         {"run", "migrate", "emit", "dlq", "ordering", "stats", "health", "check-config"}) {
         RunResult help = cli({command, "--help"});
         INFO(command);
         REQUIRE_EXIT(help, 0);
@@ -177,7 +177,7 @@ TEST_CASE("cli: --version and --help", "[cli]") {
         CHECK(help.out.find(command) != std::string::npos);
         CHECK(help.err.empty());
     }
-    for (const char* action : {"list", "retry", "purge"}) {
+    for (const char* action : {"list", "retry", "skip", "purge"}) {
         RunResult help = cli({"dlq", action, "--help"});
         REQUIRE_EXIT(help, 0);
         CHECK(help.out.find("outbox-worker dlq " + std::string(action)) != std::string::npos);
@@ -207,7 +207,7 @@ TEST_CASE("cli: usage errors exit 64 with the usage on stderr", "[cli]") {
              {{"stats", "extra"}, "unexpected argument \"extra\""},
              {{"migrate", "--force"}, "unknown option --force"},
              {{"run", "--fast"}, "unknown option --fast"},
-             {{"dlq"}, "list, retry or purge"},
+             {{"dlq"}, "list, retry, skip or purge"},
              {{"dlq", "peek"}, "unknown action \"peek\""},
              {{"dlq", "retry"}, "either DLQ ids or --all"},
              {{"dlq", "retry", "d1", "--all"}, "either DLQ ids or --all"},

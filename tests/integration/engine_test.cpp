@@ -632,3 +632,58 @@ TEST_CASE("a handler process holds only its channel and stdio, and no database l
               .ends_with(": fds=0 1 2 3 database_url=unset"));
     stop_cleanly(service, db);
 }
+
+// A line per run of a shell subscriber, and the number of lines so far.
+namespace {
+long lines_in(const std::string& path) {
+    std::string text = read_text_file(path);
+    return static_cast<long>(std::count(text.begin(), text.end(), '\n'));
+}
+} // namespace
+
+TEST_CASE("a retry runs only the subscribers that have not succeeded, also from the DLQ",
+          "[engine][subscribers]") {
+    TestDatabase db;
+    db.migrate();
+    const std::string ran_a = temp_path("ran-a"), ran_b = temp_path("ran-b"),
+                      ran_c = temp_path("ran-c"), fixed = temp_path("c-fixed");
+    // "a" always succeeds; "b" fails twice, then succeeds; "c" fails permanently (exit 65) until
+    // the file `fixed` exists. Each appends a line per run.
+    std::string handlers = write_handlers_file(
+        R"([{"name": "a", "eventTypes": ["multi.*"],
+             "exec": {"command": ["sh", "-c", "cat >/dev/null; echo run >> )" +
+        ran_a + R"("]}},
+            {"name": "b", "eventTypes": ["multi.twice"],
+             "exec": {"command": ["sh", "-c", "cat >/dev/null; echo run >> )" +
+        ran_b + R"(; [ $(wc -l < )" + ran_b + R"() -ge 3 ]"]}},
+            {"name": "c", "eventTypes": ["multi.poison"],
+             "exec": {"command": ["sh", "-c", "cat >/dev/null; echo run >> )" +
+        ran_c + R"(; [ -e )" + fixed + R"( ] || exit 65"]}}])");
+    db.exec(R"(SELECT outbox_write_event('k-twice', 't', 'multi.twice', '{}'))");
+    Service service(db, {{"OUTBOX_HANDLERS", handlers}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, kCompleted, 1));
+    CHECK(lines_in(ran_a) == 1); // ran once, although the event took three attempts
+    CHECK(lines_in(ran_b) == 3);
+    CHECK(db.scalar(R"(SELECT "retryCount" FROM "Outbox")") == "2");
+
+    // Dead-lettered by "c" after "a" succeeded: the DLQ entry keeps that record, and its retry
+    // runs only "c".
+    db.exec(R"(SELECT outbox_write_event('k-poison', 't', 'multi.poison', '{}'))");
+    REQUIRE(wait_for_count(db, R"(SELECT count(*) FROM "DlqEventLog")", 1));
+    CHECK(lines_in(ran_a) == 2);
+    CHECK(lines_in(ran_c) == 1);
+    CHECK(db.scalar(R"(SELECT "subscribersDone"::text FROM "DlqEventLog")") == "{a}");
+    std::ofstream(fixed) << "yes\n";
+    RunResult retried =
+        run_process(OUTBOX_BINARY,
+                    command({"dlq", "retry", db.scalar(R"(SELECT id FROM "DlqEventLog")")},
+                            {{"DATABASE_URL", db.url()}}),
+                    30s);
+    INFO(retried.out << retried.err);
+    REQUIRE(retried.status.exited_with(0));
+    REQUIRE(wait_for_count(db, kCompleted, 2));
+    CHECK(lines_in(ran_a) == 2); // not again
+    CHECK(lines_in(ran_c) == 2);
+    stop_cleanly(service, db);
+}

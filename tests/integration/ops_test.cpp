@@ -930,3 +930,45 @@ TEST_CASE("OUTBOX_ON_COMPLETE=delete deletes delivered rows, keeps the failures 
     CHECK(json_number(outbox_obj, "completedByThisInstance") == 301);
     stop_cleanly(service, db);
 }
+
+TEST_CASE("a blocked ordering key shows in outbox_blocked_keys and the log, and never slows others",
+          "[ops][ordering]") {
+    TestDatabase db;
+    db.migrate();
+    int port = free_tcp_port();
+    std::string handlers = write_handlers_file(
+        R"([{"name": "fails", "eventTypes": ["poison.*"],
+             "exec": {"command": ["sh", "-c", "cat >/dev/null; echo refused >&2; exit 1"]}},
+            {"name": "ok", "eventTypes": ["fine.*"], "log": {"level": "debug"}}])");
+    // Key k1: a head that always fails, then an event that must wait for it. Key k2: free.
+    db.exec(R"(SELECT outbox_write_event('p1', 't', 'poison.pill', '{}', p_max_retries => 1000,
+                                         p_ordering_key => 'k1'))");
+    db.exec(R"(SELECT outbox_write_event('w1', 't', 'fine.after', '{}', p_ordering_key => 'k1'))");
+    db.exec(R"(SELECT outbox_write_event('f' || g, 't', 'fine.other', '{}', p_ordering_key => 'k2')
+                 FROM generate_series(1, 20) g)");
+    Service service(db, {{"OUTBOX_HANDLERS", handlers},
+                         {"OUTBOX_HTTP_PORT", std::to_string(port)},
+                         {"OUTBOX_LEASE_MS", "1000"},
+                         {"OUTBOX_MAX_DELAY_MS", "200"}});
+    INFO(service.log());
+    REQUIRE(wait_for_count(db, kCompleted, 20));
+    REQUIRE(wait_for_sample(port, "outbox_blocked_keys", {}, 1));
+    Json enhanced = json_body(http_get(port, "/api/metrics/enhanced"));
+    REQUIRE(enhanced);
+    CHECK(json_number(cJSON_GetObjectItemCaseSensitive(enhanced.get(), "outbox"), "blockedKeys") ==
+          1);
+    REQUIRE(wait_until(
+        [&] { return service.log().find("blocked for longer than a lease") != std::string::npos; },
+        20s));
+    CHECK(service.log().find("k1 (") != std::string::npos);
+    // The event behind the failing head was never attempted.
+    CHECK(db.count(R"(SELECT count(*) FROM "Outbox" o JOIN "EventLog" e ON e.id = o."eventLogId"
+                       WHERE e."eventKey" = 'w1' AND o.status = 'PENDING' AND o."retryCount" = 0)") ==
+          1);
+    // An operator deletes the poisoned row: the key moves on and the waiting event is delivered.
+    db.exec(R"(DELETE FROM "Outbox" o USING "EventLog" e
+                WHERE e.id = o."eventLogId" AND e."eventKey" = 'p1')");
+    REQUIRE(wait_for_count(db, kCompleted, 21));
+    REQUIRE(wait_for_sample(port, "outbox_blocked_keys", {}, 0));
+    stop_cleanly(service, db);
+}

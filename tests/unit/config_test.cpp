@@ -295,6 +295,22 @@ TEST_CASE("config: words", "[config]") {
     for (const char* bad : {"false", "0", "local", "OFF"}) {
         CHECK(load_error("OUTBOX_SYNCHRONOUS_COMMIT", bad).find("on, off") != std::string::npos);
     }
+    using outbox::OrderingOnDeadLetter;
+    CHECK(load_ok({}).ordering_on_dead_letter == OrderingOnDeadLetter::block);
+    CHECK(load_ok({{"OUTBOX_ORDERING_ON_DEAD_LETTER", "skip"}}).ordering_on_dead_letter ==
+          OrderingOnDeadLetter::skip);
+    CHECK(load_ok({{"OUTBOX_ORDERING_ON_DEAD_LETTER", "block"}}).ordering_on_dead_letter ==
+          OrderingOnDeadLetter::block);
+    // Empty is unset, as for every variable: the default.
+    CHECK(load_ok({{"OUTBOX_ORDERING_ON_DEAD_LETTER", ""}}).ordering_on_dead_letter ==
+          OrderingOnDeadLetter::block);
+    CHECK(std::string(outbox::to_string(OrderingOnDeadLetter::skip)) == "skip");
+    CHECK(std::string(outbox::to_string(OrderingOnDeadLetter::block)) == "block");
+    for (const char* bad : {"SKIP", "blocked", "continue", "true", " skip"}) {
+        std::string error = load_error("OUTBOX_ORDERING_ON_DEAD_LETTER", bad);
+        CHECK(error.find("unknown value") != std::string::npos);
+        CHECK(error.find("allowed: block, skip") != std::string::npos);
+    }
 }
 
 TEST_CASE("config: text variables", "[config]") {

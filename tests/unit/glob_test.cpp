@@ -3,10 +3,14 @@
 // Here the matcher is compared with an independent reference over every short pattern and text of
 // an alphabet that holds all the characters special to either side, and glob_to_like's output is
 // pinned down. tests/integration/glob_like_test.cpp checks that PostgreSQL's LIKE agrees.
+// globs_overlap and glob_common_match, which decide whether two subscribers can share an event
+// type, are compared with a brute-force search over every pair of short patterns.
 #include "common/glob.h"
 
 #include <catch2/catch.hpp>
 
+#include <bitset>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -14,8 +18,10 @@
 namespace {
 
 using outbox::any_glob_match;
+using outbox::glob_common_match;
 using outbox::glob_match;
 using outbox::glob_to_like;
+using outbox::globs_overlap;
 
 // The textbook dynamic programme: at(i, j) says whether the first i pattern bytes match the
 // first j text bytes. Quadratic and obviously right, unlike the backtracking matcher under test.
@@ -199,4 +205,141 @@ TEST_CASE("glob_to_like: star becomes %, LIKE's specials are escaped with a back
     CHECK(glob_to_like("a\\*") == "a\\\\%");
     CHECK(glob_to_like("%_\\*") == "\\%\\_\\\\%");
     CHECK(glob_to_like("日本.*") == "日本.%");
+}
+
+TEST_CASE("globs_overlap and glob_common_match on event types", "[glob]") {
+    struct Case {
+        const char* a;
+        const char* b;
+        std::optional<std::string> shortest; // nullopt: no event type matches both
+    };
+    const Case cases[] = {
+        {"order.created", "order.created", "order.created"},
+        {"order.created", "order.paid", std::nullopt},
+        {"order.*", "order.created", "order.created"},
+        {"order.*", "invoice.*", std::nullopt},
+        {"order.*", "*.created", "order.created"},
+        {"order.*", "*", "order."},
+        {"*", "*", ""},
+        {"*", "**", ""},
+        {"*.created", "*.paid", std::nullopt},
+        {"*.created", "order.*.created", "order..created"},
+        {"shop*", "shopify.*", "shopify."},
+        {"shop.*", "shopify.*", std::nullopt}, // "shop." is not a prefix of "shopify."
+        {"a*b", "b*a", std::nullopt},
+        {"a*", "*a", "a"},
+        {"ab*", "*ba", "aba"},
+        {"*ab*", "*ba*", "aba"},
+        {"a*a*a", "aa", std::nullopt},
+        {"a*a*a", "aaa", "aaa"},
+        {"a*a*a", "*aaaa*", "aaaa"},
+        {"x*y", "x*z", std::nullopt},
+        {"x*y*z", "*y*", "xyz"},
+        {"100%", "100*", "100%"}, // LIKE's specials are ordinary here
+        {"a\\*", "a\\b", "a\\b"}, // and so is the backslash
+        {"日本.*", "*.イベント", "日本.イベント"},
+    };
+    for (const Case& c : cases) {
+        INFO("\"" << c.a << "\" and \"" << c.b << "\"");
+        CHECK(globs_overlap(c.a, c.b) == c.shortest.has_value());
+        CHECK(globs_overlap(c.b, c.a) == c.shortest.has_value());
+        CHECK(glob_common_match(c.a, c.b) == c.shortest);
+        if (c.shortest) {
+            // Whatever the order of the patterns, the example is as short and matches both.
+            const std::optional<std::string> swapped = glob_common_match(c.b, c.a);
+            REQUIRE(swapped.has_value());
+            CHECK(swapped->size() == c.shortest->size());
+            CHECK(glob_match(c.a, *swapped));
+            CHECK(glob_match(c.b, *swapped));
+        }
+    }
+}
+
+TEST_CASE("globs_overlap and glob_common_match agree with brute force on short patterns",
+          "[glob]") {
+    // Every pattern of up to 5 characters over "ab*", every text of up to 10 over "ab". A text
+    // both patterns match can be made to use only their literals and no more characters than they
+    // hold: a character that both sides' stars absorb can be dropped, and any other one is some
+    // pattern's literal. So the texts below hold a common match whenever one exists, and its
+    // shortest.
+    const auto patterns = all_strings("ab*", 5);
+    const auto texts = all_strings("ab", 10);
+    REQUIRE(texts.size() <= 2048);
+    std::vector<std::bitset<2048>> matched(patterns.size());
+    for (size_t p = 0; p < patterns.size(); ++p) {
+        for (size_t t = 0; t < texts.size(); ++t) {
+            matched[p][t] = reference_glob_match(patterns[p], texts[t]);
+        }
+    }
+    long pairs = 0;
+    long overlapping = 0;
+    for (size_t p = 0; p < patterns.size(); ++p) {
+        for (size_t q = 0; q < patterns.size(); ++q) {
+            const std::string& a = patterns[p];
+            const std::string& b = patterns[q];
+            const std::bitset<2048> both = matched[p] & matched[q];
+            // all_strings lists texts by length, so the first common one is a shortest.
+            std::optional<size_t> shortest;
+            for (size_t t = 0; t < texts.size() && both.any(); ++t) {
+                if (both[t]) {
+                    shortest = texts[t].size();
+                    break;
+                }
+            }
+            ++pairs;
+            overlapping += shortest ? 1 : 0;
+            if (globs_overlap(a, b) != shortest.has_value()) {
+                FAIL("globs_overlap(\"" << a << "\", \"" << b << "\") is wrong");
+            }
+            const std::optional<std::string> example = glob_common_match(a, b);
+            if (example.has_value() != shortest.has_value()) {
+                FAIL("glob_common_match(\"" << a << "\", \"" << b
+                                            << "\") is wrong about existence");
+            }
+            if (example && (!reference_glob_match(a, *example) ||
+                            !reference_glob_match(b, *example) || example->size() != *shortest)) {
+                FAIL("glob_common_match(\"" << a << "\", \"" << b << "\") gave \"" << *example
+                                            << "\", expected a common match of length "
+                                            << *shortest);
+            }
+            // Without room for the dynamic programme, the example comes from the patterns' shape.
+            const std::optional<std::string> shaped = glob_common_match(a, b, 0);
+            if (shaped.has_value() != shortest.has_value() ||
+                (shaped &&
+                 (!reference_glob_match(a, *shaped) || !reference_glob_match(b, *shaped)))) {
+                FAIL("glob_common_match(\"" << a << "\", \"" << b << "\", 0) gave \""
+                                            << shaped.value_or("(none)") << "\"");
+            }
+        }
+    }
+    CHECK(pairs == 364L * 364L);
+    // Both answers must be common for the comparison to mean something.
+    CHECK(overlapping > 20000);
+    CHECK(pairs - overlapping > 20000);
+}
+
+TEST_CASE("glob_common_match on patterns too long for the dynamic programme", "[glob]") {
+    const std::string xs(3000, 'x');
+    const std::string ys(3000, 'y');
+    REQUIRE((xs.size() + 2) * (ys.size() + 2) > outbox::kGlobOverlapMaxCells);
+
+    const std::optional<std::string> example = glob_common_match(xs + "*", "*" + ys);
+    REQUIRE(example.has_value());
+    CHECK(*example == xs + ys);
+    CHECK(glob_match(xs + "*", *example));
+    CHECK(glob_match("*" + ys, *example));
+
+    const std::string middle = xs + "*m*" + ys + "*";
+    const std::optional<std::string> with_middle = glob_common_match(middle, "*" + ys + "*n*");
+    REQUIRE(with_middle.has_value());
+    CHECK(glob_match(middle, *with_middle));
+    CHECK(glob_match("*" + ys + "*n*", *with_middle));
+
+    CHECK_FALSE(glob_common_match(xs + "*", ys + "*").has_value());
+    CHECK_FALSE(glob_common_match("*" + xs, "*" + ys).has_value());
+    CHECK(glob_common_match(xs + ys, xs + "*") == xs + ys);
+    CHECK(glob_common_match(xs, xs) == xs);
+    CHECK_FALSE(glob_common_match(xs, xs + "z").has_value());
+    CHECK_FALSE(globs_overlap(xs + "*", ys + "*"));
+    CHECK(globs_overlap(xs + "*", "*" + ys));
 }

@@ -1,6 +1,7 @@
 // Loading and validating the handlers file: every rule is checked through the exact error it
 // produces, so that an operator reading the message finds the field to fix.
 #include "worker/handlers_file.h"
+#include "worker/subscriber.h"
 
 #include <catch2/catch.hpp>
 
@@ -72,17 +73,19 @@ outbox::Event make_event() {
 TEST_CASE("handlers file: a list of subscribers of every kind", "[handlers_file]") {
     const auto subscribers = parse_ok(R"([
         {"eventTypes": ["order.created", "shop.*"], "exec": {"command": ["/bin/true"]}},
-        {"name": "billing", "eventTypes": ["*"], "http": {"url": "https://example.com/hook"}},
-        {"eventTypes": ["demo"], "log": true},
-        {"eventTypes": ["demo"], "log": {}},
-        {"eventTypes": ["demo"], "log": {"level": "debug"}}
+        {"name": "billing", "eventTypes": ["billing.*"], "http": {"url": "https://example.com/hook"}},
+        {"eventTypes": ["demo.a"], "log": true},
+        {"eventTypes": ["demo.b"], "log": {}},
+        {"eventTypes": ["demo.c"], "log": {"level": "debug"}}
     ])");
     REQUIRE(subscribers.size() == 5);
     CHECK(subscribers[0].name == "handlers.json#0 (exec)");
     CHECK(subscribers[0].patterns == std::vector<std::string>{"order.created", "shop.*"});
     CHECK(subscribers[0].matches("shop.updated"));
     CHECK_FALSE(subscribers[0].matches("order.deleted"));
+    CHECK_FALSE(subscribers[0].name_given);
     CHECK(subscribers[1].name == "billing");
+    CHECK(subscribers[1].name_given);
     CHECK(subscribers[2].name == "handlers.json#2 (log)");
     for (const auto& subscriber : subscribers) {
         CHECK(subscriber.timeout_ms == kDefaultTimeoutMs);
@@ -101,10 +104,10 @@ TEST_CASE("handlers file: timeouts resolve subscriber, then kind, then default",
           "[handlers_file]") {
     const auto subscribers = parse_ok(R"([
         {"eventTypes": ["a"], "timeoutMs": 1000, "exec": {"command": ["true"], "timeoutMs": 2000}},
-        {"eventTypes": ["a"], "exec": {"command": ["true"], "timeoutMs": 2000}},
-        {"eventTypes": ["a"], "http": {"url": "http://localhost/", "timeoutMs": 4000}},
-        {"eventTypes": ["a"], "timeoutMs": 3600000, "log": true},
-        {"eventTypes": ["a"], "exec": {"command": ["true"]}}
+        {"eventTypes": ["b"], "exec": {"command": ["true"], "timeoutMs": 2000}},
+        {"eventTypes": ["c"], "http": {"url": "http://localhost/", "timeoutMs": 4000}},
+        {"eventTypes": ["d"], "timeoutMs": 3600000, "log": true},
+        {"eventTypes": ["e"], "exec": {"command": ["true"]}}
     ])");
     REQUIRE(subscribers.size() == 5);
     CHECK(subscribers[0].timeout_ms == 1000);
@@ -127,7 +130,7 @@ TEST_CASE("handlers file: exec handlers run with their configured env", "[handle
     const auto subscribers = parse_ok(R"([
         {"eventTypes": ["a"], "exec": {"command": ["sh", "-c", "test \"$MODE\" = strict || exit 9"],
                                        "env": {"MODE": "strict"}}},
-        {"eventTypes": ["a"], "exec": {"command": ["sh", "-c", "exit 65"]}}
+        {"eventTypes": ["b"], "exec": {"command": ["sh", "-c", "exit 65"]}}
     ])");
     CHECK(subscribers.at(0).handler(make_event()).outcome == outbox::Outcome::success);
     CHECK(subscribers.at(1).handler(make_event()).outcome == outbox::Outcome::permanent);
@@ -246,6 +249,123 @@ TEST_CASE("handlers file: subscriber-level rules", "[handlers_file]") {
             parse_error(R"([{"name": "audit", "eventTypes": []}])") ==
             R"(conf/handlers.json: subscriber 0 (audit): "eventTypes": must be a non-empty array of non-empty strings)");
     }
+}
+
+TEST_CASE("handlers file: subscribers that can share an event type need names", "[handlers_file]") {
+    const std::string prefix = "conf/handlers.json: ";
+    const std::string why = ": the name is a subscriber's identity in an event's record of the "
+                            "subscribers that succeeded for it";
+    SECTION("neither named") {
+        CHECK(parse_error(R"([{"eventTypes": ["order.*"], "log": true},
+                              {"eventTypes": ["invoice.*"], "log": true},
+                              {"eventTypes": ["*.created"], "log": true}])") ==
+              prefix +
+                  R"(subscriber 0 and subscriber 2 can both match event type "order.created" )"
+                  R"((by "order.*" and "*.created"), so each needs a "name" (neither has one))" +
+                  why);
+    }
+    SECTION("one named: the other is the one to fix") {
+        CHECK(parse_error(R"([{"name": "search", "eventTypes": ["order.paid"], "log": true},
+                              {"eventTypes": ["shop.*", "order.*"], "log": true}])") ==
+              prefix +
+                  R"(subscriber 0 (search) and subscriber 1 can both match event type )"
+                  R"("order.paid" (by "order.paid" and "order.*"), so each needs a "name" )"
+                  R"((subscriber 1 has none))" +
+                  why);
+        CHECK(parse_error(R"([{"eventTypes": ["order.paid"], "log": true},
+                              {"name": "search", "eventTypes": ["order.paid"], "log": true}])") ==
+              prefix +
+                  R"(subscriber 0 and subscriber 1 (search) can both match event type )"
+                  R"("order.paid" (by "order.paid" and "order.paid"), so each needs a "name" )"
+                  R"((subscriber 0 has none))" +
+                  why);
+    }
+    SECTION("two catch-alls") {
+        CHECK(parse_error(R"([{"eventTypes": ["*"], "log": true},
+                              {"eventTypes": ["**"], "log": true}])") ==
+              prefix +
+                  R"(subscriber 0 and subscriber 1 can both match every event type )"
+                  R"((by "*" and "**"), so each needs a "name" (neither has one))" +
+                  why);
+    }
+    SECTION("the example and the patterns are shown as JSON strings") {
+        const std::string error = parse_error(R"([{"eventTypes": ["a\"b*"], "log": true},
+                                                  {"eventTypes": ["*\\c"], "log": true}])");
+        CHECK_THAT(error, Catch::Contains(R"(event type "a\"b\\c" (by "a\"b*" and "*\\c"))"));
+    }
+    SECTION("named subscribers may overlap") {
+        const auto subscribers =
+            parse_ok(R"([{"name": "search", "eventTypes": ["order.*"], "log": true},
+                         {"name": "mail", "eventTypes": ["*.paid"], "log": true},
+                         {"eventTypes": ["invoice.created"], "log": true}])");
+        REQUIRE(subscribers.size() == 2 + 1);
+        CHECK(subscribers[2].name == "handlers.json#2 (log)");
+    }
+    SECTION("unnamed subscribers that cannot share a type are fine") {
+        const auto subscribers = parse_ok(R"([{"eventTypes": ["order.*"], "log": true},
+                                              {"eventTypes": ["orders.*", "invoice.*"], "log": true},
+                                              {"eventTypes": ["refund.created"], "log": true}])");
+        CHECK(subscribers.size() == 3);
+    }
+    SECTION("a subscriber's own patterns may overlap") {
+        CHECK(parse_ok(R"([{"eventTypes": ["order.*", "*"], "log": true}])").size() == 1);
+    }
+    SECTION("an error inside a subscriber comes first") {
+        CHECK(parse_error(R"([{"eventTypes": ["a"], "log": true},
+                              {"eventTypes": ["a"], "log": true},
+                              {"eventTypes": ["a"]}])") ==
+              R"(conf/handlers.json: subscriber 2: needs one of "exec", "http" or "log")");
+    }
+}
+
+TEST_CASE("handlers file: names survive the record of an event unchanged", "[handlers_file]") {
+    // An event records names as RESULT carried them (at most 1024 bytes, valid UTF-8); a name
+    // that would be changed on the way could never be found in the record.
+    const std::string longest(1024, 'n');
+    CHECK(parse_ok(R"([{"name": ")" + longest + R"(", "eventTypes": ["a"], "log": true}])")
+              .at(0)
+              .name == longest);
+    CHECK(parse_error(R"([{"name": ")" + longest + R"(n", "eventTypes": ["a"], "log": true}])")
+              .ends_with(R"("name": must be at most 1024 bytes long)"));
+    CHECK(parse_error("[{\"name\": \"caf\xc3\", \"eventTypes\": [\"a\"], \"log\": true}]")
+              .ends_with(R"("name": must be valid UTF-8)"));
+    CHECK(parse_ok(R"([{"name": "caf\u00e9 \ud83d\ude00", "eventTypes": ["a"], "log": true}])")
+              .at(0)
+              .name == "caf\xc3\xa9 \xf0\x9f\x98\x80");
+}
+
+TEST_CASE("find_unnamed_overlap works on any list of subscribers", "[handlers_file]") {
+    // Code subscribers (outbox::Subscription) and the handlers file's together, as the supervisor
+    // combines them.
+    const auto make = [](std::string name, bool given, std::vector<std::string> patterns) {
+        outbox::Subscriber subscriber;
+        subscriber.name = std::move(name);
+        subscriber.name_given = given;
+        subscriber.patterns = std::move(patterns);
+        return subscriber;
+    };
+    std::vector<outbox::Subscriber> subscribers;
+    subscribers.push_back(make("code#0", false, {"order.*"}));
+    subscribers.push_back(make("search", true, {"invoice.*"}));
+    subscribers.push_back(make("mail", true, {"order.paid", "invoice.paid"}));
+    CHECK_FALSE(outbox::find_unnamed_overlap({subscribers[1], subscribers[2]}).has_value());
+    const auto overlap = outbox::find_unnamed_overlap(subscribers);
+    REQUIRE(overlap.has_value());
+    CHECK(overlap->first == 0);
+    CHECK(overlap->second == 2);
+    CHECK(overlap->first_pattern == "order.*");
+    CHECK(overlap->second_pattern == "order.paid");
+    CHECK(overlap->example == "order.paid");
+
+    subscribers[0].name_given = true;
+    CHECK_FALSE(outbox::find_unnamed_overlap(subscribers).has_value());
+    subscribers.push_back(make("handlers.json#0 (log)", false, {"*"}));
+    const auto catch_all = outbox::find_unnamed_overlap(subscribers);
+    REQUIRE(catch_all.has_value());
+    CHECK(catch_all->first == 0);
+    CHECK(catch_all->second == 3);
+    CHECK(catch_all->example == "order.");
+    CHECK_FALSE(outbox::find_unnamed_overlap({}).has_value());
 }
 
 TEST_CASE("handlers file: exec rules", "[handlers_file]") {

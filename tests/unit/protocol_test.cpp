@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <functional>
@@ -178,7 +179,7 @@ std::string sample_fields_bytes() {
     const Event e = sample_event();
     return str(e.id) + str(e.event_log_id) + some_str(*e.event_key) + str(e.tenant_id) +
            null_str() + str(e.event_type) + str(e.payload_json) + some_str(e.metadata_json) +
-           some_str("") + str(e.created_at) + be32(3);
+           some_str("") + str(e.created_at) + be32(3) + null_str();
 }
 
 bool same_event(const Event& a, const Event& b) {
@@ -219,14 +220,14 @@ std::string fields_error(const std::string& fields) {
 
 TEST_CASE("HELLO round trip and byte layout", "[protocol]") {
     const std::string bytes = encode_hello(HelloMsg{4242, kProtocolVersion});
-    CHECK(bytes == be32(9) + "H" + be32(2) + be32(4242));
+    CHECK(bytes == be32(9) + "H" + be32(3) + be32(4242));
 
     const Frame frame = decode_one(bytes);
     CHECK(frame.type == MessageType::hello);
     const auto hello = decode_hello(frame);
     REQUIRE(hello.ok());
     CHECK(hello.value().pid == 4242);
-    CHECK(hello.value().protocol == 2);
+    CHECK(hello.value().protocol == 3);
 }
 
 TEST_CASE("QUIT is the smallest frame", "[protocol]") {
@@ -468,17 +469,20 @@ TEST_CASE("unknown type bytes are rejected before the body arrives", "[protocol]
 }
 
 TEST_CASE("HELLO: version first, pid in range, nothing after", "[protocol]") {
-    CHECK(hello_error(be32(2) + be32(10)).empty());
+    CHECK(hello_error(be32(3) + be32(10)).empty());
     CHECK_THAT(hello_error(be32(1) + be32(10)),
                Catch::Contains("protocol version 1") && Catch::StartsWith("HELLO: "));
+    // Version 2 lacked subscribersDone: a handler process left over from it is refused by name.
+    CHECK_THAT(hello_error(be32(2) + be32(10)),
+               Catch::Contains("speaks protocol version 2, the supervisor speaks version 3"));
     // A version-1 process sends JSON; its first four bytes are read as a version, not trusted.
     CHECK_THAT(hello_error(R"({"pid":10,"protocol":1})"), Catch::Contains("protocol version"));
-    CHECK_THAT(hello_error(be32(2) + be32(0)), Catch::Contains("\"pid\" is 0"));
-    CHECK_THAT(hello_error(be32(2) + be32(0x80000000U)), Catch::Contains("\"pid\""));
-    CHECK_THAT(hello_error(be32(2) + std::string(3, '\1')),
+    CHECK_THAT(hello_error(be32(3) + be32(0)), Catch::Contains("\"pid\" is 0"));
+    CHECK_THAT(hello_error(be32(3) + be32(0x80000000U)), Catch::Contains("\"pid\""));
+    CHECK_THAT(hello_error(be32(3) + std::string(3, '\1')),
                Catch::Contains("\"pid\" is cut short"));
     CHECK_THAT(hello_error(""), Catch::Contains("\"protocol\" is cut short"));
-    CHECK_THAT(hello_error(be32(2) + be32(10) + "x"), Catch::Contains("1 unexpected bytes"));
+    CHECK_THAT(hello_error(be32(3) + be32(10) + "x"), Catch::Contains("1 unexpected bytes"));
 }
 
 TEST_CASE("EVENT: the envelope is checked, the fields separately", "[protocol]") {
@@ -507,10 +511,16 @@ TEST_CASE("event fields: every malformation is an error naming the field", "[pro
                                       some_str(e.metadata_json),
                                       some_str(""),
                                       str(e.created_at),
-                                      be32(3)};
+                                      be32(3),
+                                      some_str(R"(["search"])")};
     const std::vector<std::string> names = {
         "id",      "eventLogId", "eventKey",      "tenantId",  "projectId", "eventType",
-        "payload", "metadata",   "correlationId", "createdAt", "attempt"};
+        "payload", "metadata",   "correlationId", "createdAt", "attempt",   "subscribersDone"};
+    const size_t attempt = 10;
+    const std::vector<size_t> nullable = {2, 4, 7, 8, 11};
+    const auto is_nullable = [&](size_t i) {
+        return std::find(nullable.begin(), nullable.end(), i) != nullable.end();
+    };
     const auto join = [](const std::vector<std::string>& pieces) {
         std::string all;
         for (const std::string& piece : pieces) {
@@ -530,24 +540,28 @@ TEST_CASE("event fields: every malformation is an error naming the field", "[pro
         }
     }
     SECTION("a length beyond the end of the frame, in every string field") {
-        for (size_t i = 0; i + 1 < parts.size(); ++i) {
+        for (size_t i = 0; i < parts.size(); ++i) {
+            if (i == attempt) {
+                continue;
+            }
             std::vector<std::string> broken = parts;
-            const bool tagged = i == 2 || i == 4 || i == 7 || i == 8;
-            broken[i] = (tagged ? std::string(1, '\1') : std::string()) + be32(0xffffffffU);
+            broken[i] = (is_nullable(i) ? std::string(1, '\1') : std::string()) + be32(0xffffffffU);
+            // The string runs to the end, so the fields after it are gone too.
+            broken.resize(i + 1);
             INFO("field " << names[i]);
             CHECK_THAT(fields_error(join(broken)),
                        Catch::Contains("\"" + names[i] + "\" has length 4294967295"));
         }
     }
     SECTION("a null tag other than 0 and 1") {
-        for (const size_t i : {size_t{2}, size_t{4}, size_t{7}, size_t{8}}) {
+        for (const size_t i : nullable) {
             std::vector<std::string> broken = parts;
             broken[i][0] = '\2';
             CHECK_THAT(fields_error(join(broken)),
                        Catch::Contains("\"" + names[i] + "\" has null tag 2"));
         }
     }
-    SECTION("payload and metadata are never empty") {
+    SECTION("payload, metadata and subscribersDone are never empty") {
         std::vector<std::string> broken = parts;
         broken[6] = str("");
         CHECK_THAT(fields_error(join(broken)), Catch::Contains("\"payload\" is empty"));
@@ -556,15 +570,83 @@ TEST_CASE("event fields: every malformation is an error naming the field", "[pro
         CHECK_THAT(fields_error(join(broken)), Catch::Contains("\"metadata\" is empty"));
         broken[7] = null_str();
         CHECK(fields_error(join(broken)).empty());
+        broken = parts;
+        broken[11] = some_str("");
+        CHECK_THAT(fields_error(join(broken)), Catch::Contains("\"subscribersDone\" is empty"));
+        broken[11] = null_str();
+        CHECK(fields_error(join(broken)).empty());
+    }
+    SECTION("subscribersDone is bounded") {
+        std::vector<std::string> sized = parts;
+        sized[11] = some_str(std::string(kMaxSubscribersDoneBytes, 'x'));
+        CHECK(fields_error(join(sized)).empty());
+        sized[11] = some_str(std::string(kMaxSubscribersDoneBytes + 1, 'x'));
+        CHECK_THAT(fields_error(join(sized)),
+                   Catch::Contains("\"subscribersDone\" is 1048577 bytes long, above the limit "
+                                   "of 1048576"));
+    }
+    SECTION("subscribersDone is opaque to the decoder") {
+        // Its content is the handler process's business (parse_subscribers_done), so that a list
+        // it cannot read costs a repeated delivery, not a dead letter.
+        std::vector<std::string> odd = parts;
+        odd[11] = some_str(std::string("not json \xff\0", 11));
+        CHECK(fields_error(join(odd)).empty());
     }
     SECTION("attempt is at least 1 and an int") {
-        parts.back() = be32(0);
+        parts[attempt] = be32(0);
         CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"attempt\" is 0"));
-        parts.back() = be32(0x80000000U);
+        parts[attempt] = be32(0x80000000U);
         CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"attempt\" is 2147483648"));
+    }
+    SECTION("a version 2 event, which ends after attempt, is cut short") {
+        parts.pop_back();
+        CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"subscribersDone\" is cut short"));
     }
     SECTION("nothing after the last field") {
         CHECK_THAT(fields_error(join(parts) + "xy"), Catch::Contains("2 unexpected bytes"));
+    }
+}
+
+TEST_CASE("subscribersDone travels after the event's fields, as PostgreSQL printed it",
+          "[protocol]") {
+    const std::string list = R"(["search", "caf\u00e9", "x\"y"])";
+    EventDelivery delivery{sample_event(), list};
+    const std::string fields = encode_event_fields(event_fields_of(delivery));
+    // The version 2 layout, with the list in place of the null that ends it.
+    std::string expected = sample_fields_bytes();
+    expected.pop_back();
+    CHECK(fields == expected + some_str(list));
+
+    const auto decoded = decode_event_delivery(fields);
+    REQUIRE(decoded.ok());
+    CHECK(same_event(decoded.value().event, sample_event()));
+    CHECK(decoded.value().subscribers_done_json == list);
+    // decode_event_fields reads the same bytes and keeps only the event.
+    const auto event_only = decode_event_fields(fields);
+    REQUIRE(event_only.ok());
+    CHECK(same_event(event_only.value(), sample_event()));
+
+    // From an Event alone, or from a view without it, the list is null.
+    CHECK(encode_event_fields(event_fields_of(sample_event())) == sample_fields_bytes());
+    const auto none = decode_event_delivery(sample_fields_bytes());
+    REQUIRE(none.ok());
+    CHECK_FALSE(none.value().subscribers_done_json.has_value());
+
+    SECTION("the encoder sends what the decoder would refuse as null") {
+        // Running every subscriber again is allowed; failing the event over its bookkeeping not.
+        const Event event = sample_event(); // the views below point into it
+        for (const std::string& unusable :
+             {std::string(), std::string(kMaxSubscribersDoneBytes + 1, 'x')}) {
+            EventFieldsView view = event_fields_of(event);
+            view.subscribers_done_json = unusable;
+            CHECK(encode_event_fields(view) == sample_fields_bytes());
+        }
+        const std::string largest(kMaxSubscribersDoneBytes, 'x');
+        EventFieldsView view = event_fields_of(event);
+        view.subscribers_done_json = largest;
+        const auto decoded_largest = decode_event_delivery(encode_event_fields(view));
+        REQUIRE(decoded_largest.ok());
+        CHECK(decoded_largest.value().subscribers_done_json == largest);
     }
 }
 

@@ -61,6 +61,16 @@ std::string event_frame(uint64_t seq, const std::string& type) {
     return event_frame(seq, sample_event(type, "ob_" + std::to_string(seq)));
 }
 
+// The one frame in `bytes`, which must hold exactly one.
+Frame decode_frame_for_test(const std::string& bytes) {
+    FrameDecoder decoder;
+    decoder.feed(bytes.data(), bytes.size());
+    FrameDecoder::Next next = decoder.next();
+    REQUIRE(next.status == FrameDecoder::Status::frame);
+    REQUIRE(decoder.buffered() == 0);
+    return std::move(next.frame);
+}
+
 // A pipe whose ends close themselves; used to let a handler in the child wait for the test.
 struct Pipe {
     int read_end = -1;
@@ -616,14 +626,214 @@ TEST_CASE("dispatch_event runs matching subscribers in order", "[worker_process]
     }));
     Event event;
     event.event_type = "order.paid";
-    const Result result = dispatch_event(subscribers, event);
+    const DispatchResult dispatched = dispatch_event(subscribers, event);
     CHECK(calls == std::vector<std::string>{"a", "c"});
-    CHECK(result.outcome == Outcome::retry);
-    CHECK(result.error == "subscriber c: failed without an error message");
-    CHECK(result.retry_after_ms == 0);
+    CHECK(dispatched.result.outcome == Outcome::retry);
+    CHECK(dispatched.result.error == "subscriber c: failed without an error message");
+    CHECK(dispatched.result.retry_after_ms == 0);
+    // What ran, in order, up to and including the failure; "d" never ran.
+    REQUIRE(dispatched.ran.size() == 2);
+    CHECK(dispatched.ran[0].name == "a");
+    CHECK(dispatched.ran[0].outcome == Outcome::success);
+    CHECK(dispatched.ran[1].name == "c");
+    CHECK(dispatched.ran[1].outcome == Outcome::retry);
+    CHECK(dispatched.skipped == 0);
 
     calls.clear();
     subscribers.erase(subscribers.begin() + 2);
-    CHECK(dispatch_event(subscribers, event).outcome == Outcome::success);
+    const DispatchResult all = dispatch_event(subscribers, event);
+    CHECK(all.result.outcome == Outcome::success);
     CHECK(calls == std::vector<std::string>{"a", "d"});
+    REQUIRE(all.ran.size() == 2);
+    CHECK(all.ran[1].name == "d");
+    CHECK(all.ran[1].outcome == Outcome::success);
+}
+
+TEST_CASE("dispatch_event skips the subscribers that already succeeded", "[worker_process]") {
+    std::vector<std::string> calls;
+    const auto recording = [&](const std::string& name, std::vector<std::string> patterns,
+                               Result result) {
+        return subscriber(name, std::move(patterns), [&calls, name, result](const Event&) {
+            calls.push_back(name);
+            return result;
+        });
+    };
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(recording("search", {"order.*"}, Result::ok()));
+    subscribers.push_back(recording("mail", {"*.paid"}, Result::permanent("no address")));
+    subscribers.push_back(recording("ledger", {"order.paid"}, Result::ok()));
+    subscribers.push_back(recording("other", {"invoice.*"}, Result::ok()));
+    Event event;
+    event.event_type = "order.paid";
+
+    SECTION("the ones done are not run, the rest run in order") {
+        const DispatchResult dispatched = dispatch_event(subscribers, event, {"search"});
+        CHECK(calls == std::vector<std::string>{"mail"});
+        CHECK(dispatched.skipped == 1);
+        CHECK(dispatched.result.outcome == Outcome::permanent);
+        CHECK(dispatched.result.error == "subscriber mail: no address");
+        REQUIRE(dispatched.ran.size() == 1);
+        CHECK(dispatched.ran[0].name == "mail");
+        CHECK(dispatched.ran[0].outcome == Outcome::permanent);
+    }
+    SECTION("a failure that already succeeded is passed, and the later ones run") {
+        const DispatchResult dispatched = dispatch_event(subscribers, event, {"mail", "search"});
+        CHECK(calls == std::vector<std::string>{"ledger"});
+        CHECK(dispatched.skipped == 2);
+        CHECK(dispatched.result.outcome == Outcome::success);
+        REQUIRE(dispatched.ran.size() == 1);
+        CHECK(dispatched.ran[0].name == "ledger");
+        CHECK(dispatched.ran[0].outcome == Outcome::success);
+    }
+    SECTION("every matching subscriber done: success without running anything") {
+        // "other" and "gone" are in the record too: names that match nothing here change nothing.
+        const DispatchResult dispatched =
+            dispatch_event(subscribers, event, {"gone", "ledger", "mail", "other", "search"});
+        CHECK(calls.empty());
+        CHECK(dispatched.skipped == 3);
+        CHECK(dispatched.result.outcome == Outcome::success);
+        CHECK(dispatched.result.error.empty());
+        CHECK(dispatched.ran.empty());
+    }
+    SECTION("names that only look alike are not skipped") {
+        const DispatchResult dispatched =
+            dispatch_event(subscribers, event, {"Search", "search ", "mai", "ledger2"});
+        CHECK(calls == std::vector<std::string>{"search", "mail"});
+        CHECK(dispatched.skipped == 0);
+    }
+    SECTION("no matching subscriber is still a retry, whatever the record says") {
+        event.event_type = "refund.created";
+        const DispatchResult dispatched = dispatch_event(subscribers, event, {"search"});
+        CHECK(calls.empty());
+        CHECK(dispatched.result.outcome == Outcome::retry);
+        CHECK(dispatched.result.error ==
+              "no subscriber matches event type refund.created in this handler process");
+        CHECK(dispatched.ran.empty());
+        CHECK(dispatched.skipped == 0);
+    }
+}
+
+TEST_CASE("dispatch_event compares names as RESULT carried them", "[worker_process]") {
+    // The supervisor records the names RESULT carried, which encode_result bounded and made valid
+    // UTF-8: a code subscriber with a long or broken name must still be found in the record.
+    const std::string long_name(kMaxSubscriberNameBytes + 500, 'n');
+    const std::string broken_name = "caf\xc3";
+    int runs = 0;
+    std::vector<Subscriber> subscribers;
+    for (const std::string& name : {long_name, broken_name}) {
+        subscribers.push_back(subscriber(name, {"x"}, [&runs](const Event&) {
+            ++runs;
+            return Result::ok();
+        }));
+    }
+    Event event;
+    event.event_type = "x";
+    const DispatchResult first = dispatch_event(subscribers, event);
+    CHECK(runs == 2);
+    REQUIRE(first.ran.size() == 2);
+    const std::string frame = encode_result(ResultMsg{1, Outcome::success, "", 0, 0, 0, first.ran});
+    const auto carried = decode_result(decode_frame_for_test(frame));
+    REQUIRE(carried.ok());
+    SubscriberNames recorded;
+    for (const SubscriberOutcome& outcome : carried.value().subscribers) {
+        recorded.insert(outcome.name);
+    }
+    CHECK_FALSE(recorded.contains(long_name));
+    CHECK_FALSE(recorded.contains(broken_name));
+
+    runs = 0;
+    const DispatchResult second = dispatch_event(subscribers, event, recorded);
+    CHECK(runs == 0);
+    CHECK(second.skipped == 2);
+    CHECK(second.result.outcome == Outcome::success);
+}
+
+TEST_CASE("parse_subscribers_done reads a JSON array of strings and nothing else",
+          "[worker_process]") {
+    SECTION("what PostgreSQL's to_json(text[]) prints") {
+        const auto names = parse_subscribers_done(R"(["search","mail","caf\u00e9 \"x\"\\"])");
+        REQUIRE(names.has_value());
+        CHECK(*names == SubscriberNames{"search", "mail", "caf\xc3\xa9 \"x\"\\"});
+        CHECK(parse_subscribers_done("[]") == SubscriberNames{});
+        CHECK(parse_subscribers_done(" [ \"a\" , \"a\" ]\n") == SubscriberNames{"a"});
+        CHECK(parse_subscribers_done(R"j(["handlers.json#2 (exec)"])j") ==
+              SubscriberNames{"handlers.json#2 (exec)"});
+    }
+    SECTION("anything else is refused as a whole") {
+        for (const char* text : {"", "null", "not json", "\"search\"", R"({"0": "search"})",
+                                 R"(["search", 1])", R"(["search", null])", R"([["search"]])",
+                                 R"(["search"] ["mail"])", R"(["search",])", "{search,mail}"}) {
+            INFO(text);
+            CHECK_FALSE(parse_subscribers_done(text).has_value());
+        }
+    }
+}
+
+TEST_CASE("the handler process skips what an EVENT names as done and reports what ran",
+          "[worker_process]") {
+    WorkerUnderTest worker(standard_subscribers());
+    worker.expect_hello();
+    uint64_t seq = 0;
+    // "chain.fail" reaches "first" (ok), "second" (retry) and, past it, "third" (permanent).
+    const auto run = [&](std::optional<std::string> done) {
+        EventDelivery delivery{sample_event("chain.fail", "ob_chain"), std::move(done)};
+        worker.send(
+            encode_event_frame(++seq, 30000, encode_event_fields(event_fields_of(delivery))));
+        const ResultMsg result = worker.receive_result();
+        CHECK(result.seq == seq);
+        return result;
+    };
+    const auto ran = [](const ResultMsg& result) {
+        std::vector<std::pair<std::string, Outcome>> out;
+        for (const SubscriberOutcome& entry : result.subscribers) {
+            out.emplace_back(entry.name, entry.outcome);
+        }
+        return out;
+    };
+    using Ran = std::vector<std::pair<std::string, Outcome>>;
+
+    const ResultMsg fresh = run(std::nullopt);
+    CHECK(fresh.outcome == Outcome::retry);
+    CHECK(fresh.error == "subscriber second: second failed");
+    CHECK(ran(fresh) == Ran{{"first", Outcome::success}, {"second", Outcome::retry}});
+
+    const ResultMsg after_first = run(R"(["first"])");
+    CHECK(after_first.outcome == Outcome::retry);
+    CHECK(after_first.error == "subscriber second: second failed");
+    CHECK(ran(after_first) == Ran{{"second", Outcome::retry}});
+
+    const ResultMsg after_second = run(R"(["second","first"])");
+    CHECK(after_second.outcome == Outcome::permanent);
+    CHECK(after_second.error == "subscriber third: third ran");
+    CHECK(ran(after_second) == Ran{{"third", Outcome::permanent}});
+
+    const ResultMsg all_done = run(R"(["first","second","third"])");
+    CHECK(all_done.outcome == Outcome::success);
+    CHECK(all_done.error.empty());
+    CHECK(all_done.retry_after_ms == 0);
+    CHECK(all_done.subscribers.empty());
+
+    // A list that is not a JSON array of strings counts as nothing done: everything runs again.
+    for (const char* malformed : {R"(["first", 2])", "{first}", R"("first")"}) {
+        INFO(malformed);
+        const ResultMsg result = run(std::string(malformed));
+        CHECK(result.outcome == Outcome::retry);
+        CHECK(ran(result) == Ran{{"first", Outcome::success}, {"second", Outcome::retry}});
+    }
+
+    // A lone success is reported too: the supervisor needs no list then, but it is the same rule.
+    worker.send(event_frame(++seq, "ok.created"));
+    const ResultMsg ok = worker.receive_result();
+    CHECK(ok.outcome == Outcome::success);
+    CHECK(ran(ok) == Ran{{"ok", Outcome::success}});
+
+    // An unusable event ran nothing.
+    worker.send(encode_event_frame(++seq, 1000, std::string(3, 'x')));
+    const ResultMsg bad = worker.receive_result();
+    CHECK(bad.outcome == Outcome::permanent);
+    CHECK(bad.subscribers.empty());
+
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
 }
