@@ -3,14 +3,17 @@
 //   -lpthread
 //
 // latency_driver emit --system outbox|graphile --rate R --seconds S [--connections K] [--ack-file
-// F]
+// F] [--ordering-keys N] [--type T]
 //     Commits R events per second for S seconds, open loop: event i is due at start + i/R and is
 //     sent as soon as it is due (never earlier), each as its own single-statement transaction
 //     (autocommit): outbox_write_event(...) for outbox, graphile_worker.add_job(...) for
 //     graphile-worker. K connections (threads) share the schedule round-robin, each with at most
 //     one statement in flight, so a slow commit on one does not hold back the others. With
-//     --ack-file, writes "<id> <wall clock µs when the commit was acknowledged>" per event. Prints
-//     one JSON line: events, achieved rate, and how late the sends were against the schedule.
+//     --ack-file, writes "<id> <wall clock µs when the commit was acknowledged>" per event. With
+//     --ordering-keys (outbox only), event i carries the ordering key "key-<i mod N>" (SPEC 2a;
+//     writers of one key then wait for each other's commits) and the type --type (default
+//     bench.latency). Prints one JSON line: events, achieved rate, and how late the sends were
+//     against the schedule.
 //
 // latency_driver wait --sql QUERY [--interval-ms N] [--timeout-s N]
 //     Runs QUERY (one boolean) on one connection every N ms (default 25) until it returns true,
@@ -104,12 +107,18 @@ int cmd_emit(int argc, char** argv) {
     double seconds = std::atof(arg_value(argc, argv, "--seconds", "30"));
     int connections = std::max(1, std::atoi(arg_value(argc, argv, "--connections", "2")));
     const char* ack_path = arg_value(argc, argv, "--ack-file", nullptr);
+    const long ordering_keys = std::atol(arg_value(argc, argv, "--ordering-keys", "0"));
+    const std::string type = arg_value(argc, argv, "--type", "bench.latency");
     if (rate <= 0 || seconds <= 0) {
         die("emit: --rate and --seconds must be positive");
     }
     const char* sql = nullptr;
     int nparams = 0;
-    if (system == "outbox") {
+    if (system == "outbox" && ordering_keys > 0) {
+        sql = "SELECT outbox_id FROM outbox_write_event($1, 'bench-tenant', $3, '{}'::jsonb, "
+              "NULL, NULL, NULL, NULL, $2)";
+        nparams = 3;
+    } else if (system == "outbox") {
         sql = "SELECT outbox_id FROM outbox_write_event($1, 'bench-tenant', 'bench.latency', "
               "'{}'::jsonb)";
         nparams = 1;
@@ -150,7 +159,9 @@ int cmd_emit(int argc, char** argv) {
                 lateness_us[static_cast<size_t>(i)] =
                     std::chrono::duration_cast<std::chrono::microseconds>(sent - due).count();
                 std::string key = key_prefix + std::to_string(i);
-                const char* values[1] = {key.c_str()};
+                std::string ordering_key =
+                    ordering_keys > 0 ? "key-" + std::to_string(i % ordering_keys) : "";
+                const char* values[3] = {key.c_str(), ordering_key.c_str(), type.c_str()};
                 PGresult* r = PQexecPrepared(c, "ev", nparams, nparams ? values : nullptr, nullptr,
                                              nullptr, 0);
                 int64_t ack = wall_us();
@@ -212,7 +223,8 @@ int main(int argc, char** argv) {
         return cmd_wait(argc, argv);
     }
     std::fprintf(stderr, "usage: latency_driver emit --system outbox|graphile --rate R --seconds S "
-                         "[--connections K] [--ack-file F]\n       latency_driver wait --sql QUERY "
-                         "[--interval-ms N] [--timeout-s N]\n");
+                         "[--connections K] [--ack-file F] [--ordering-keys N] [--type T]\n"
+                         "       latency_driver wait --sql QUERY [--interval-ms N] [--timeout-s "
+                         "N]\n");
     return 64;
 }

@@ -23,6 +23,13 @@
 #     drift of a shared machine hits them alike: outbox keep, graphile, outbox delete, graphile, and
 #     the whole sequence BENCH_REPEAT times; the summary reports medians, and the ratio of
 #     outbox-worker to graphile-worker as median against median (same durability and instances).
+#     Ordered burn-downs (SPEC 2a): for every N in BENCH_ORDERING other than "none", the same
+#     BENCH_EVENTS no-op events spread over N ordering keys (event i has the key "key-<i mod N>",
+#     written with outbox_write_event() in transactions of 10,000) are worked by the same service
+#     and setup, right after the unordered run of the same completion mode: events of one key go one
+#     at a time, so the figure shows what ordering costs. The summary gives each ordered figure's
+#     ratio to the unordered one of the same completion mode and durability (median against median;
+#     the target is >= 0.8 for 10,000 keys).
 #     The figure is N / (time from launching the workers until no event is left: no Outbox row
 #     PENDING or PROCESSING, no graphile-worker job), polled every 50 ms. Also: the steady-state rate
 #     between the 10th and 90th percentiles of "processedAt" (keep only: in delete mode the rows are
@@ -46,6 +53,18 @@
 #     needs). Commit-to-handler-start: the handler's own wall clock (BENCH_START_FILE) minus
 #     "createdAt"; commit-to-COMPLETED: "processedAt" minus "createdAt". The same for
 #     graphile-worker (add_job() per transaction, one process). Peak RSS of every process as well.
+#  4. Key latency (SPEC 2a). The driver commits BENCH_KEY_EVENTS events of one ordering key back to
+#     back (at BENCH_KEY_RATE per second, from 4 connections, each event its own transaction) into
+#     an idle service as in 3; the key's events run one at a time, so most of them wait for the one
+#     before. Times are the handler's wall clock at start (BENCH_START_FILE) and commit times from
+#     PostgreSQL (track_commit_timestamp, which tests/run_with_postgres.sh turns on): the commit of
+#     the event's own write (pg_xact_commit_timestamp of its "EventLog" row) and the commit of the
+#     previous event's completion (of its "Outbox" row, last written by that completion in keep
+#     mode). Reported: hand-off, from the previous event's completion commit to the start of the
+#     next, over the events already written by then (the key's pace when its events queue);
+#     due-to-start, from the later of the two commits (when the event could first run) to its
+#     start, over every event but the first; commit-to-start, from the event's own commit (waiting
+#     behind the earlier ones included); and the key's events per second.
 #
 # Results: one JSON file per run in bench/results/ (machine, PostgreSQL settings, load averages,
 # every record, and a summary per durability setting with the targets) and the same summary on
@@ -63,6 +82,8 @@
 #   BENCH_WORKERS ["2"]           handler processes per instance
 #   BENCH_INSTANCES ["1"]         service instances (and graphile-worker processes)
 #   BENCH_COMPLETION ["keep delete"]  OUTBOX_ON_COMPLETE of the outbox-worker runs
+#   BENCH_ORDERING ["none 10000 100"]  outbox-worker burn-downs: unordered (none) and the events
+#                                 spread over N ordering keys
 #   BENCH_BATCH [100]             OUTBOX_BATCH_SIZE and the ceiling's claim size
 #   BENCH_REPEAT [3]              repetitions of every burn-down and ceiling figure (median reported)
 #   BENCH_CEILING_PROTOCOLS ["prepared"] / BENCH_CEILING_CLIENTS ["1 2"]
@@ -73,8 +94,10 @@
 #                                 with fsync on (a few ms a commit) 2 cannot reach 1,000/s; the
 #                                 rate achieved is recorded, and a run that fell short by more than
 #                                 5% is flagged and does not count for the target
-#   BENCH_PARTS ["outbox graphile burndown ceiling latency"]: systems (outbox, graphile) and
-#                                 measurements (burndown and latency of the systems named; ceiling)
+#   BENCH_KEY_EVENTS [2000] / BENCH_KEY_RATE [1000]  the key-latency run
+#   BENCH_PARTS ["outbox graphile burndown ceiling latency keylatency"]: systems (outbox,
+#                                 graphile) and measurements (burndown and latency of the systems
+#                                 named; ceiling; keylatency, outbox-worker only)
 #   BENCH_MAX_LOAD [1.5]          0: do not wait for a quiet machine
 #   BENCH_LOAD_POLL_S [30] / BENCH_LOAD_MAX_WAIT_S [3600]
 #   BUILD_DIR [build]             where liboutbox.a is
@@ -113,7 +136,10 @@ latency_connections="${BENCH_LATENCY_CONNECTIONS:-16}"
 repeat="${BENCH_REPEAT:-3}"
 ceiling_protocols="${BENCH_CEILING_PROTOCOLS:-prepared}"
 ceiling_clients="${BENCH_CEILING_CLIENTS:-1 2}"
-parts="${BENCH_PARTS:-outbox graphile burndown ceiling latency}"
+parts="${BENCH_PARTS:-outbox graphile burndown ceiling latency keylatency}"
+ordering_list="${BENCH_ORDERING:-none 10000 100}"
+key_events="${BENCH_KEY_EVENTS:-2000}"
+key_rate="${BENCH_KEY_RATE:-1000}"
 max_load="${BENCH_MAX_LOAD:-1.5}"
 load_poll="${BENCH_LOAD_POLL_S:-30}"
 load_max_wait="${BENCH_LOAD_MAX_WAIT_S:-3600}"
@@ -129,6 +155,12 @@ for c in $completion_list; do
         exit 64
         ;;
     esac
+done
+for o in $ordering_list; do
+    if [ "$o" != none ] && ! [[ "$o" =~ ^[1-9][0-9]*$ ]]; then
+        echo "bench: BENCH_ORDERING: '$o' is neither none nor a number of keys" >&2
+        exit 64
+    fi
 done
 for m in $ceiling_protocols; do
     case "$m" in
@@ -331,6 +363,35 @@ prepare_outbox_templates() {
     record "$(jq -nc --argjson n "$events" --argjson s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
         '{kind: "enqueue", system: "outbox-worker", method: "emit --count (1,000 per transaction)",
           events: $n, seconds: $s, events_per_s: ($n / $s)}')"
+    local o
+    for o in $ordering_list; do
+        if [ "$o" != none ]; then prepare_ordered_template "$o"; fi
+    done
+}
+
+# outbox_ord_N: the same number of no-op events as outbox_full, spread over N ordering keys
+# (event i has "key-<i mod N>"), written through outbox_write_event() with the ordering key in
+# transactions of 10,000.
+prepare_ordered_template() { # keys
+    local keys=$1 db="outbox_ord_$1" t0 t1 from to
+    drop_db "$db"
+    qpg "CREATE DATABASE $db TEMPLATE outbox_empty" >/dev/null
+    log "template $db: $events events over $keys ordering keys"
+    check_durability "$db"
+    t0=$(now_s)
+    for ((from = 1; from <= events; from += 10000)); do
+        to=$((from + 9999 < events ? from + 9999 : events))
+        q "$db" "SELECT count(*) FROM generate_series($from, $to) g,
+                     LATERAL outbox_write_event('ord-' || g, 'default', 'bench.noop', '{}'::jsonb,
+                                                NULL, NULL, NULL, NULL, 'key-' || (g % $keys)) w" >/dev/null
+    done
+    t1=$(now_s)
+    q "$db" 'VACUUM ANALYZE' >/dev/null
+    q "$db" 'CHECKPOINT' >/dev/null
+    record "$(jq -nc --argjson n "$events" --argjson k "$keys" --argjson s "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+        '{kind: "enqueue", system: "outbox-worker", ordering_keys: $k,
+          method: "outbox_write_event() with an ordering key, 10,000 per transaction",
+          events: $n, seconds: $s, events_per_s: ($n / $s)}')"
 }
 
 prepare_graphile_templates() {
@@ -362,15 +423,16 @@ prepare_graphile_templates() {
 
 # ---- burn-down: outbox-worker ---------------------------------------------------------------------
 
-outbox_burndown() { # instances workers completion repetition
-    local inst=$1 w=$2 completion=$3 rep=$4 db="bd_outbox" k url load
-    new_db "$db" outbox_full
+outbox_burndown() { # instances workers completion repetition ordering(none|keys)
+    local inst=$1 w=$2 completion=$3 rep=$4 ordering=${5:-none} db="bd_outbox" k url load template=outbox_full
+    if [ "$ordering" != none ]; then template="outbox_ord_$ordering"; fi
+    new_db "$db" "$template"
     url=$(db_url "$db")
     local x0 x1
     x0=$(xact_commits "$db")
     begin_measurement "$db"
-    log "burn-down outbox-worker $completion: $inst instance(s) x $w handler processes ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
-    local pids=() t_launch t_done logf="$work/outbox-$durability-$completion-$inst-$w-$rep.log"
+    log "burn-down outbox-worker $completion$(if [ "$ordering" != none ]; then echo ", $ordering ordering keys"; fi): $inst instance(s) x $w handler processes ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
+    local pids=() t_launch t_done logf="$work/outbox-$durability-$completion-$ordering-$inst-$w-$rep.log"
     t_launch=$(now_s)
     for ((k = 1; k <= inst; k++)); do
         DATABASE_URL="$url" OUTBOX_WORKERS="$w" OUTBOX_BATCH_SIZE="$batch" OUTBOX_ON_COMPLETE="$completion" \
@@ -411,7 +473,7 @@ outbox_burndown() { # instances workers completion repetition
         FROM \"Outbox\"")
     record "$(jq -nc --argjson stats "$stats" --argjson load "$load" --arg load_end "$(loadavg)" \
         --argjson n "$events" --argjson inst "$inst" --argjson w "$w" --argjson rep "$rep" --argjson batch "$batch" \
-        --arg completion "$completion" --arg dur "$durability" \
+        --arg completion "$completion" --arg dur "$durability" --arg ordering "$ordering" \
         --argjson t0 "$t_launch" --argjson t1 "$t_done" --argjson xacts "$((x1 - x0))" \
         --arg sup "${sup_kb[*]}" --arg hand "${handler_kb[*]}" --arg sup_cpu "${sup_cpu[*]}" \
         --arg hand_cpu "${handler_cpu[*]}" --arg warnings "$(grep -c . "$logf" || true)" '
@@ -419,7 +481,8 @@ outbox_burndown() { # instances workers completion repetition
         def nums: [splits(" ") | select(. != "") | tonumber];
         def per_event_us: (. * 1e6 / $n * 10 | round / 10);
         ($completion == "keep" and $stats.p10 != null and $stats.p90 != null and $stats.p90 > $stats.p10) as $has_steady |
-        {kind: "burndown", system: "outbox-worker", completion: $completion, instances: $inst,
+        {kind: "burndown", system: "outbox-worker", completion: $completion,
+         ordering_keys: (if $ordering == "none" then null else ($ordering | tonumber) end), instances: $inst,
          handler_processes_per_instance: $w, batch: $batch, repetition: $rep, events: $n,
          seconds: ($t1 - $t0), events_per_s: ($n / ($t1 - $t0)),
          steady_events_per_s: (if $has_steady then 0.8 * $n / ($stats.p90 - $stats.p10) else null end),
@@ -435,7 +498,7 @@ outbox_burndown() { # instances workers completion repetition
                             handler_processes: ($hand_cpu | nums | add // 0 | per_event_us)},
          log_lines_warn_or_error: ($warnings | tonumber),
          load_at_start: $load, load_at_end: $load_end,
-         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox burndown\" BENCH_COMPLETION=\($completion) BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh"}')"
+         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox burndown\" BENCH_COMPLETION=\($completion) BENCH_ORDERING=\($ordering) BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh"}')"
     log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s // "-" | if type == "number" then round else . end)), \(.events_per_transaction * 10 | round / 10) events per transaction, supervisor \(.peak_rss_mib.supervisor) MiB \(.cpu_us_per_event.supervisor) µs/event, handlers \(.peak_rss_mib.handler_processes) MiB \(.cpu_us_per_event.handler_processes) µs/event"')"
     if [ "$(tail -n 1 "$records" | jq .not_completed)" != 0 ]; then
         log "  !! $(tail -n 1 "$records" | jq .not_completed) events not completed (see $logf)"
@@ -555,19 +618,28 @@ write_ceiling_script() { # completion -> path of the script
         echo "-- then its result statement ($results_stmt, OUTBOX_ON_COMPLETE=$completion) for every claimed id"
         echo '-- (success); each its own implicit transaction, as in the service.'
         echo '\set token random(1, 1000000000000000)'
-        # Only the first column, the id, is named and used. Each claimed row is also turned into
-        # text (claimed_row_bytes), so that PostgreSQL produces every column as the service
-        # receives it, whatever the claim returns.
-        echo 'WITH claimed (id) AS ('
+        # Only the first column, the id, is used (a row whose id is NULL is the claim's summary
+        # of what it parked, not an event). Each claimed row is also turned into text
+        # (claimed_row_bytes), so that PostgreSQL produces every column as the service receives
+        # it, whatever the claim returns. The claim has data-modifying CTEs of its own, which
+        # PostgreSQL allows only at the top level: its main query becomes one more CTE of its own
+        # WITH (claim_result), after the line ")" that closes its last CTE.
         # pgbench takes every ":name" for a variable, even inside a string literal: the two colons
         # of the to_char() format are spelled chr(58), which the planner folds into the same constant.
         bind_parameters kClaim owner batch patterns token lease_ms |
-            sed -e "s/HH24:MI:SS/HH24' || chr(58) || 'MI' || chr(58) || 'SS/"
-        echo ')'
+            sed -e "s/HH24:MI:SS/HH24' || chr(58) || 'MI' || chr(58) || 'SS/" |
+            awk '{ line[NR] = $0; if ($0 == ")") last = NR }
+                 END {
+                     if (!last) { print "bench: kClaim has no CTE to extend" > "/dev/stderr"; exit 1 }
+                     for (i = 1; i <= last; i++) print line[i]
+                     print ", claim_result AS ("
+                     for (i = last + 1; i <= NR; i++) print line[i]
+                     print ")"
+                 }'
         echo "SELECT COALESCE(array_agg(id), '{}') AS ids, COALESCE(array_agg(:token::bigint), '{}') AS tokens,"
         echo "       COALESCE(array_agg(0), '{}') AS kinds, COALESCE(array_agg(NULL::text), '{}') AS errors,"
-        echo "       COALESCE(array_agg(0::bigint), '{}') AS delays, sum(octet_length(claimed::text)) AS claimed_row_bytes"
-        echo '  FROM claimed'
+        echo "       COALESCE(array_agg(0::bigint), '{}') AS delays, sum(octet_length(c::text)) AS claimed_row_bytes"
+        echo '  FROM claim_result c WHERE c.id IS NOT NULL'
         echo '\gset'
         # shellcheck disable=SC2086 # the variable names are words
         bind_parameters "$results_stmt" $results_vars
@@ -740,6 +812,104 @@ latency_run() { # system rate
     drop_db "$db"
 }
 
+# ---- key latency (SPEC 2a) -------------------------------------------------------------------------
+
+# Percentiles of one key's hand-off, from the start file (replaces :'starts'). Commit times come
+# from PostgreSQL (track_commit_timestamp): of the "EventLog" row (the event's write, never
+# updated) and of the "Outbox" row (in keep mode, last written by the event's completion).
+key_latency_stats_sql() {
+    cat <<'EOF'
+CREATE TEMP TABLE starts (id text, start_us bigint);
+\copy starts FROM :'starts' WITH (FORMAT text, DELIMITER ' ')
+WITH s AS (SELECT id, min(start_us) AS start_us, count(*) AS n FROM starts GROUP BY id),
+ev AS (SELECT o."id", o."orderingKey" AS k, o."orderingSeq" AS seq,
+              extract(epoch FROM pg_xact_commit_timestamp(e.xmin)) * 1e6 AS write_us,
+              extract(epoch FROM pg_xact_commit_timestamp(o.xmin)) * 1e6 AS done_us,
+              extract(epoch FROM o."processedAt") * 1e6 AS processed_us
+         FROM "Outbox" o JOIN "EventLog" e ON e."id" = o."eventLogId"
+        WHERE o."eventType" = 'bench.keylatency'),
+j AS (SELECT ev.*, s.start_us, s.n,
+             lag(done_us) OVER w AS prev_done_us, lag(processed_us) OVER w AS prev_processed_us
+        FROM ev JOIN s ON s.id = ev."id"
+      WINDOW w AS (PARTITION BY k ORDER BY write_us, seq)),
+l AS (SELECT (start_us - prev_done_us) / 1000.0 AS handoff_ms,
+             (start_us - prev_processed_us) / 1000.0 AS handoff_from_processed_at_ms,
+             (start_us - greatest(write_us, prev_done_us)) / 1000.0 AS due_to_start_ms,
+             (start_us - write_us) / 1000.0 AS commit_to_start_ms,
+             write_us < prev_done_us AS waited, start_us, n
+        FROM j WHERE prev_done_us IS NOT NULL)
+SELECT json_build_object(
+  'events', (SELECT count(*) FROM ev), 'events_measured', count(*),
+  'delivered_more_than_once', count(*) FILTER (WHERE n > 1),
+  'commit_times_missing', (SELECT count(*) FROM ev WHERE write_us IS NULL OR done_us IS NULL),
+  'events_that_waited_for_the_previous', count(*) FILTER (WHERE waited),
+  'started_before_the_previous_completed', count(*) FILTER (WHERE handoff_ms < 0),
+  'key_events_per_s', round(count(*) / nullif((max(start_us) - min(start_us)) / 1e6, 0)),
+  'handoff_ms', json_build_object(
+      'p50', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY handoff_ms) FILTER (WHERE waited))::numeric, 3),
+      'p99', round((percentile_cont(0.99) WITHIN GROUP (ORDER BY handoff_ms) FILTER (WHERE waited))::numeric, 3),
+      'max', round((max(handoff_ms) FILTER (WHERE waited))::numeric, 3)),
+  'handoff_from_processed_at_ms', json_build_object(
+      'p50', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY handoff_from_processed_at_ms) FILTER (WHERE waited))::numeric, 3),
+      'p99', round((percentile_cont(0.99) WITHIN GROUP (ORDER BY handoff_from_processed_at_ms) FILTER (WHERE waited))::numeric, 3)),
+  'due_to_start_ms', json_build_object(
+      'p50', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY due_to_start_ms))::numeric, 3),
+      'p99', round((percentile_cont(0.99) WITHIN GROUP (ORDER BY due_to_start_ms))::numeric, 3),
+      'max', round(max(due_to_start_ms)::numeric, 3)),
+  'commit_to_start_ms', json_build_object(
+      'p50', round((percentile_cont(0.5) WITHIN GROUP (ORDER BY commit_to_start_ms))::numeric, 3),
+      'p99', round((percentile_cont(0.99) WITHIN GROUP (ORDER BY commit_to_start_ms))::numeric, 3),
+      'max', round(max(commit_to_start_ms)::numeric, 3)))
+FROM l;
+EOF
+}
+
+key_latency_run() {
+    local db="keylat_outbox" pid url load starts drive stats logf seconds
+    starts="$work/starts-$durability-key"
+    logf="$work/keylatency-$durability.log"
+    rm -f "$starts"
+    new_db "$db" outbox_empty
+    url=$(db_url "$db")
+    DATABASE_URL="$url" OUTBOX_WORKERS="$latency_workers" OUTBOX_BATCH_SIZE="$batch" OUTBOX_ON_COMPLETE=keep \
+        OUTBOX_HTTP_PORT=0 OUTBOX_METRICS_LOG_INTERVAL_MS=0 OUTBOX_INSTANCE_ID=bench-keylatency LOG_LEVEL=warn \
+        BENCH_START_FILE="$starts" "$app" run 2>>"$logf" &
+    pid=$!
+    children+=($pid)
+    for _ in $(seq 1 100); do
+        [ "$(pgrep -c -P "$pid" || true)" -ge "$latency_workers" ] && break
+        sleep 0.1
+    done
+    sleep 1
+    begin_measurement "$db"
+    seconds=$(awk -v n="$key_events" -v r="$key_rate" 'BEGIN { print n / r }')
+    log "key latency: $key_events events of one ordering key at $key_rate/s ($durability): load $(jq -r .load1 <<<"$load")"
+    drive=$(DATABASE_URL="$url" "$driver" emit --system outbox --rate "$key_rate" --seconds "$seconds" \
+        --connections 4 --ordering-keys 1 --type bench.keylatency)
+    DATABASE_URL="$url" "$driver" wait --interval-ms 100 --timeout-s 600 \
+        --sql "SELECT NOT EXISTS (SELECT 1 FROM \"Outbox\" WHERE \"status\" IN ('PENDING', 'PROCESSING'))" >/dev/null
+    local sup_kb handler_kb=() c
+    sup_kb=$(vmhwm_kb "$pid")
+    for c in $(pgrep -P "$pid" || true); do handler_kb+=("$(vmhwm_kb "$c")"); done
+    kill -TERM "$pid"
+    wait "$pid" || true
+    children=()
+    # \copy takes its line as it is (no psql variables): the path goes in literally.
+    stats=$(key_latency_stats_sql | sed -e "s|:'starts'|'$starts'|" | psql "$url" -X -q -At -v ON_ERROR_STOP=1)
+    record "$(jq -nc --argjson stats "$stats" --argjson drive "$drive" --argjson load "$load" --arg load_end "$(loadavg)" \
+        --argjson rate "$key_rate" --argjson n "$key_events" --argjson w "$latency_workers" --argjson batch "$batch" \
+        --arg sup "$sup_kb" --arg hand "${handler_kb[*]}" --arg dur "$durability" '
+        def kb2mib: (tonumber / 1024 * 10 | round / 10);
+        {kind: "key_latency", system: "outbox-worker", ordering_keys: 1, rate: $rate, events_written: $n,
+         setup: "1 instance, \($w) handler processes, batch \($batch), OUTBOX_ON_COMPLETE=keep; driver: 4 connections",
+         driver: $drive} + $stats +
+        {peak_rss_mib: {supervisor: [$sup | kb2mib], handler_processes: [$hand | splits(" ") | select(. != "") | kb2mib]},
+         load_at_start: $load, load_at_end: $load_end,
+         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox keylatency\" BENCH_KEY_EVENTS=\($n) BENCH_KEY_RATE=\($rate) bash bench/run.sh"}')"
+    log "  -> $(tail -n 1 "$records" | jq -r '"hand-off p50/p99 \(.handoff_ms.p50)/\(.handoff_ms.p99) ms over \(.events_that_waited_for_the_previous) events; due-to-start p50/p99 \(.due_to_start_ms.p50)/\(.due_to_start_ms.p99) ms; \(.key_events_per_s) events/s for the key"')"
+    drop_db "$db"
+}
+
 # ---- run ---------------------------------------------------------------------------------------
 
 started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -764,7 +934,11 @@ for dur in $durabilities; do
             for inst in $instances_list; do
                 for w in $workers_list; do
                     for completion in $completion_list; do
-                        if want outbox; then outbox_burndown "$inst" "$w" "$completion" "$rep"; fi
+                        if want outbox; then
+                            for ordering in $ordering_list; do
+                                outbox_burndown "$inst" "$w" "$completion" "$rep" "$ordering"
+                            done
+                        fi
                         if $have_graphile; then graphile_burndown "$inst" "$rep"; fi
                     done
                 done
@@ -788,6 +962,9 @@ for dur in $durabilities; do
             if $have_graphile; then latency_run graphile "$rate"; fi
         done
     fi
+    if want keylatency; then
+        key_latency_run
+    fi
 done
 
 # ---- results -----------------------------------------------------------------------------------
@@ -796,7 +973,7 @@ done
 pg_settings=$(qpg "SELECT json_object_agg(name, setting || COALESCE(' ' || unit, '')) FROM pg_settings
                    WHERE name IN ('server_version', 'shared_buffers', 'max_wal_size', 'checkpoint_timeout',
                                   'work_mem', 'wal_level', 'wal_sync_method', 'max_connections',
-                                  'autovacuum', 'jit')")
+                                  'autovacuum', 'jit', 'track_commit_timestamp')")
 machine=$(jq -nc --arg nproc "$(nproc)" --arg cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)" \
     --arg mem "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)" --arg kernel "$(uname -r)" \
     --arg os "$(. /etc/os-release && echo "$PRETTY_NAME")" --arg node "$(node --version 2>/dev/null || echo none)" \
@@ -808,12 +985,14 @@ machine=$(jq -nc --arg nproc "$(nproc)" --arg cpu "$(awk -F': ' '/^model name/ {
 config=$(jq -nc --arg d "$durabilities" --arg w "$workers_list" --arg i "$instances_list" --arg c "$completion_list" \
     --argjson batch "$batch" --argjson rep "$repeat" --arg cp "$ceiling_protocols" --arg cc "$ceiling_clients" \
     --arg rates "$rates" --argjson ls "$latency_seconds" --argjson lw "$latency_workers" \
-    --argjson lc "$latency_connections" --arg parts "$parts" '
+    --argjson lc "$latency_connections" --arg parts "$parts" --arg ord "$ordering_list" \
+    --argjson ke "$key_events" --argjson kr "$key_rate" '
     def words: [splits(" +") | select(. != "")];
     {BENCH_DURABILITY: ($d | words), BENCH_WORKERS: ($w | words), BENCH_INSTANCES: ($i | words),
      BENCH_COMPLETION: ($c | words), BENCH_BATCH: $batch, BENCH_REPEAT: $rep,
      BENCH_CEILING_PROTOCOLS: ($cp | words), BENCH_CEILING_CLIENTS: ($cc | words), BENCH_RATES: ($rates | words),
-     BENCH_LATENCY_SECONDS: $ls, BENCH_LATENCY_WORKERS: $lw, BENCH_LATENCY_CONNECTIONS: $lc, BENCH_PARTS: ($parts | words)}')
+     BENCH_LATENCY_SECONDS: $ls, BENCH_LATENCY_WORKERS: $lw, BENCH_LATENCY_CONNECTIONS: $lc, BENCH_PARTS: ($parts | words),
+     BENCH_ORDERING: ($ord | words), BENCH_KEY_EVENTS: $ke, BENCH_KEY_RATE: $kr}')
 out="$results_dir/$(date -u +%Y%m%dT%H%M%SZ).json"
 jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config "$config" --arg started "$started_at" \
     --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg load_begin "$load_at_begin" --arg load_end "$(loadavg)" \
@@ -833,11 +1012,18 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
       ($rd | map(select(.kind == "burndown")) as $b |
        ($b | map(select(.system == "graphile-worker")) | group_by(.instances)
            | map({key: (.[0].instances | tostring), value: (map(.events_per_s) | median)}) | from_entries) as $gw |
-       # Rows: outbox-worker keep, delete, then graphile-worker; by instances and processes within.
-       $b | group_by([.system != "outbox-worker", .completion != "keep", .completion, .instances,
+       ($b | map(select(.system == "outbox-worker" and .ordering_keys == null))
+           | group_by([.completion, .instances, .handler_processes_per_instance])
+           | map({key: "\(.[0].completion) \(.[0].instances) \(.[0].handler_processes_per_instance)",
+                  value: (map(.events_per_s) | median)}) | from_entries) as $unordered |
+       # Rows: outbox-worker keep, delete, then graphile-worker; unordered before ordered, more
+       # keys first; by instances and processes within.
+       $b | group_by([.system != "outbox-worker", .completion != "keep", .completion,
+                      (if .ordering_keys == null then 0 else 1e12 - .ordering_keys end), .instances,
                       .handler_processes_per_instance])
-          | map({system: (.[0].system + (if .[0].completion then " " + .[0].completion else "" end)),
-                 completion: .[0].completion, instances: .[0].instances,
+          | map({system: (.[0].system + (if .[0].completion then " " + .[0].completion else "" end)
+                          + (if .[0].ordering_keys then ", \(.[0].ordering_keys) keys" else "" end)),
+                 completion: .[0].completion, ordering_keys: .[0].ordering_keys, instances: .[0].instances,
                  handler_processes_per_instance: .[0].handler_processes_per_instance,
                  runs: length, events_per_s: (map(.events_per_s) | median),
                  runs_events_per_s: map(.events_per_s | round),
@@ -852,18 +1038,24 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
                            handler_process: (map(.peak_rss_mib.handler_processes[]) | max)}
                      else {node_process: (map(.peak_rss_mib.node_processes[]) | max)} end)}
                 | . + {graphile_events_per_s: $gw[.instances | tostring]}
+                | . + {ratio_to_unordered: (if .ordering_keys
+                       then .events_per_s / $unordered["\(.completion) \(.instances) \(.handler_processes_per_instance)"]
+                       else null end)}
                 | . + {ratio_to_graphile: (if .graphile_events_per_s then .events_per_s / .graphile_events_per_s else null end)}
                 | . + {fraction_of_ceiling: (if .completion and $ceil_best[.completion]
                                              then .events_per_s / $ceil_best[.completion] else null end)})
       ) as $bd |
       ($rd | map(select(.kind == "latency"))) as $lat |
-      ($rd | map(select(.system == "outbox-worker" and (.kind == "burndown" or .kind == "latency")))) as $ob |
+      ($rd | map(select(.kind == "key_latency"))) as $keylat |
+      ([$bd[] | select(.ordering_keys == 10000) | .ratio_to_unordered] | map(select(. != null))
+          | if length == 0 then null else min end) as $ord_ratio |
+      ($rd | map(select(.system == "outbox-worker" and (.kind == "burndown" or .kind == "latency" or .kind == "key_latency")))) as $ob |
       ([$ob[] | .peak_rss_mib.supervisor[]] | max) as $sup |
       ([$ob[] | .peak_rss_mib.handler_processes[]] | max) as $hand |
       ([$lat[] | select(.system == "outbox-worker" and .rate == 1000 and .rate_achieved) | .commit_to_start_ms.p99]
           | maxn) as $p99 |
-      ([$bd[] | select(.completion == "keep") | .ratio_to_graphile] | maxn) as $keep_ratio |
-      ([$bd[] | select(.completion == "delete") | .ratio_to_graphile] | maxn) as $delete_ratio |
+      ([$bd[] | select(.completion == "keep" and .ordering_keys == null) | .ratio_to_graphile] | maxn) as $keep_ratio |
+      ([$bd[] | select(.completion == "delete" and .ordering_keys == null) | .ratio_to_graphile] | maxn) as $delete_ratio |
       {durability: $d, settings: ($rd | map(.durability) | unique),
        burndown: $bd,
        ceiling: $ceil,
@@ -871,12 +1063,19 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
        latency: ($lat | map({system, rate, achieved_rate: .driver.achieved_rate, rate_achieved,
                              commit_to_start_ms, commit_to_completed_ms, started, events,
                              delivered_more_than_once, peak_rss_mib})),
+       key_latency: ($keylat | map({rate, events_written, achieved_rate: .driver.achieved_rate, events,
+                                    events_measured, events_that_waited_for_the_previous,
+                                    started_before_the_previous_completed, key_events_per_s,
+                                    handoff_ms, handoff_from_processed_at_ms, due_to_start_ms,
+                                    commit_to_start_ms, delivered_more_than_once, commit_times_missing})),
+       min_ratio_ordered_10000_keys_to_unordered: $ord_ratio,
        max_supervisor_rss_mib: $sup, max_handler_process_rss_mib: $hand,
        p99_commit_to_start_ms_at_1000: $p99,
        targets: {
          keep_at_least_1_0x_graphile: (if $keep_ratio then $keep_ratio >= 1.0 else null end),
          delete_at_least_1_3x_graphile: (if $delete_ratio then $delete_ratio >= 1.3 else null end),
          p99_start_at_most_5ms_at_1000: (if $p99 then $p99 <= 5 else null end),
+         ordered_10000_keys_at_least_0_8x_unordered: (if $ord_ratio then $ord_ratio >= 0.8 else null end),
          supervisor_under_20mib: (if $sup then $sup < 20 else null end),
          handler_under_10mib: (if $hand then $hand < 10 else null end)}})) as $by |
     {started: $started, finished: $finished, events: $events, build_dir: $build, config: $config,
@@ -906,15 +1105,16 @@ jq -r '
   "== \(.durability) durability\(if .durability == $headline then " (headline)" else "" end): \(.settings | map("fsync \(.fsync), synchronous_commit \(.synchronous_commit), full_page_writes \(.full_page_writes)") | join("; "))",
   (if (.burndown | length) > 0 then
     "burn-down of \($events) no-op events, median of runs:",
-    "  \("system" | rpad(24)) \("instances" | rpad(14)) \("events/s" | lpad(9))  \("vs graphile" | lpad(11))  \("steady" | lpad(7))  \("of ceiling" | lpad(10))  \("CPU µs/event" | rpad(26))  runs",
+    "  \("system" | rpad(36)) \("instances" | rpad(14)) \("events/s" | lpad(9))  \("vs unordered" | lpad(12))  \("vs graphile" | lpad(11))  \("steady" | lpad(7))  \("of ceiling" | lpad(10))  \("CPU µs/event" | rpad(26))  runs",
     (.burndown[] |
-      "  \(.system | rpad(24)) \((if .handler_processes_per_instance then "\(.instances) x \(.handler_processes_per_instance) proc" else "\(.instances) process" end) | rpad(14)) \(.events_per_s | num | lpad(9))  \(.ratio_to_graphile | ratio | lpad(11))  \(.steady_events_per_s | num | lpad(7))  \(.fraction_of_ceiling | if . == null then "-" else "\(. * 100 | round)%" end | lpad(10))  \((if .cpu_us_per_event.supervisor != null then "sup \(.cpu_us_per_event.supervisor), handlers \(.cpu_us_per_event.handler_processes)" else "node \(.cpu_us_per_event.node_processes)" end) | rpad(26))  \(.runs_events_per_s | map(num) | join(" "))")
+      "  \(.system | rpad(36)) \((if .handler_processes_per_instance then "\(.instances) x \(.handler_processes_per_instance) proc" else "\(.instances) process" end) | rpad(14)) \(.events_per_s | num | lpad(9))  \(.ratio_to_unordered | ratio | lpad(12))  \(.ratio_to_graphile | ratio | lpad(11))  \(.steady_events_per_s | num | lpad(7))  \(.fraction_of_ceiling | if . == null then "-" else "\(. * 100 | round)%" end | lpad(10))  \((if .cpu_us_per_event.supervisor != null then "sup \(.cpu_us_per_event.supervisor), handlers \(.cpu_us_per_event.handler_processes)" else "node \(.cpu_us_per_event.node_processes)" end) | rpad(26))  \(.runs_events_per_s | map(num) | join(" "))")
    else empty end),
   (if (.ceiling | length) > 0 then
     "ceiling (the service statements under pgbench), events/s, median of runs:",
     (.ceiling[] | "  \(.completion) (\(.statements | join(" + "))), \(.protocol), \(.clients) client(s): \(.events_per_s | num)  (runs \(.runs_events_per_s | map(num) | join(" ")))")
    else empty end),
   (.latency[] | "latency \(.system) \(.rate)/s (achieved \(.achieved_rate)\(if .rate_achieved then "" else ", FELL SHORT: not counted" end)): commit-to-start p50/p95/p99/max \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p95)/\(.commit_to_start_ms.p99)/\(.commit_to_start_ms.max) ms; commit-to-completed p50/p99 \(.commit_to_completed_ms.p50)/\(.commit_to_completed_ms.p99) ms"),
+  (.key_latency[] | "key latency (\(.events_written) events of one ordering key at \(.rate)/s, achieved \(.achieved_rate)): hand-off p50/p99/max \(.handoff_ms.p50)/\(.handoff_ms.p99)/\(.handoff_ms.max) ms over \(.events_that_waited_for_the_previous) events that waited; due-to-start p50/p99 \(.due_to_start_ms.p50)/\(.due_to_start_ms.p99) ms; commit-to-start p50/p99 \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p99) ms; \(.key_events_per_s) events/s for the key"),
   "peak RSS (outbox-worker): supervisor \(.max_supervisor_rss_mib // "-") MiB, handler process \(.max_handler_process_rss_mib // "-") MiB",
   "targets: \(.targets | to_entries | map("\(.key) \(if .value == null then "-" else .value end)") | join(", "))"' "$out"
 rm -rf "$work"

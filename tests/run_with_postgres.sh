@@ -6,10 +6,10 @@
 #
 # The cluster lives in a fresh temporary directory, listens on a free TCP port of 127.0.0.1 and on
 # a Unix socket inside that directory, and by default runs with fsync off: it exists only for the
-# tests. The command gets OUTBOX_TEST_PG, a URI for the role outbox_test (a superuser with a
-# password, so that tests can check that passwords are masked and that authentication really uses
-# them). The cluster is stopped and its directory removed whatever happens: success, failure,
-# Ctrl-C or SIGTERM.
+# tests, and with track_commit_timestamp on (the ordering tests read commit times). The command
+# gets OUTBOX_TEST_PG, a URI for the role outbox_test (a superuser with a password, so that tests
+# can check that passwords are masked and that authentication really uses them). The cluster is
+# stopped and its directory removed whatever happens: success, failure, Ctrl-C or SIGTERM.
 #
 # Environment:
 #   PG_BINDIR       where initdb, pg_ctl and psql are looked for (default: the newest installed).
@@ -159,6 +159,9 @@ max_wal_size = 1GB
 checkpoint_timeout = 30min
 log_min_messages = warning
 log_line_prefix = '%m [%p] %d '
+# The ordering tests take each event's commit time (pg_xact_commit_timestamp) as evidence of
+# commit order independent of the service's own sequence; the setting needs a server start.
+track_commit_timestamp = on
 EOF
 
 # Another process may take the port between free_port and the server's bind, so a failed start is
