@@ -618,8 +618,9 @@ write_ceiling_script() { # completion -> path of the script
         echo "-- then its result statement ($results_stmt, OUTBOX_ON_COMPLETE=$completion) for every claimed id"
         echo '-- (success); each its own implicit transaction, as in the service.'
         echo '\set token random(1, 1000000000000000)'
-        # Only the first column, the id, is used (a row whose id is NULL is the claim's summary
-        # of what it parked, not an event). Each claimed row is also turned into text
+        # Only the first column, the id, is used (rows without one, if the claim returns any, are
+        # no events; a parked candidate is returned too and simply not completed, as its lease
+        # token does not match). Each claimed row is also turned into text
         # (claimed_row_bytes), so that PostgreSQL produces every column as the service receives
         # it, whatever the claim returns. The claim has data-modifying CTEs of its own, which
         # PostgreSQL allows only at the top level: its main query becomes one more CTE of its own
