@@ -70,13 +70,14 @@ inline constexpr char kNotifyChannel[] = "outbox_worker";
 // only for events that are not the next number); one that is not is parked, which takes it out
 // of the claim's index until its key reaches it. A row given a key by a later UPDATE has no
 // number and is taken as unordered rather than left in everyone's way.
-// The head test reads done_seq twice. First as of the statement's snapshot, without a lock: done_seq
-// only grows, and the event itself is locked by this claim, so "it is the head" read from an older
-// snapshot is still true; that settles the usual case, the key's next event, without writing a
-// row lock. Only an event that looks like it is not the head is tested again under FOR SHARE of
-// the head row, before it is parked. done_seq is read FOR SHARE so that a head being released right now
-// (whose release updates that row) is neither taken nor parked by this claim (SKIP LOCKED gives
-// NULL), and a park can never slip in after the release that would have unparked it.
+// The head test reads done_seq twice. First as of the statement's snapshot, without a lock:
+// done_seq only grows, and the event itself is locked by this claim, so "it is the head" read from
+// an older snapshot is still true; that settles the usual case, the key's next event, without
+// writing a row lock. Only an event that looks like it is not the head is tested again under FOR
+// SHARE of the head row, before it is parked. done_seq is read FOR SHARE so that a head being
+// released right now (whose release updates that row) is neither taken nor parked by this claim
+// (SKIP LOCKED gives NULL), and a park can never slip in after the release that would have unparked
+// it.
 inline constexpr const char* kClaim = R"sql(
 WITH cand AS (
     SELECT o."id", o."eventLogId",
