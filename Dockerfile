@@ -28,11 +28,13 @@ RUN make build
 RUN strip --strip-debug -o /src/outbox-worker build/outbox-worker
 
 FROM debian:12-slim
-# What the binary links (libfmt9 comes with libspdlog1.10), plus the CA bundle for TLS to PostgreSQL
+# What the binary links (libfmt9 comes with libspdlog1.10; the four broker clients of SPEC 4), plus
+# the CA bundle for TLS to PostgreSQL
 # and to http handlers.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         libpq5 libuv1 libcjson1 libspdlog1.10 libcurl4 libhttp-parser2.9 ca-certificates \
+        librdkafka1 libnats3.4 librabbitmq4 libhiredis0.14 \
     && rm -rf /var/lib/apt/lists/*
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it without resolving a name.
 RUN groupadd --system --gid 10001 outbox \

@@ -38,7 +38,9 @@ DESTDIR ?=
 # starts PostgreSQL as the postgres user when run as root.
 DEB_PACKAGES := build-essential cmake pkg-config libpq-dev libuv1-dev libcjson-dev libspdlog-dev \
 	catch2 libcurl4-openssl-dev libhttp-parser-dev postgresql postgresql-contrib clang-format \
-	python3 python3-prometheus-client curl procps util-linux systemd
+	python3 python3-prometheus-client curl procps util-linux systemd \
+	librdkafka-dev libnats-dev librabbitmq-dev libhiredis-dev nats-server rabbitmq-server \
+	redis-server kcat
 
 # Directories holding the project's C++ sources (format and format-check); build trees excluded.
 CXX_SOURCE_DIRS := common supervisor worker cli include tests examples bench

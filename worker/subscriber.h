@@ -3,9 +3,11 @@
 #pragma once
 
 #include "common/glob.h"
+#include "worker/sink.h"
 #include <outbox/outbox.h>
 
 #include <cstddef>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,7 +24,12 @@ struct Subscriber {
     bool name_given = false;
     std::vector<std::string> patterns; // event-type globs
     long timeout_ms = 0;               // resolved: never 0 once built
+    // For exec, http, log and code subscribers, what runs the event. For a broker subscriber it
+    // publishes and waits (publish_and_wait on a sink of its own); the handler process uses
+    // `broker` instead, to keep many publications in flight.
     Handler handler;
+    // Set for the broker kinds (worker/sink.h); shared by the copies that fork() hands over.
+    std::shared_ptr<const BrokerSpec> broker;
 
     bool matches(std::string_view event_type) const { return any_glob_match(patterns, event_type); }
 };

@@ -45,6 +45,9 @@ struct Event {
     std::optional<std::string> correlation_id; // nullopt when the column is NULL
     std::string created_at;                    // ISO 8601 UTC, microseconds
     int attempt = 1;                           // 1 on the first delivery
+    // The event's ordering key (SPEC 2a), nullopt for an unordered event. Not part of json(),
+    // whose fields SPEC 2 fixes; broker handlers use it as the record key.
+    std::optional<std::string> ordering_key;
 
     // The whole event object as exec and http handlers receive it (SPEC 2 names and field order),
     // built from the members above on the first call by concatenation (payload and metadata
