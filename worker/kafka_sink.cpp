@@ -173,7 +173,11 @@ class KafkaSink final : public Sink {
     rd_kafka_queue_t* main_queue_ = nullptr;
 
     // Publications handed to librdkafka, by the id that travels as the message's opaque.
-    std::unordered_map<uint64_t, Done> in_flight_;
+    struct Publication {
+        Done done;
+        std::string topic; // for the error text when the producer fails as a whole
+    };
+    std::unordered_map<uint64_t, Publication> in_flight_;
     uint64_t next_id_ = 1;
     // Outcomes known and not yet reported: poll() runs them.
     std::vector<std::pair<Done, Result>> ready_;
@@ -221,6 +225,9 @@ std::optional<std::string> KafkaSink::ensure_producer() {
         // Log lines are queued to the main queue and logged from rd_kafka_poll(), on this thread:
         // the process's logger is single-threaded.
         {"log.queue", "true"},
+        // Brokers close idle connections (connections.max.idle.ms, 10 minutes by default), which
+        // is no failure worth a log line; a broker that is really gone shows in the failures.
+        {"log.connection.close", "false"},
     };
     // The handlers file's properties come last: they may tune anything but the three settings
     // the loader refuses (bootstrap.servers, enable.idempotence, acks).
@@ -276,12 +283,13 @@ void KafkaSink::destroy_producer() {
 }
 
 void KafkaSink::recover_from_fatal_error() {
-    std::string why = "kafka: the producer failed (" + fatal_reason_ +
-                      ") and is replaced; the message may have been written";
     spdlog::warn("kafka: {}: the producer failed ({}); a new one takes over", options_.brokers,
                  fatal_reason_);
-    for (auto& [id, done] : in_flight_) {
-        ready_.emplace_back(std::move(done), Result::retry(why));
+    for (auto& [id, publication] : in_flight_) {
+        ready_.emplace_back(std::move(publication.done),
+                            Result::retry("kafka: publish to " + publication.topic +
+                                          ": the producer failed (" + fatal_reason_ +
+                                          ") and is replaced; the message may have been written"));
     }
     in_flight_.clear();
     destroy_producer();
@@ -374,7 +382,7 @@ void KafkaSink::publish(const BrokerMessage& message, Done done) {
         return;
     }
     (void)headers.release(); // the message's now
-    in_flight_.emplace(id, std::move(done));
+    in_flight_.emplace(id, Publication{std::move(done), message.destination});
 }
 
 void KafkaSink::poll(int timeout_ms) {
@@ -426,7 +434,7 @@ void KafkaSink::on_delivery(rd_kafka_t* rk, const rd_kafka_message_t* message, v
     if (it == sink->in_flight_.end()) {
         return;
     }
-    Done done = std::move(it->second);
+    Done done = std::move(it->second.done);
     sink->in_flight_.erase(it);
     if (message->err == RD_KAFKA_RESP_ERR_NO_ERROR) {
         sink->ready_.emplace_back(std::move(done), Result::ok());
@@ -513,9 +521,16 @@ rd_kafka_resp_err_t KafkaSink::on_broker_state_change(rd_kafka_t* /*rk*/, int32_
     bool& was_up = sink->broker_up_[broker];
     if (up != was_up) {
         was_up = up;
-        sink->brokers_up_ += up ? 1 : -1;
+        int before = sink->brokers_up_.fetch_add(up ? 1 : -1);
         if (up) {
             ++sink->brokers_came_up_;
+        }
+        // The first broker up or the last one down changes connected(): wake the process so
+        // that it reports the change even when it has nothing to publish.
+        if ((before == 0) == up) {
+            static const char kWakeByte = 1;
+            ssize_t written = write(sink->wake_write_.get(), &kWakeByte, 1);
+            (void)written; // a full pipe is awake already
         }
     }
     return RD_KAFKA_RESP_ERR_NO_ERROR;

@@ -511,8 +511,12 @@ TEST_CASE(
     Result failed = publish_and_await(*sink, make_message("orders", 2, 10));
     INFO(failed.error);
     CHECK(failed.outcome == Outcome::retry);
+    // From the message's delivery report or from the fatal error, whichever librdkafka serves
+    // first: the same start and the same explanation.
     CHECK(failed.error.find("kafka: publish to orders: ") == 0);
     CHECK(failed.error.find("the producer failed (OUT_OF_ORDER_SEQUENCE_NUMBER: ") !=
+          std::string::npos);
+    CHECK(failed.error.find("and is replaced; the message may have been written") !=
           std::string::npos);
     CHECK(sink->pending() == 0);
 
@@ -527,6 +531,86 @@ TEST_CASE(
     }
     CHECK(ids == std::vector<std::string>{make_message("orders", 1, 10).id,
                                           make_message("orders", 2, 10).id});
+}
+
+TEST_CASE("kafka sink: connected() follows the cluster and each change wakes wait_fd",
+          "[broker][kafka]") {
+    KafkaMockCluster kafka({{"orders", 2}});
+    auto sink = outbox::make_kafka_sink(sink_options(kafka.bootstrap()));
+    CHECK_FALSE(sink->connected());
+    REQUIRE(publish_and_await(*sink, make_message("orders", 0, 10)).outcome == Outcome::success);
+    CHECK(sink->connected());
+    auto readable = [&](int timeout_ms) {
+        pollfd p{sink->wait_fd(), POLLIN, 0};
+        return ::poll(&p, 1, timeout_ms) == 1;
+    };
+    // Idle: once what is left has been served, nothing wakes the process.
+    REQUIRE(wait_until(
+        [&] {
+            sink->poll(0);
+            return !readable(0);
+        },
+        5s));
+
+    kafka.down();
+    CHECK(readable(10000)); // with nothing to publish, the lost connection still wakes it
+    REQUIRE(wait_until(
+        [&] {
+            sink->poll(0);
+            return !sink->connected();
+        },
+        10s));
+    REQUIRE(wait_until(
+        [&] {
+            sink->poll(0);
+            return !readable(0);
+        },
+        5s));
+
+    kafka.up(); // librdkafka reconnects by itself, about once a second while no broker is up
+    CHECK(readable(20000));
+    REQUIRE(wait_until(
+        [&] {
+            sink->poll(0);
+            return sink->connected();
+        },
+        20s));
+    CHECK(publish_and_await(*sink, make_message("orders", 1, 10)).outcome == Outcome::success);
+}
+
+TEST_CASE("kafka sink: a full producer queue fails at once and retryably", "[broker][kafka]") {
+    KafkaMockCluster kafka({{"orders", 2}});
+    // Room for 10 messages in the producer: the rest of a burst meets back-pressure.
+    auto sink = outbox::make_kafka_sink(
+        sink_options(kafka.bootstrap(), 10000, {{"queue.buffering.max.messages", "10"}}));
+    // No poll() during the burst, so every outcome known during it was known at once.
+    bool burst = true;
+    std::vector<Result> at_once;
+    std::vector<Result> later;
+    for (int i = 0; i < 50; ++i) {
+        sink->publish(make_message("orders", i, 10),
+                      [&](Result r) { (burst ? at_once : later).push_back(std::move(r)); });
+    }
+    burst = false;
+    CHECK(sink->pending() == 10);
+    REQUIRE(at_once.size() == 40);
+    for (const auto& r : at_once) {
+        CHECK(r.outcome == Outcome::retry);
+        CHECK(r.error == std::string("kafka: publish to orders: ") +
+                             rd_kafka_err2str(RD_KAFKA_RESP_ERR__QUEUE_FULL) +
+                             " (back-pressure: too many messages waiting in the producer)");
+    }
+    REQUIRE(wait_until(
+        [&] {
+            sink->poll(100);
+            return sink->pending() == 0;
+        },
+        20s));
+    REQUIRE(later.size() == 10);
+    for (const auto& r : later) {
+        INFO(r.error);
+        CHECK(r.outcome == Outcome::success);
+    }
 }
 
 TEST_CASE("kafka sink: check() reaches a live cluster and reports a dead one", "[broker][kafka]") {
