@@ -53,9 +53,11 @@
 namespace outbox {
 namespace {
 
-// How long librdkafka waits to fill a batch. A few milliseconds costs little latency and lets
-// the many publications the handler process starts at once travel in a few requests.
-constexpr long kLingerMs = 5;
+// How long librdkafka waits to fill a batch (linger.ms). The handler process keeps a bounded
+// number of publications in flight (about 128), so a publication's round trip, linger included,
+// bounds the throughput: against the mock cluster with 128 in flight, 1 ms gave about 70,000
+// messages/s, librdkafka's default of 5 ms about 17,000, and 0 (a request per message) 30,000.
+constexpr long kLingerMs = 1;
 
 // librdkafka waits this long (its default is 30 s) before it believes a topic that the cluster
 // says does not exist, in case the topic was just created and has not reached every broker yet.

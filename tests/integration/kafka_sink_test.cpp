@@ -670,16 +670,22 @@ TEST_CASE("kafka sink: the destructor drops pending publications at once and wit
 // Not part of the suite (hidden): throughput of the sink alone and the peak RSS of a process
 // holding one producer. Run alone, so that VmHWM is this test's:
 //     build/integration-tests "[.kafka-bench]"
+// OUTBOX_KAFKA_BENCH_MESSAGES (100000), OUTBOX_KAFKA_BENCH_WINDOW (publications in flight, 128)
+// and OUTBOX_KAFKA_BENCH_LINGER_MS (the sink's linger.ms unless set) change the run.
 TEST_CASE("kafka sink: throughput and peak RSS", "[.kafka-bench]") {
     KafkaMockCluster kafka({{"bench", 6}});
     int64_t rss_before = vm_hwm_kib();
-    auto sink = outbox::make_kafka_sink(sink_options(kafka.bootstrap(), 30000));
-    const int messages = std::getenv("OUTBOX_KAFKA_BENCH_MESSAGES")
-                             ? std::atoi(std::getenv("OUTBOX_KAFKA_BENCH_MESSAGES"))
-                             : 100000;
-    size_t window = std::getenv("OUTBOX_KAFKA_BENCH_WINDOW")
-                        ? std::strtoul(std::getenv("OUTBOX_KAFKA_BENCH_WINDOW"), nullptr, 10)
-                        : 128;
+    auto env = [](const char* name, long fallback) {
+        const char* value = std::getenv(name);
+        return value != nullptr ? std::strtol(value, nullptr, 10) : fallback;
+    };
+    const int messages = static_cast<int>(env("OUTBOX_KAFKA_BENCH_MESSAGES", 100000));
+    const auto window = static_cast<size_t>(env("OUTBOX_KAFKA_BENCH_WINDOW", 128));
+    std::map<std::string, std::string> properties;
+    if (std::getenv("OUTBOX_KAFKA_BENCH_LINGER_MS") != nullptr) {
+        properties["linger.ms"] = std::getenv("OUTBOX_KAFKA_BENCH_LINGER_MS");
+    }
+    auto sink = outbox::make_kafka_sink(sink_options(kafka.bootstrap(), 30000, properties));
     // Bodies of a realistic size (an event JSON of about 600 bytes).
     BrokerMessage m = make_message("bench", 0, 1000);
     m.body += std::string(600 - std::min<size_t>(600, m.body.size()), ' ');
