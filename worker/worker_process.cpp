@@ -294,6 +294,7 @@ void run_worker_process(int channel_fd, const std::vector<Subscriber>& subscribe
         }
         case MessageType::hello:
         case MessageType::result:
+        case MessageType::status:
             channel.protocol_failure(std::string("unexpected ") + message_type_name(frame.type) +
                                      " frame from the supervisor");
         }
