@@ -455,11 +455,13 @@ class HandlerLoop {
     void settle() {
         for (;;) {
             if (!completions_.empty()) {
-                std::vector<Completion> ready;
-                ready.swap(completions_);
-                for (Completion& completion : ready) {
+                // Applying an outcome may start another publication, whose outcome may be known
+                // at once: it is queued for the next round, not into the list being walked.
+                applying_.swap(completions_);
+                for (Completion& completion : applying_) {
                     publication_done(completion);
                 }
+                applying_.clear();
                 continue;
             }
             if (!pending_.empty() && pending_.front().finished) {
@@ -621,6 +623,7 @@ class HandlerLoop {
     std::deque<PendingEvent> pending_;
     std::unordered_map<uint64_t, PendingEvent*> publications_; // by publication number
     std::vector<Completion> completions_;                      // queued by the sinks' callbacks
+    std::vector<Completion> applying_;                         // being applied by settle()
     uint64_t next_publication_ = 1;
     bool has_sinks_ = false; // some broker subscriber has run: the loop watches its sink too
     bool quit_requested_ = false;
