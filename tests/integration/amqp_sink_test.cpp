@@ -94,8 +94,8 @@ const char* outcome_name(Outcome outcome) {
 }
 
 // Publishes `messages` in order with up to kWindow in flight, sleeping on wait_fd in between,
-// and returns each message's outcome. `stalls` counts the times the process slept a whole
-// second on wait_fd with publications pending and nothing became ready: with confirms arriving
+// and returns each message's outcome. `stalls` counts the times the process slept five whole
+// seconds on wait_fd with publications pending and nothing became ready: with confirms arriving
 // in milliseconds, that would mean frames sat in a buffer the descriptor does not show.
 std::vector<Result> publish_all(Sink& sink, const std::vector<BrokerMessage>& messages,
                                 int* stalls = nullptr) {
@@ -112,7 +112,7 @@ std::vector<Result> publish_all(Sink& sink, const std::vector<BrokerMessage>& me
                 ++done;
             });
         }
-        if (sink.pending() > 0 && !wait_on_sink(sink, 1s) && stalls != nullptr) {
+        if (sink.pending() > 0 && !wait_on_sink(sink, 5s) && stalls != nullptr) {
             ++*stalls;
         }
         sink.poll(0);

@@ -160,7 +160,10 @@ RabbitMqServer::RabbitMqServer(Options options) : options_(std::move(options)) {
 }
 
 RabbitMqServer::~RabbitMqServer() {
-    node_.reset();
+    // Gone before its directory is removed: a dying node may still write to it.
+    if (node_) {
+        kill_node();
+    }
     epmd_.reset();
     std::error_code ignored;
     std::filesystem::remove_all(dir_, ignored);
@@ -250,19 +253,23 @@ void RabbitMqServer::stop(StopMode mode) {
             FAIL("rabbitmq-server did not stop on SIGTERM\n" << log_tail());
         }
     }
-    // The whole group: the start script, the Erlang VM and its port programs.
-    node_->signal_group(SIGKILL);
-    REQUIRE(node_->wait_exit(std::chrono::seconds(10)));
-    // The start script is reaped as soon as it dies, the Erlang VM (our grandchild, with many
-    // threads) may take a moment longer, and its listening socket still accepts connections
-    // until it is gone: a test that checks "the broker is down" right after stop() would see
-    // a connection accepted and then reset.
-    bool closed = wait_until([&] { return !port_accepts(amqp_port_); }, std::chrono::seconds(10));
-    if (!closed) {
+    if (!kill_node()) {
         FAIL("port " << amqp_port_ << " still accepts connections after the node was killed");
     }
-    node_.reset();
     epmd_.reset();
+}
+
+bool RabbitMqServer::kill_node() {
+    // The whole group: the start script and the Erlang VM. Its port programs (erl_child_setup
+    // and what it starts) run in sessions of their own and end when the VM does.
+    node_->signal_group(SIGKILL);
+    node_->wait_exit(std::chrono::seconds(10));
+    node_.reset();
+    // The start script is reaped as soon as it dies; the Erlang VM (our grandchild, with many
+    // threads) may take a moment longer, and its listening socket accepts connections until it
+    // is gone: a test that checks "the broker is down" right after stop() would see a
+    // connection accepted and then reset.
+    return wait_until([&] { return !port_accepts(amqp_port_); }, std::chrono::seconds(10));
 }
 
 void RabbitMqServer::pause() {

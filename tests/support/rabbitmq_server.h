@@ -85,6 +85,8 @@ class RabbitMqServer {
 
   private:
     void launch();
+    // SIGKILLs the node and waits until its AMQP port is closed; false when it stays open.
+    bool kill_node();
 
     Options options_;
     std::string dir_;
