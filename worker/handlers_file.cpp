@@ -147,7 +147,7 @@ Check read_exec(const cJSON* exec, ExecHandlerOptions& options, std::optional<lo
                 return field_error(field, "appears more than once");
             }
             if (name == "OUTBOX_EVENT_ID" || name == "OUTBOX_EVENT_TYPE" ||
-                name == "OUTBOX_ATTEMPT") {
+                name == "OUTBOX_ATTEMPT" || name == "TRACEPARENT" || name == "TRACESTATE") {
                 return field_error(field, "is set by the worker for each event");
             }
             if (!cJSON_IsString(item) || item->valuestring == nullptr) {
@@ -258,7 +258,7 @@ Check read_http(const cJSON* http, const EnvLookup& env, HttpHandlerOptions& opt
             }
             for (const char* reserved :
                  {"Idempotency-Key", "X-Outbox-Event-Type", "X-Outbox-Attempt", "Content-Length",
-                  "Transfer-Encoding"}) {
+                  "Transfer-Encoding", "traceparent", "tracestate"}) {
                 if (iequals(name, reserved)) {
                     return field_error(field, "is set by the worker");
                 }

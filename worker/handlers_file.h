@@ -30,8 +30,9 @@
 // file is loaded, and a variable that is not set is an error naming it. Exec "env" values are
 // taken literally. Unknown and repeated keys are errors at every level, so that a misspelt option
 // cannot be silently ignored. Headers the worker sets itself (Idempotency-Key,
-// X-Outbox-Event-Type, X-Outbox-Attempt, Content-Length, Transfer-Encoding) and the env variables
-// it sets (OUTBOX_EVENT_ID, OUTBOX_EVENT_TYPE, OUTBOX_ATTEMPT) cannot be configured.
+// X-Outbox-Event-Type, X-Outbox-Attempt, Content-Length, Transfer-Encoding, traceparent,
+// tracestate) and the env variables it sets (OUTBOX_EVENT_ID, OUTBOX_EVENT_TYPE, OUTBOX_ATTEMPT,
+// TRACEPARENT, TRACESTATE) cannot be configured.
 //
 // Errors are one line: the file, the 0-based subscriber index with its name when it has one, the
 // JSON field and the problem, for example
