@@ -46,10 +46,10 @@
 // subscriber's publication timeout is its resolved timeout less a tenth (at most a second), so
 // that the sink reports it before the supervisor's handler timeout would kill the process.
 //
-// Header values (and broker URLs) may refer to environment variables as ${NAME}; they are expanded once, when the
-// file is loaded, and a variable that is not set is an error naming it. Exec "env" values are
-// taken literally. Unknown and repeated keys are errors at every level, so that a misspelt option
-// cannot be silently ignored. Headers the worker sets itself (Idempotency-Key,
+// Header values (and broker URLs) may refer to environment variables as ${NAME}; they are expanded
+// once, when the file is loaded, and a variable that is not set is an error naming it. Exec "env"
+// values are taken literally. Unknown and repeated keys are errors at every level, so that a
+// misspelt option cannot be silently ignored. Headers the worker sets itself (Idempotency-Key,
 // X-Outbox-Event-Type, X-Outbox-Attempt, Content-Length, Transfer-Encoding, traceparent,
 // tracestate) and the env variables it sets (OUTBOX_EVENT_ID, OUTBOX_EVENT_TYPE, OUTBOX_ATTEMPT,
 // TRACEPARENT, TRACESTATE) cannot be configured.
