@@ -36,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -66,13 +67,22 @@ long ms_until(Clock::time_point when, Clock::time_point now) {
     return static_cast<long>((us + 999) / 1000);
 }
 
-// The client's description of the last error on this thread, else the status's own text.
+// The client's description of the last error on this thread, else the status's own text. The
+// client puts the place in its source first, "(conn.c:2088): No server available for
+// connection", which says nothing to an operator: that part goes.
 std::string error_text(natsStatus status) {
     const char* text = nats_GetLastError(nullptr);
-    if (text != nullptr && *text != '\0') {
-        return text;
+    if (text == nullptr || *text == '\0') {
+        return natsStatus_GetText(status);
     }
-    return natsStatus_GetText(status);
+    std::string_view view(text);
+    if (view.front() == '(') {
+        size_t end = view.find("): ");
+        if (end != std::string_view::npos) {
+            view.remove_prefix(end + 3);
+        }
+    }
+    return std::string(view);
 }
 
 // The URL without its password (or token), for error texts that end up in the database.
@@ -100,6 +110,36 @@ std::string header_safe(std::string_view value) {
         }
     }
     return out;
+}
+
+// Why `subject` cannot be published to, or nullopt. The client sends the subject as it is, and
+// the server parses the protocol line by whitespace: a subject with a space or a line break
+// (from an event type that has one) would be read as other fields, or break the connection for
+// every publication in flight. Wildcards and empty tokens are not subjects one can publish to.
+std::optional<std::string> subject_problem(std::string_view subject) {
+    if (subject.empty()) {
+        return "the subject is empty";
+    }
+    for (char c : subject) {
+        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7F) {
+            return "the subject contains whitespace or a control character";
+        }
+    }
+    size_t start = 0;
+    for (;;) {
+        size_t dot = subject.find('.', start);
+        std::string_view token = subject.substr(start, dot - start);
+        if (token.empty()) {
+            return "the subject has an empty token";
+        }
+        if (token == "*" || token == ">") {
+            return "the subject has a wildcard token";
+        }
+        if (dot == std::string_view::npos) {
+            return std::nullopt;
+        }
+        start = dot + 1;
+    }
 }
 
 // What the client's threads hand over to the sink's thread.
@@ -266,7 +306,8 @@ class NatsSink final : public Sink {
     bool connect_now(long timeout_ms);
     void close_connection();
     std::optional<std::string> not_connected();
-    std::string not_connected_text(long next_attempt_ms) const;
+    // Also records next_attempt_ms_ for the Result.
+    std::string not_connected_text(long next_attempt_ms);
     Result publish_error(natsStatus status, const std::string& subject, size_t size);
     Result classify(const Completion& completion, const std::string& subject,
                     std::map<std::string, std::pair<StreamLookup, std::string>>& lookups);
@@ -288,6 +329,7 @@ class NatsSink final : public Sink {
     int failed_connects_ = 0;
     Clock::time_point next_connect_{};
     std::string last_error_;
+    long next_attempt_ms_ = 0; // as of the last not_connected_text()
 };
 
 bool NatsSink::connect_now(long timeout_ms) {
@@ -372,7 +414,8 @@ void NatsSink::close_connection() {
     }
 }
 
-std::string NatsSink::not_connected_text(long next_attempt_ms) const {
+std::string NatsSink::not_connected_text(long next_attempt_ms) {
+    next_attempt_ms_ = next_attempt_ms;
     std::string text = "nats: not connected to " + where_ + ": " +
                        (last_error_.empty() ? std::string("connection lost") : last_error_);
     if (next_attempt_ms > 0) {
@@ -444,12 +487,18 @@ Result NatsSink::publish_error(natsStatus status, const std::string& subject, si
 
 void NatsSink::publish(const BrokerMessage& message, Done done) {
     const std::string& subject = message.destination;
+    if (auto problem = subject_problem(subject)) {
+        done(Result::permanent("nats: publish to " + header_safe(subject) +
+                               ": invalid subject: " + *problem));
+        return;
+    }
     if (message.body.size() > static_cast<size_t>(INT_MAX)) {
         done(publish_error(NATS_MAX_PAYLOAD, subject, message.body.size()));
         return;
     }
     if (auto why = not_connected()) {
-        done(Result::retry(*why));
+        // No use retrying before the next connection attempt: say when that is.
+        done(Result::retry(*why, next_attempt_ms_));
         return;
     }
     natsMsg* msg = nullptr;

@@ -505,6 +505,15 @@ TEST_CASE("NATS sink: what the stream rejects for good is permanent, with the re
         CHECK(contains(r.error, "nats: publish to small.created: rejected by the stream:"));
         CHECK(contains(r.error, "err_code 10054"));
     }
+    SECTION("not a subject one can publish to") {
+        for (const char* subject : {"orders.has space", "orders.line\nbreak", "orders.*",
+                                    "orders.>", "orders..created", ".orders", ""}) {
+            Result r = publish_one(*sink, simple_message("p-4", subject));
+            INFO(r.error);
+            CHECK(r.outcome == Outcome::permanent);
+            CHECK(contains(r.error, ": invalid subject: "));
+        }
+    }
     // The connection is still good for everything else.
     CHECK(publish_one(*sink, simple_message("good", "orders.created")).outcome == Outcome::success);
     CHECK(client.stream_messages("ORDERS") == 1);
@@ -644,6 +653,9 @@ TEST_CASE("NATS sink: check() and publications against live and dead servers", "
         CHECK(r.outcome == Outcome::retry);
         CHECK(contains(r.error, "nats: not connected to " + url + ": "));
         CHECK(contains(r.error, "; next attempt in "));
+        // No retry before the next connection attempt.
+        CHECK(r.retry_after_ms > 0);
+        CHECK(r.retry_after_ms <= outbox::kSinkReconnectMaxMs);
         CHECK_FALSE(sink->connected());
         CHECK(sink->pending() == 0);
     }

@@ -623,8 +623,12 @@ TEST_CASE("Redis sink: AUTH and SELECT from the URL", "[broker][redis]") {
         std::string url = "redis://127.0.0.1:" + std::to_string(server.port());
         auto sink = redis_sink(url, 5000);
         Result r = publish_one(*sink, simple_message("a-3", "authed"));
+        INFO(r.error);
+        // The server wants a password (NOAUTH; for a command with as many arguments as this
+        // XADD, Redis 7 says "unauthenticated multibulk length" instead): the configuration is
+        // wrong, not the event.
         CHECK(r.outcome == Outcome::retry);
-        CHECK(contains(r.error, "NOAUTH"));
+        CHECK((contains(r.error, "NOAUTH") || contains(r.error, "unauthenticated")));
     }
 }
 
@@ -649,6 +653,8 @@ TEST_CASE("Redis sink: check() and publications against live and dead servers", 
         CHECK(r.outcome == Outcome::retry);
         CHECK(contains(r.error, "redis: not connected to " + where + ": "));
         CHECK(contains(r.error, "; next attempt in "));
+        CHECK(r.retry_after_ms > 0);
+        CHECK(r.retry_after_ms <= outbox::kSinkReconnectMaxMs);
         CHECK_FALSE(sink->connected());
         CHECK(sink->pending() == 0);
     }
