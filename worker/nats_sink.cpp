@@ -55,8 +55,12 @@ constexpr long kConnectTimeoutMs = 3000;
 // connection) whose entries the client keeps until its own MaxWait expires. Reaching the limit
 // would make js_PublishMsgAsync block (StallWait), which a sink must not do.
 constexpr int64_t kMaxPendingAcks = 65536;
-// How long the stream lookup that classifies "no responders" may take.
-constexpr long kStreamLookupTimeoutMs = 2000;
+// How long the stream lookup that classifies "no responders" may block poll() (a local JetStream
+// answers in well under a millisecond, a remote one in a round trip), and how long its verdict
+// is reused: a burst of such failures usually shares its subject, and a JetStream that does not
+// answer must not cost a full lookup timeout per failure.
+constexpr long kStreamLookupTimeoutMs = 1000;
+constexpr auto kStreamLookupReuse = std::chrono::seconds(1);
 
 long ms_until(Clock::time_point when, Clock::time_point now) {
     if (when <= now) {
@@ -309,8 +313,7 @@ class NatsSink final : public Sink {
     // Also records next_attempt_ms_ for the Result.
     std::string not_connected_text(long next_attempt_ms);
     Result publish_error(natsStatus status, const std::string& subject, size_t size);
-    Result classify(const Completion& completion, const std::string& subject,
-                    std::map<std::string, std::pair<StreamLookup, std::string>>& lookups);
+    Result classify(const Completion& completion, const std::string& subject);
     StreamLookup lookup_stream(const std::string& subject, std::string& detail);
 
     NatsSinkOptions options_;
@@ -330,6 +333,14 @@ class NatsSink final : public Sink {
     Clock::time_point next_connect_{};
     std::string last_error_;
     long next_attempt_ms_ = 0; // as of the last not_connected_text()
+
+    // Recent stream lookups by subject (see classify()).
+    struct Lookup {
+        StreamLookup verdict = StreamLookup::unavailable;
+        std::string detail;
+        Clock::time_point expires;
+    };
+    std::map<std::string, Lookup> lookups_;
 };
 
 bool NatsSink::connect_now(long timeout_ms) {
@@ -581,8 +592,7 @@ NatsSink::StreamLookup NatsSink::lookup_stream(const std::string& subject, std::
     return StreamLookup::unavailable;
 }
 
-Result NatsSink::classify(const Completion& completion, const std::string& subject,
-                          std::map<std::string, std::pair<StreamLookup, std::string>>& lookups) {
+Result NatsSink::classify(const Completion& completion, const std::string& subject) {
     std::string where = "nats: publish to " + subject + ": ";
     switch (completion.status) {
     case NATS_OK:
@@ -599,15 +609,20 @@ Result NatsSink::classify(const Completion& completion, const std::string& subje
         // again), which passes (retry). The JetStream API tells them apart: asked for the
         // streams that capture the subject, it answers "none" only in the first case, and does
         // not answer at all (no responders, timeout) while JetStream is not ready. A stream
-        // found now means it appeared (or came back) since: retry. One lookup per subject and
-        // poll(), since a burst of such failures usually shares its subject.
-        auto it = lookups.find(subject);
-        if (it == lookups.end()) {
-            std::string detail;
-            StreamLookup verdict = lookup_stream(subject, detail);
-            it = lookups.emplace(subject, std::make_pair(verdict, detail)).first;
+        // found now means it appeared (or came back) since: retry.
+        auto now = Clock::now();
+        auto it = lookups_.find(subject);
+        if (it == lookups_.end() || it->second.expires <= now) {
+            if (lookups_.size() > 1000) {
+                lookups_.clear(); // subjects from event types: bounded, but not by us
+            }
+            Lookup fresh;
+            fresh.verdict = lookup_stream(subject, fresh.detail);
+            fresh.expires = Clock::now() + kStreamLookupReuse;
+            it = lookups_.insert_or_assign(subject, std::move(fresh)).first;
         }
-        const auto& [verdict, detail] = it->second;
+        const StreamLookup verdict = it->second.verdict;
+        const std::string detail = it->second.detail;
         if (verdict == StreamLookup::none) {
             return Result::permanent(where + "no responders: no JetStream stream captures the "
                                              "subject (is there a stream for the subject?)");
@@ -644,7 +659,6 @@ Result NatsSink::classify(const Completion& completion, const std::string& subje
 void NatsSink::poll(int timeout_ms) {
     auto until = Clock::now() + std::chrono::milliseconds(std::max(0, timeout_ms));
     std::vector<std::pair<Done, Result>> ready;
-    std::map<std::string, std::pair<StreamLookup, std::string>> lookups;
     for (;;) {
         shared_->drain();
         std::vector<Completion> completions;
@@ -657,7 +671,7 @@ void NatsSink::poll(int timeout_ms) {
         for (const Completion& completion : completions) {
             auto node = pending_.extract(completion.seq);
             if (!node.empty()) {
-                Result result = classify(completion, node.mapped().subject, lookups);
+                Result result = classify(completion, node.mapped().subject);
                 ready.emplace_back(std::move(node.mapped().done), std::move(result));
             }
         }
