@@ -2,7 +2,8 @@
 // with one no-op C++ subscriber for "bench.*". Built by bench/run.sh against the static library:
 //
 //   g++ -std=c++20 -O2 -I include bench/noop_app.cpp BUILD_DIR/liboutbox.a
-//       -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lpthread
+//       -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lrdkafka -lnats -lrabbitmq -lhiredis
+//       -lpthread
 //
 // When BENCH_START_FILE is set, the handler appends "<outbox id> <wall clock in µs>" for every
 // delivery, taken as the handler starts; that is the "handler start" of the latency runs. The file

@@ -2,20 +2,63 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "worker/handlers_file.h"
+#include "worker/sink.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <memory>
 
 namespace outbox::cli {
 
-const char* const kCheckConfigUsage = R"(usage: outbox-worker check-config
+const char* const kCheckConfigUsage = R"(usage: outbox-worker check-config [--connect]
 
 Validates every variable of the environment (SPEC section 3) and the handlers file named by
 OUTBOX_HANDLERS, then prints the effective configuration, with the password of DATABASE_URL
 masked. Connects to nothing. Exits 0 when everything is valid, 78 with a one-line error when not.
+
+  --connect   also reach the message broker of every kafka, nats, amqp and redis subscriber
+              (each within its timeout, at most 10 s), report each on its own line, and exit 1
+              when one cannot be reached or lacks its stream, exchange or topic
 )";
 
+namespace {
+
+// The longest a broker check may take: an operator waits for this command, and a broker that
+// needs longer to answer a connection is as good as down.
+constexpr long kMaxConnectCheckMs = 10000;
+
+// `--connect`: every broker subscriber's sink, made here (this process forks nothing), checked
+// one after the other. Returns whether every one answered.
+bool check_broker_connections(const std::vector<Subscriber>& subscribers) {
+    bool all_ok = true;
+    size_t brokers = 0;
+    for (const Subscriber& subscriber : subscribers) {
+        if (!subscriber.broker) {
+            continue;
+        }
+        ++brokers;
+        const BrokerSpec& spec = *subscriber.broker;
+        std::unique_ptr<Sink> sink = spec.make_sink();
+        const std::optional<std::string> problem =
+            sink->check(std::min(subscriber.timeout_ms, kMaxConnectCheckMs));
+        if (problem) {
+            all_ok = false;
+            std::printf("connect %s (%s): FAILED: %s\n", subscriber.name.c_str(),
+                        spec.description.c_str(), problem->c_str());
+        } else {
+            std::printf("connect %s (%s): ok\n", subscriber.name.c_str(), spec.description.c_str());
+        }
+    }
+    if (brokers == 0) {
+        std::printf("connect: no kafka, nats, amqp or redis subscriber to reach\n");
+    }
+    return all_ok;
+}
+
+} // namespace
+
 int check_config_command(const std::vector<std::string>& args) {
-    ParseResult parsed = parse_args(args, {});
+    ParseResult parsed = parse_args(args, {{"connect", false}});
     if (!parsed.error.empty()) {
         return usage_error("check-config", parsed.error, kCheckConfigUsage);
     }
@@ -29,6 +72,7 @@ int check_config_command(const std::vector<std::string>& args) {
     }
     const Config& c = *loaded;
     std::string handlers = "unset (handlers registered in code only)";
+    std::vector<Subscriber> subscribers;
     if (!c.handlers_path.empty()) {
         HandlersFileResult file = load_handlers_file(c.handlers_path, c.handler_timeout_ms);
         if (!file.subscribers) {
@@ -43,8 +87,10 @@ int check_config_command(const std::vector<std::string>& args) {
                 patterns += (patterns.empty() ? "" : ", ") + p;
             }
             handlers += "\n    " + s.name + ": " + patterns + " (timeout " +
-                        std::to_string(s.timeout_ms) + " ms)";
+                        std::to_string(s.timeout_ms) + " ms" +
+                        (s.broker ? ", " + s.broker->description : std::string()) + ")";
         }
+        subscribers = std::move(*file.subscribers);
     }
 
     std::printf("configuration is valid\n");
@@ -73,6 +119,10 @@ int check_config_command(const std::vector<std::string>& args) {
     std::printf("LOG_FORMAT=%s\n", c.log_format == LogFormat::json ? "json" : "text");
     std::printf("SERVICE_NAME=%s\n", c.service_name.c_str());
     std::printf("OUTBOX_ORDERING_ON_DEAD_LETTER=%s\n", to_string(c.ordering_on_dead_letter));
+    if (parsed.args.has("connect")) {
+        std::fflush(stdout);
+        return check_broker_connections(subscribers) ? kExitOk : kExitFailure;
+    }
     return kExitOk;
 }
 

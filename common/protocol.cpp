@@ -38,6 +38,7 @@ bool is_known_type(char type) {
     case MessageType::event:
     case MessageType::result:
     case MessageType::quit:
+    case MessageType::status:
         return true;
     }
     return false;
@@ -309,6 +310,8 @@ const char* message_type_name(MessageType type) {
         return "RESULT";
     case MessageType::quit:
         return "QUIT";
+    case MessageType::status:
+        return "STATUS";
     }
     return "UNKNOWN";
 }
@@ -435,13 +438,14 @@ std::string encode_event_fields(const EventFieldsView& fields) {
         subscribers_done.reset();
     }
     std::string out;
-    out.reserve(
-        fields.id.size() + fields.event_log_id.size() +
-        (fields.event_key ? fields.event_key->size() : 0) + fields.tenant_id.size() +
-        (fields.project_id ? fields.project_id->size() : 0) + fields.event_type.size() +
-        fields.payload_json.size() + (fields.metadata_json ? fields.metadata_json->size() : 0) +
-        (fields.correlation_id ? fields.correlation_id->size() : 0) + fields.created_at.size() +
-        (subscribers_done ? subscribers_done->size() : 0) + 12 * 5);
+    out.reserve(fields.id.size() + fields.event_log_id.size() +
+                (fields.event_key ? fields.event_key->size() : 0) + fields.tenant_id.size() +
+                (fields.project_id ? fields.project_id->size() : 0) + fields.event_type.size() +
+                fields.payload_json.size() +
+                (fields.metadata_json ? fields.metadata_json->size() : 0) +
+                (fields.correlation_id ? fields.correlation_id->size() : 0) +
+                fields.created_at.size() + (subscribers_done ? subscribers_done->size() : 0) +
+                (fields.ordering_key ? fields.ordering_key->size() : 0) + 13 * 5);
     put_string(out, fields.id);
     put_string(out, fields.event_log_id);
     put_nullable_string(out, fields.event_key);
@@ -454,6 +458,7 @@ std::string encode_event_fields(const EventFieldsView& fields) {
     put_string(out, fields.created_at);
     put_u32(out, static_cast<uint32_t>(fields.attempt < 0 ? 0 : fields.attempt));
     put_nullable_string(out, subscribers_done);
+    put_nullable_string(out, fields.ordering_key);
     return out;
 }
 
@@ -475,6 +480,7 @@ EventFieldsView event_fields_of(const Event& event) {
     fields.correlation_id = view(event.correlation_id);
     fields.created_at = event.created_at;
     fields.attempt = event.attempt;
+    fields.ordering_key = view(event.ordering_key);
     return fields;
 }
 
@@ -484,6 +490,16 @@ EventFieldsView event_fields_of(const EventDelivery& delivery) {
         fields.subscribers_done_json = *delivery.subscribers_done_json;
     }
     return fields;
+}
+
+std::string encode_status(const StatusMsg& status) {
+    const std::string sink = bounded_error(status.sink, kMaxSubscriberNameBytes);
+    const std::string reason = bounded_error(status.reason, kMaxStatusReasonBytes);
+    std::string frame = frame_start(MessageType::status, 4 + sink.size() + 1 + 4 + reason.size());
+    put_string(frame, sink);
+    put_u8(frame, status.connected ? 1 : 0);
+    put_string(frame, reason);
+    return frame;
 }
 
 std::string encode_event(const EventMsg& event) {
@@ -562,7 +578,7 @@ Decoded<EventDelivery> decode_event_delivery(std::string_view fields) {
     WireReader reader(fields);
     std::string_view id, event_log_id, tenant_id, event_type, payload, created_at;
     std::optional<std::string_view> event_key, project_id, metadata, correlation_id,
-        subscribers_done;
+        subscribers_done, ordering_key;
     uint32_t attempt = 0;
     reader.string("id", id);
     reader.string("eventLogId", event_log_id);
@@ -594,6 +610,7 @@ Decoded<EventDelivery> decode_event_delivery(std::string_view fields) {
                                                std::to_string(kMaxSubscribersDoneBytes));
         }
     }
+    reader.nullable_string("orderingKey", ordering_key);
     if (!reader.at_end()) {
         return Decoded<EventDelivery>::failure("event " + reader.error());
     }
@@ -613,6 +630,7 @@ Decoded<EventDelivery> decode_event_delivery(std::string_view fields) {
     event.correlation_id = copy(correlation_id);
     event.created_at.assign(created_at);
     event.attempt = static_cast<int>(attempt);
+    event.ordering_key = copy(ordering_key);
     delivery.subscribers_done_json = copy(subscribers_done);
     return Decoded<EventDelivery>::success(std::move(delivery));
 }
@@ -681,6 +699,32 @@ Decoded<QuitMsg> decode_quit(const Frame& frame) {
                                                       " unexpected bytes after the last field");
     }
     return Decoded<QuitMsg>::success(QuitMsg{});
+}
+
+Decoded<StatusMsg> decode_status(const Frame& frame) {
+    if (frame.type != MessageType::status) {
+        return wrong_type<StatusMsg>(MessageType::status, frame);
+    }
+    WireReader reader(frame.body);
+    std::string_view sink, reason;
+    uint8_t connected = 0;
+    if (reader.string("sink", sink)) {
+        check_stored_text(reader, "sink", sink, kMaxSubscriberNameBytes);
+    }
+    if (reader.u8("connected", connected) && connected > 1) {
+        reader.fail("connected", "is " + std::to_string(connected) + ", not 0 (no) or 1 (yes)");
+    }
+    if (reader.string("reason", reason)) {
+        check_stored_text(reader, "reason", reason, kMaxStatusReasonBytes);
+    }
+    if (!reader.at_end()) {
+        return message_error<StatusMsg>(frame.type, reader.error());
+    }
+    StatusMsg status;
+    status.sink.assign(sink);
+    status.connected = connected == 1;
+    status.reason.assign(reason);
+    return Decoded<StatusMsg>::success(std::move(status));
 }
 
 // ---- helpers -------------------------------------------------------------------------------

@@ -28,8 +28,9 @@
 namespace outbox {
 
 // Bumped whenever a message changes incompatibly; HELLO carries it. Version 1 was JSON bodies;
-// version 3 added subscribersDone to the event fields and fills RESULT's per-subscriber outcomes.
-inline constexpr int kProtocolVersion = 3;
+// version 3 added subscribersDone to the event fields and fills RESULT's per-subscriber outcomes;
+// version 4 adds orderingKey to the event fields and the STATUS message (broker sinks).
+inline constexpr int kProtocolVersion = 4;
 
 inline constexpr size_t kFrameHeaderSize = 4;
 // The smallest body is a type byte alone (QUIT).
@@ -44,6 +45,9 @@ inline constexpr size_t kMaxSubscriberNameBytes = 1024;
 // The longest subscribersDone list an EVENT carries (its JSON text). Far above any real list: a
 // thousand names of a kilobyte each. encode_event_fields sends a longer one as null.
 inline constexpr size_t kMaxSubscribersDoneBytes = 1024 * 1024;
+// A STATUS reason is at most this many bytes of valid UTF-8 without NUL, made so by encode_status
+// and checked by decode_status, as a RESULT's error is.
+inline constexpr size_t kMaxStatusReasonBytes = 1024;
 
 // Exit codes of a handler process: a contract between run_worker_process (and the forking code)
 // and the supervisor, which decides from them whether and when to respawn. Any other exit code or
@@ -59,6 +63,7 @@ enum class MessageType : char {
     event = 'E',  // supervisor -> handler process
     result = 'R', // handler process -> supervisor, one per EVENT it ran
     quit = 'Q',   // supervisor -> handler process
+    status = 'S', // handler process -> supervisor, when a sink's connection state changes
 };
 
 // "HELLO", "EVENT", ... for log lines and error messages.
@@ -91,6 +96,9 @@ struct EventFieldsView {
     std::string_view created_at;
     int attempt = 1;
     std::optional<std::string_view> subscribers_done_json;
+    // "Outbox"."orderingKey" (SPEC 2a); nullopt for an unordered event. Handlers see it as
+    // Event::ordering_key (broker sinks use it as the message key), not in the event object.
+    std::optional<std::string_view> ordering_key;
 };
 
 // The event fields of an EVENT as the handler process decodes them: the event its handlers
@@ -128,6 +136,16 @@ struct ResultMsg {
 };
 
 struct QuitMsg {};
+
+// A broker sink's connection changed (worker/sink.h): the handler process sends one when a sink
+// first connects or fails to, when it loses its connection and when it gets it back. `sink` is the
+// subscriber's name as RESULT carries it; `reason` says what happened ("connected", or the
+// connection error), bounded like a RESULT's error.
+struct StatusMsg {
+    std::string sink;
+    bool connected = false;
+    std::string reason;
+};
 
 // Reading the value of a failed Decoded: the caller skipped ok(), a programming error that is
 // reported loudly (on stderr, then abort) rather than read as garbage.
@@ -220,6 +238,9 @@ std::string encode_hello(const HelloMsg& hello);
 std::string encode_result(const ResultMsg& result);
 std::string encode_quit();
 std::string encode_event(const EventMsg& event);
+// Makes the sink name (kMaxSubscriberNameBytes) and the reason (kMaxStatusReasonBytes) safe, as
+// encode_result does for its texts.
+std::string encode_status(const StatusMsg& status);
 
 // The event's fields in their wire encoding: what the supervisor builds once per claimed event
 // (supervisor/claimed_event.h) and hands to encode_event_frame for every delivery. Aborts if a
@@ -228,8 +249,8 @@ std::string encode_event(const EventMsg& event);
 // handler process then runs every matching subscriber again, which at-least-once delivery
 // allows, where a list the decoder must refuse would fail the event for good.
 std::string encode_event_fields(const EventFieldsView& fields);
-// The same fields from a decoded Event (metadata_json "null" becomes null), with no
-// subscribersDone, or from a decoded delivery, with its subscribersDone.
+// The same fields from a decoded Event (metadata_json "null" becomes null; ordering_key as the
+// event has it), with no subscribersDone, or from a decoded delivery, with its subscribersDone.
 EventFieldsView event_fields_of(const Event& event);
 EventFieldsView event_fields_of(const EventDelivery& delivery);
 
@@ -249,6 +270,9 @@ bool event_fits_in_frame(size_t fields_size);
 [[nodiscard]] Decoded<EventMsg> decode_event(const Frame& frame);
 [[nodiscard]] Decoded<ResultMsg> decode_result(const Frame& frame);
 [[nodiscard]] Decoded<QuitMsg> decode_quit(const Frame& frame);
+// Rejects a sink name or reason that is too long, not UTF-8 or holds a NUL, and a connected byte
+// other than 0 or 1.
+[[nodiscard]] Decoded<StatusMsg> decode_status(const Frame& frame);
 
 // The event's fields into an EventDelivery, copying each string once and parsing no JSON. Checks
 // every length and tag, that the payload (and metadata and subscribersDone when present) is not

@@ -38,9 +38,9 @@ fi
 # shellcheck disable=SC2054 # the commas belong to the flag's value
 SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
 # shellcheck disable=SC2207
-PKG_CFLAGS=($(pkg-config --cflags libpq libuv libcurl libcjson spdlog))
+PKG_CFLAGS=($(pkg-config --cflags libpq libuv libcurl libcjson spdlog rdkafka libnats librabbitmq hiredis))
 # shellcheck disable=SC2207
-PKG_LIBS=($(pkg-config --libs libpq libuv libcurl libcjson spdlog))
+PKG_LIBS=($(pkg-config --libs libpq libuv libcurl libcjson spdlog rdkafka libnats librabbitmq hiredis))
 CXXFLAGS=(-std=c++20 -g -O1 -Wall -Wextra -I"$ROOT" -I"$ROOT/include" "${PKG_CFLAGS[@]}"
           -DOUTBOX_VERSION='"fuzz"' "${SANITIZE[@]}")
 LIBS=("${PKG_LIBS[@]}" -lhttp_parser -lfmt -lpthread)

@@ -126,7 +126,8 @@ inline bool same_event(const Event& a, const Event& b) {
            a.tenant_id == b.tenant_id && a.project_id == b.project_id &&
            a.event_type == b.event_type && a.payload_json == b.payload_json &&
            a.metadata_json == b.metadata_json && a.correlation_id == b.correlation_id &&
-           a.created_at == b.created_at && a.attempt == b.attempt;
+           a.created_at == b.created_at && a.attempt == b.attempt &&
+           a.ordering_key == b.ordering_key;
 }
 
 inline void check_string_member(const cJSON* object, const char* key,
@@ -275,10 +276,12 @@ inline void check_frame(const Frame& frame) {
     const auto event = decode_event(frame);
     const auto result = decode_result(frame);
     const auto quit = decode_quit(frame);
+    const auto status = decode_status(frame);
     check_decode_error(hello);
     check_decode_error(event);
     check_decode_error(result);
     check_decode_error(quit);
+    check_decode_error(status);
 
     // Only the decoder of the frame's own type may accept it (and may still refuse its fields).
     OUTBOX_FUZZ_CHECK(frame.type == MessageType::hello || !hello.ok(),
@@ -289,6 +292,8 @@ inline void check_frame(const Frame& frame) {
                       "decode_result accepted another type");
     OUTBOX_FUZZ_CHECK(quit.ok() == (frame.type == MessageType::quit && frame.body.empty()),
                       "decode_quit disagrees with the frame");
+    OUTBOX_FUZZ_CHECK(frame.type == MessageType::status || !status.ok(),
+                      "decode_status accepted another type");
 
     const std::string bytes = frame_bytes(frame);
     if (hello) {
@@ -320,6 +325,14 @@ inline void check_frame(const Frame& frame) {
                               "RESULT subscriber name is not bounded and valid UTF-8");
         }
         OUTBOX_FUZZ_CHECK(encode_result(message) == bytes, "RESULT does not re-encode to itself");
+    }
+    if (status) {
+        const StatusMsg& message = status.value();
+        OUTBOX_FUZZ_CHECK(
+            message.sink.size() <= kMaxSubscriberNameBytes && survives_cjson(message.sink) &&
+                message.reason.size() <= kMaxStatusReasonBytes && survives_cjson(message.reason),
+            "STATUS texts are not bounded and valid UTF-8 without NUL");
+        OUTBOX_FUZZ_CHECK(encode_status(message) == bytes, "STATUS does not re-encode to itself");
     }
 }
 

@@ -25,8 +25,9 @@ enum Column : int {
     kCreatedAt,
     kAttempt,
     kSubscribersDone,
+    kOrderingKey,
 };
-static_assert(kSubscribersDone + 1 == kClaimColumns);
+static_assert(kOrderingKey + 1 == kClaimColumns);
 
 const char* column_name(int column) {
     static constexpr const char* kNames[kClaimColumns] = {"id",
@@ -44,7 +45,8 @@ const char* column_name(int column) {
                                                           "correlationId",
                                                           "createdAt",
                                                           "attempt",
-                                                          "subscribersDone"};
+                                                          "subscribersDone",
+                                                          "orderingKey"};
     return kNames[column];
 }
 
@@ -146,6 +148,8 @@ Decoded<ClaimedEvent> claimed_event_from_row(const PgResult& result, int row) {
     // Subscribers that already succeeded (SPEC 2): passed on as PostgreSQL printed the array,
     // for the handler process to read (it runs only the others).
     fields.subscribers_done_json = reader.nullable_text(kSubscribersDone);
+    // For broker subscribers: the message key, and ${orderingKey} in a destination.
+    fields.ordering_key = reader.nullable_text(kOrderingKey);
     if (!reader.ok()) {
         return Decoded<ClaimedEvent>::failure(reader.error());
     }

@@ -16,7 +16,7 @@ namespace outbox {
 
 // Columns of the claim's result that describe the event, in the order of sql::kClaim. One more
 // column follows them: whether the row was claimed or parked, which the store reads.
-inline constexpr int kClaimColumns = 16;
+inline constexpr int kClaimColumns = 17;
 
 struct ClaimedEvent {
     std::string id; // "Outbox".id

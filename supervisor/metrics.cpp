@@ -544,4 +544,43 @@ Json MetricsRegistry::render_json() const {
     return root;
 }
 
+// --- sinks ---
+
+SinkMetrics::SinkMetrics(MetricsRegistry& registry)
+    : published_(registry.counter("outbox_sink_published_total",
+                                  "Broker publications the broker acknowledged, by sink.",
+                                  {"sink", "kind"})),
+      failed_(registry.counter("outbox_sink_failed_total",
+                               "Broker publications that failed (retryable or permanent), by sink.",
+                               {"sink", "kind"})),
+      connected_(registry.gauge("outbox_sink_connected",
+                                "Handler processes whose connection to the sink's broker is up.",
+                                {"sink", "kind"})) {}
+
+SinkMetrics::Series& SinkMetrics::series(std::string_view sink, std::string_view kind) {
+    auto it = series_.find(std::pair<std::string_view, std::string_view>(kind, sink));
+    if (it == series_.end()) {
+        LabelValues labels{std::string(sink), std::string(kind)};
+        Series found{&published_.with(labels), &failed_.with(labels), &connected_.with(labels)};
+        it = series_.emplace(std::pair<std::string, std::string>(kind, sink), found).first;
+    }
+    return it->second;
+}
+
+void SinkMetrics::declare(std::string_view sink, std::string_view kind) {
+    static_cast<void>(series(sink, kind));
+}
+
+void SinkMetrics::published(std::string_view sink, std::string_view kind) {
+    series(sink, kind).published->inc();
+}
+
+void SinkMetrics::failed(std::string_view sink, std::string_view kind) {
+    series(sink, kind).failed->inc();
+}
+
+void SinkMetrics::connected(std::string_view sink, std::string_view kind, int delta) {
+    series(sink, kind).connected->inc(delta);
+}
+
 } // namespace outbox

@@ -33,6 +33,9 @@
 //   outbox_leases_lost_total                       counter: leases found taken or expired
 //   outbox_unsubscribed_events{event_type}         gauge: due events no subscriber matches
 //   outbox_retention_deleted_total                 counter: completed rows deleted by retention
+//   outbox_sink_published_total{sink,kind}         counter: broker publications acknowledged
+//   outbox_sink_failed_total{sink,kind}            counter: broker publications that failed
+//   outbox_sink_connected{sink,kind}               gauge: handler processes whose sink is connected
 #pragma once
 
 #include "common/json.h"
@@ -44,6 +47,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace outbox {
@@ -230,6 +234,48 @@ class MetricsRegistry {
 
     std::size_t max_series_per_family_;
     std::map<std::string, std::unique_ptr<MetricFamily>> families_;
+};
+
+// The per-sink metrics of the broker handler kinds (worker/sink.h), labelled with the subscriber's
+// name (`sink`) and its kind (kafka, nats, amqp, redis). The handler-process pool feeds them: the
+// per-subscriber outcomes of every RESULT for published and failed, and the STATUS frames, and
+// the end of each process, for connected. Series are looked up once per sink and kept.
+class SinkMetrics {
+  public:
+    explicit SinkMetrics(MetricsRegistry& registry);
+    SinkMetrics(const SinkMetrics&) = delete;
+    SinkMetrics& operator=(const SinkMetrics&) = delete;
+
+    // Exports the sink's three series at 0 before anything happens to it, so that a sink that
+    // never connects shows as outbox_sink_connected 0 rather than not at all.
+    void declare(std::string_view sink, std::string_view kind);
+    // One publication acknowledged by the broker, or failed (retryable or permanent).
+    void published(std::string_view sink, std::string_view kind);
+    void failed(std::string_view sink, std::string_view kind);
+    // One more handler process whose sink is connected (+1), or one fewer (-1).
+    void connected(std::string_view sink, std::string_view kind, int delta);
+
+  private:
+    struct Series {
+        CounterSeries* published;
+        CounterSeries* failed;
+        GaugeSeries* connected;
+    };
+    // Keys are (kind, sink); looked up by string_view without building strings.
+    struct KeyLess {
+        using is_transparent = void;
+        template <typename A, typename B>
+        bool operator()(const A& a, const B& b) const {
+            return std::pair<std::string_view, std::string_view>(a.first, a.second) <
+                   std::pair<std::string_view, std::string_view>(b.first, b.second);
+        }
+    };
+    Series& series(std::string_view sink, std::string_view kind);
+
+    Counter& published_;
+    Counter& failed_;
+    Gauge& connected_;
+    std::map<std::pair<std::string, std::string>, Series, KeyLess> series_;
 };
 
 } // namespace outbox

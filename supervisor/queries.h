@@ -129,6 +129,7 @@ RETURNING o."id", o."retryCount", o."maxRetries", o."eventType",
                   'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
           o."retryCount" + 1,
           to_json(o."subscribersDone")::text,
+          o."orderingKey",
           cand.head
 )sql";
 

@@ -45,6 +45,10 @@ namespace {
 // Events sent to one handler process ahead of the one it is running: enough to hide the
 // round trip of a result, few enough that a slow event delays little behind it.
 constexpr int kPipelineDepth = 4;
+// The same for a process with a broker subscriber, which keeps publications in flight while it
+// waits for the broker's acknowledgements: enough to cover that round trip at full speed
+// (docs/protocol.md, "Many publications in flight").
+constexpr int kBrokerPipelineDepth = 128;
 // How long outcomes may wait for a batch's worth to gather (RelayOptions::outcome_linger_ms). At
 // full speed a batch of 100 gathers in about 4 ms; at low rates nothing is in flight behind an
 // outcome and it is recorded at once.
@@ -365,6 +369,7 @@ void Service::start_serving() {
     PoolOptions opts;
     opts.workers = config_.workers;
     opts.pipeline_depth = kPipelineDepth;
+    opts.broker_pipeline_depth = kBrokerPipelineDepth;
     opts.max_events_per_process = config_.worker_max_events;
     opts.memory_limit_mb = config_.worker_memory_mb;
     pool_ = std::make_unique<WorkerPool>(
@@ -381,7 +386,8 @@ void Service::start_serving() {
             [this](RestartReason reason) { telemetry_.handler_restart(to_string(reason)); },
             [this](uint64_t seq) {
                 relay_->on_started(seq);
-            }});
+            }},
+        &telemetry_.sinks());
     pool_port_.attach(pool_.get());
     pool_->start();
     state_ = ServiceState::serving;

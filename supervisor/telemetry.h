@@ -39,6 +39,9 @@ class Telemetry {
     void set_database_up(bool up);
     void set_counts(const DatabaseCounts& counts);
 
+    // The broker sinks' metrics, which the handler-process pool feeds.
+    SinkMetrics& sinks() { return sinks_; }
+
     const DatabaseCounts& counts() const { return counts_; }
     bool database_up() const { return database_up_; }
     uint64_t completed_total() const { return completed_total_; }
@@ -48,6 +51,7 @@ class Telemetry {
 
   private:
     MetricsRegistry registry_;
+    SinkMetrics sinks_{registry_};
     Counter* completed_;
     Counter* retried_;
     Counter* dead_lettered_;

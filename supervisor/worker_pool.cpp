@@ -3,6 +3,7 @@
 #include "common/check.h"
 #include "common/fd.h"
 #include "common/log.h"
+#include "supervisor/metrics.h"
 #include "worker/worker_process.h"
 
 #include <spdlog/spdlog.h>
@@ -68,6 +69,7 @@ const char* to_string(RestartReason reason) {
 struct WorkerPool::Slot {
     int index = 0;
     pid_t pid = -1;
+    std::shared_ptr<const HandlerSet> handlers; // the subscribers this process was forked with
     SlotState state = SlotState::starting;
     bool retired = false;
     Pipe channel; // closed at end of file or when the process is reaped
@@ -86,15 +88,37 @@ struct WorkerPool::Slot {
     RestartReason kill_reason = RestartReason::crashed;
     std::string kill_error;
     uint64_t kill_seq = 0; // the event running when the supervisor killed the process (0: none)
+    // Its sinks that said they are connected (STATUS), counted in outbox_sink_connected.
+    std::set<std::string, std::less<>> connected_sinks;
 };
 
 WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options,
                        std::shared_ptr<const std::vector<Subscriber>> subscribers,
-                       Callbacks callbacks)
-    : loop_(loop), options_(options), subscribers_(std::move(subscribers)),
+                       Callbacks callbacks, SinkMetrics* sink_metrics)
+    : loop_(loop), options_(options), sink_metrics_(sink_metrics),
       callbacks_(std::move(callbacks)) {
+    handlers_ = make_handler_set(std::move(subscribers));
     consecutive_crashes_.assign(static_cast<size_t>(options_.workers), 0);
     respawn_timers_.resize(static_cast<size_t>(options_.workers));
+}
+
+std::shared_ptr<const WorkerPool::HandlerSet>
+WorkerPool::make_handler_set(std::shared_ptr<const std::vector<Subscriber>> subscribers) const {
+    auto set = std::make_shared<HandlerSet>();
+    for (const Subscriber& subscriber : *subscribers) {
+        if (!subscriber.broker) {
+            continue;
+        }
+        const std::string name = bounded_error(subscriber.name, kMaxSubscriberNameBytes);
+        set->sink_kinds.emplace(name, subscriber.broker->kind);
+        if (sink_metrics_ != nullptr) {
+            sink_metrics_->declare(name, subscriber.broker->kind);
+        }
+    }
+    set->pipeline_depth =
+        set->sink_kinds.empty() ? options_.pipeline_depth : options_.broker_pipeline_depth;
+    set->subscribers = std::move(subscribers);
+    return set;
 }
 
 WorkerPool::~WorkerPool() = default;
@@ -187,13 +211,14 @@ void WorkerPool::spawn(int index) {
         set_log_process_name("handler-" + std::to_string(index));
         WorkerProcessOptions opts;
         opts.process_name = "handler-" + std::to_string(index);
-        run_worker_process(kChildChannelFd, *subscribers_, opts);
+        run_worker_process(kChildChannelFd, *handlers_->subscribers, opts);
     }
 
     child_end.reset();
     auto slot = std::make_unique<Slot>();
     slot->index = index;
     slot->pid = pid;
+    slot->handlers = handlers_;
     Slot* raw = slot.get();
     // libuv refuses only a descriptor it already watches or one it cannot make non-blocking;
     // neither can be true of a socket created just now.
@@ -283,6 +308,7 @@ void WorkerPool::handle_frame(Slot& slot, Frame&& frame) {
         ++slot.events_done;
         consecutive_crashes_[static_cast<size_t>(slot.index)] = 0;
         arm_timeout(slot);
+        count_sink_outcomes(slot, result);
         uint64_t seq = result.seq;
         callbacks_.on_result(seq, std::move(result));
         if (slot.killed) {
@@ -303,12 +329,68 @@ void WorkerPool::handle_frame(Slot& slot, Frame&& frame) {
         }
         return;
     }
+    case MessageType::status: {
+        auto decoded = decode_status(frame);
+        if (!decoded.ok()) {
+            kill_slot(slot, RestartReason::protocol_error,
+                      "handler process " + std::to_string(slot.pid) +
+                          " sent a bad STATUS: " + decoded.error());
+            return;
+        }
+        on_sink_status(slot, decoded.value());
+        return;
+    }
     default:
         kill_slot(slot, RestartReason::protocol_error,
                   "handler process " + std::to_string(slot.pid) + " sent an unexpected " +
                       message_type_name(frame.type) + " message");
         return;
     }
+}
+
+void WorkerPool::count_sink_outcomes(const Slot& slot, const ResultMsg& result) {
+    if (sink_metrics_ == nullptr || slot.handlers->sink_kinds.empty()) {
+        return;
+    }
+    for (const SubscriberOutcome& subscriber : result.subscribers) {
+        auto kind = slot.handlers->sink_kinds.find(subscriber.name);
+        if (kind == slot.handlers->sink_kinds.end()) {
+            continue; // not a broker subscriber
+        }
+        if (subscriber.outcome == Outcome::success) {
+            sink_metrics_->published(kind->first, kind->second);
+        } else {
+            sink_metrics_->failed(kind->first, kind->second);
+        }
+    }
+}
+
+void WorkerPool::on_sink_status(Slot& slot, const StatusMsg& status) {
+    auto kind = slot.handlers->sink_kinds.find(status.sink);
+    if (kind == slot.handlers->sink_kinds.end()) {
+        // Not a protocol error: the names are the process's business, and nothing depends on
+        // this report but a metric.
+        spdlog::debug("handler process {} reported the connection of sink \"{}\", which is no "
+                      "broker subscriber of its handlers; ignored",
+                      slot.pid, status.sink);
+        return;
+    }
+    auto known = slot.connected_sinks.find(status.sink);
+    const bool was_connected = known != slot.connected_sinks.end();
+    if (status.connected == was_connected) {
+        return;
+    }
+    if (status.connected) {
+        slot.connected_sinks.emplace(status.sink);
+    } else {
+        slot.connected_sinks.erase(known);
+    }
+    if (sink_metrics_ != nullptr) {
+        sink_metrics_->connected(kind->first, kind->second, status.connected ? 1 : -1);
+    }
+    // The handler process logs the change itself, with its reason; this is the supervisor's view.
+    spdlog::debug("handler process {}: sink {} ({}) {}: {}", slot.pid, kind->first, kind->second,
+                  status.connected ? "connected" : "not connected", status.reason);
 }
 
 void WorkerPool::send(Slot& slot, std::string frame) {
@@ -371,7 +453,7 @@ bool WorkerPool::dispatch(uint64_t seq, std::string_view fields, long timeout_ms
     Slot* best = nullptr;
     for (auto& [index, slot] : slots_) {
         if (slot->state != SlotState::ready || slot->killed ||
-            static_cast<int>(slot->pipeline.size()) >= options_.pipeline_depth) {
+            static_cast<int>(slot->pipeline.size()) >= slot->handlers->pipeline_depth) {
             continue;
         }
         // A process due for recycling takes no more than its quota.
@@ -519,6 +601,13 @@ void WorkerPool::on_exit(Slot& slot, int status) {
     drain_channel(slot);
     close_channel(slot);
     slot.timer.close();
+    // Its sinks' connections ended with it.
+    if (sink_metrics_ != nullptr) {
+        for (const std::string& sink : slot.connected_sinks) {
+            sink_metrics_->connected(sink, slot.handlers->sink_kinds.find(sink)->second, -1);
+        }
+    }
+    slot.connected_sinks.clear();
     std::string how = describe_status(slot.pid, status);
     bool clean = WIFEXITED(status) && WEXITSTATUS(status) == kWorkerExitOk && !slot.killed;
 
@@ -614,7 +703,7 @@ void WorkerPool::respawn_later(int index, long delay_ms) {
 }
 
 void WorkerPool::replace_subscribers(std::shared_ptr<const std::vector<Subscriber>> subscribers) {
-    subscribers_ = std::move(subscribers);
+    handlers_ = make_handler_set(std::move(subscribers));
     std::vector<int> indexes;
     for (auto& [index, slot] : slots_) {
         indexes.push_back(index);

@@ -1,10 +1,23 @@
 // The handler-process pool: an explicit table of slots (as nginx's ngx_processes), each a forked
 // process with its own channel (a SOCK_STREAM socketpair speaking common/protocol.h).
 //
-// Events are pipelined: a slot may hold up to `pipeline_depth` events at once. The process runs
-// them strictly in order, so the oldest unanswered event is the one running. When a process dies
-// or overruns its timeout, exactly that event is charged (on_failed); the ones queued behind it
-// never started and are handed back without an attempt (on_returned).
+// Events are pipelined: a slot may hold up to `pipeline_depth` events at once, or
+// `broker_pipeline_depth` when its subscribers include a broker one (a process then keeps many
+// publications in flight, docs/protocol.md). The process answers them strictly in order and runs
+// handler code (everything but a publication) only for the oldest unanswered event. When a process
+// dies or overruns its timeout, exactly that event is charged (on_failed); the ones queued behind
+// it are handed back without an attempt (on_returned), although some of their publications may
+// have reached the broker already (a duplicate the broker's dedup id lets consumers drop).
+//
+// The timeout watchdog follows the oldest unanswered event: it is armed with that event's limit
+// (plus the kill grace) when the event becomes the oldest, on its predecessor's RESULT or on
+// dispatch to an idle process. Events queued behind it are not timed: however deep the pipeline,
+// each event gets its whole limit once it is the oldest, and a publication that started earlier is
+// bounded by its sink's own timeout (below the handler timeout).
+//
+// Broker sinks: the per-subscriber outcomes of every RESULT count as published or failed for the
+// broker subscribers among them, and STATUS frames say which sinks of each process are connected;
+// both feed SinkMetrics. A process that ends stops counting as connected.
 //
 // Everything runs on the supervisor's loop. The pool reaps its children on SIGCHLD (waitpid(-1),
 // so as PID 1 in a container it also reaps orphans that were re-parented to it). Its libuv handles
@@ -20,14 +33,20 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
 namespace outbox {
 
+class SinkMetrics;
+
 struct PoolOptions {
     int workers = 1;
     int pipeline_depth = 4;
+    // For processes with a broker subscriber: enough publications in flight to cover the broker's
+    // acknowledgement round trip at full speed.
+    int broker_pipeline_depth = 128;
     long max_events_per_process = 0; // recycle after N events; 0: never
     long memory_limit_mb = 0;        // RLIMIT_AS of each process; 0: none
     long kill_grace_ms = 500;        // a handler is killed this long after its timeout
@@ -53,8 +72,10 @@ class WorkerPool {
         std::function<void(uint64_t seq)> on_started;
     };
 
+    // `sink_metrics`, when given, must outlive the pool.
     WorkerPool(uv_loop_t* loop, PoolOptions options,
-               std::shared_ptr<const std::vector<Subscriber>> subscribers, Callbacks callbacks);
+               std::shared_ptr<const std::vector<Subscriber>> subscribers, Callbacks callbacks,
+               SinkMetrics* sink_metrics = nullptr);
     ~WorkerPool();
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;
@@ -105,6 +126,19 @@ class WorkerPool {
   private:
     struct Slot;
     enum class SlotState { starting, ready, quitting, dead };
+    // One set of subscribers (the handlers at start, or after a reload) and what the pool reads
+    // from it once: the pipeline depth of its processes, and its broker subscribers.
+    struct HandlerSet {
+        std::shared_ptr<const std::vector<Subscriber>> subscribers;
+        int pipeline_depth = 0;
+        // Broker subscribers by name as RESULT and STATUS carry it (bounded), to their kind.
+        std::map<std::string, std::string, std::less<>> sink_kinds;
+    };
+
+    std::shared_ptr<const HandlerSet>
+    make_handler_set(std::shared_ptr<const std::vector<Subscriber>> subscribers) const;
+    void count_sink_outcomes(const Slot& slot, const ResultMsg& result);
+    void on_sink_status(Slot& slot, const StatusMsg& status);
 
     void spawn(int index);
     void on_channel_read(Slot& slot, ssize_t nread, const char* data);
@@ -126,7 +160,8 @@ class WorkerPool {
 
     uv_loop_t* loop_;
     PoolOptions options_;
-    std::shared_ptr<const std::vector<Subscriber>> subscribers_;
+    SinkMetrics* sink_metrics_;
+    std::shared_ptr<const HandlerSet> handlers_; // what new processes run
     Callbacks callbacks_;
 
     // Active slots by index 0..workers-1, plus retired slots (replaced on SIGHUP, still finishing).

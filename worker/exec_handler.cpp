@@ -2,6 +2,7 @@
 
 #include "common/fd.h"
 #include "common/protocol.h"
+#include "worker/broker_message.h"
 
 #include <spdlog/spdlog.h>
 
@@ -89,6 +90,12 @@ std::vector<std::string> build_environment(const ExecHandlerOptions& options, co
         }
     };
     for (char** entry = environ; entry != nullptr && *entry != nullptr; ++entry) {
+        // A trace context the service itself was started with describes the service's start, not
+        // the event: the command gets the event's own, or none.
+        const std::string_view text = *entry;
+        if (text.starts_with("TRACEPARENT=") || text.starts_with("TRACESTATE=")) {
+            continue;
+        }
         put(*entry);
     }
     for (const auto& [name, value] : options.env) {
@@ -97,6 +104,14 @@ std::vector<std::string> build_environment(const ExecHandlerOptions& options, co
     put("OUTBOX_EVENT_ID=" + event.id);
     put("OUTBOX_EVENT_TYPE=" + event.event_type);
     put("OUTBOX_ATTEMPT=" + std::to_string(event.attempt));
+    // SPEC 4, "Trace context": the event's W3C trace context, as OpenTelemetry's environment
+    // carrier names it.
+    if (std::optional<TraceContext> trace = trace_context_of(event.metadata_json)) {
+        put("TRACEPARENT=" + trace->traceparent);
+        if (trace->tracestate) {
+            put("TRACESTATE=" + *trace->tracestate);
+        }
+    }
     return entries;
 }
 

@@ -9,9 +9,11 @@
 // The child's stdout goes to the handler process's stderr, so whatever the command prints ends up
 // in the service's log. Its environment is the handler process's environment, plus the
 // configured `env` entries, plus OUTBOX_EVENT_ID, OUTBOX_EVENT_TYPE and OUTBOX_ATTEMPT (which win
-// over both). The command runs in its own process group and is killed (SIGKILL) if the handler
-// process dies; when it exits or times out, whatever is left of its process group is killed too,
-// so a background process it started cannot linger between events.
+// over both), plus TRACEPARENT and TRACESTATE when the event's metadata carries a W3C trace context
+// (SPEC 4; the handler process's own TRACEPARENT and TRACESTATE are never passed on). The command
+// runs in its own process group and is killed (SIGKILL) if the handler process dies; when it exits
+// or times out, whatever is left of its process group is killed too, so a background process it
+// started cannot linger between events.
 #pragma once
 
 #include <outbox/outbox.h>

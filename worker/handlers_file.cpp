@@ -7,6 +7,9 @@
 #include "worker/exec_handler.h"
 #include "worker/http_handler.h"
 #include "worker/log_handler.h"
+#include "worker/sink.h"
+
+#include <librdkafka/rdkafka.h>
 
 #include <errno.h>
 #include <fcntl.h>
@@ -147,7 +150,7 @@ Check read_exec(const cJSON* exec, ExecHandlerOptions& options, std::optional<lo
                 return field_error(field, "appears more than once");
             }
             if (name == "OUTBOX_EVENT_ID" || name == "OUTBOX_EVENT_TYPE" ||
-                name == "OUTBOX_ATTEMPT") {
+                name == "OUTBOX_ATTEMPT" || name == "TRACEPARENT" || name == "TRACESTATE") {
                 return field_error(field, "is set by the worker for each event");
             }
             if (!cJSON_IsString(item) || item->valuestring == nullptr) {
@@ -258,7 +261,7 @@ Check read_http(const cJSON* http, const EnvLookup& env, HttpHandlerOptions& opt
             }
             for (const char* reserved :
                  {"Idempotency-Key", "X-Outbox-Event-Type", "X-Outbox-Attempt", "Content-Length",
-                  "Transfer-Encoding"}) {
+                  "Transfer-Encoding", "traceparent", "tracestate"}) {
                 if (iequals(name, reserved)) {
                     return field_error(field, "is set by the worker");
                 }
@@ -278,6 +281,287 @@ Check read_http(const cJSON* http, const EnvLookup& env, HttpHandlerOptions& opt
         }
     }
     return read_timeout(member(http, "timeoutMs"), "http.timeoutMs", timeout);
+}
+
+constexpr std::string_view kKinds = R"("exec", "http", "log", "kafka", "nats", "amqp" or "redis")";
+
+// A broker subscriber called as a plain Handler (by dispatch_event, or an application's own
+// code): one publication at a time on a sink of its own, made on the first call, so in the
+// process that calls it. The handler process does not use it: it publishes through
+// Subscriber::broker with many publications in flight.
+Handler make_broker_handler(std::shared_ptr<const BrokerSpec> spec) {
+    auto sink = std::make_shared<std::unique_ptr<Sink>>();
+    return [spec = std::move(spec), sink](const Event& event) -> Result {
+        std::string error;
+        std::optional<BrokerMessage> message = build_broker_message(spec->message, event, error);
+        if (!message) {
+            return Result::permanent(spec->kind + ": " + error);
+        }
+        if (!*sink) {
+            *sink = spec->make_sink();
+        }
+        return publish_and_wait(**sink, *message);
+    };
+}
+
+// What every broker kind shares: "body", "source", "timeoutMs", and its destination field.
+struct BrokerCommon {
+    MessageOptions message;
+    std::optional<long> timeout;
+};
+
+// A required non-empty string field of a broker kind, with ${ENV_VAR} expanded (URLs and
+// properties carry credentials, which belong in the environment rather than in the file).
+Check read_expanded_string(const cJSON* object, const std::string& kind, const char* key,
+                           const EnvLookup& env, std::string& out, bool required = true) {
+    const std::string field = kind + "." + key;
+    const cJSON* item = member(object, key);
+    if (item == nullptr) {
+        return required ? Check(field_error(field, "is required")) : std::nullopt;
+    }
+    if (!is_nonempty_string(item)) {
+        return field_error(field, "must be a non-empty string");
+    }
+    return expand_variables(item->valuestring, field, env, out);
+}
+
+// The destination field (topic, subject, routingKey, stream): literal text with ${eventType},
+// ${tenantId} and ${orderingKey}. `allow_empty` for AMQP's routing key, which may be "".
+Check read_destination(const cJSON* object, const std::string& kind, const char* key,
+                       bool allow_empty, DestinationTemplate& out) {
+    const std::string field = kind + "." + key;
+    const cJSON* item = member(object, key);
+    if (item == nullptr) {
+        if (allow_empty) {
+            return std::nullopt;
+        }
+        return field_error(field, "is required");
+    }
+    if (!cJSON_IsString(item) || item->valuestring == nullptr ||
+        (!allow_empty && item->valuestring[0] == '\0')) {
+        return field_error(field, allow_empty ? "must be a string" : "must be a non-empty string");
+    }
+    const std::string_view text = item->valuestring;
+    if (text.find_first_of(" \t\r\n") != std::string_view::npos) {
+        return field_error(field, "must not contain white space");
+    }
+    std::string error;
+    std::optional<DestinationTemplate> parsed = DestinationTemplate::parse(text, error);
+    if (!parsed) {
+        return field_error(field, error);
+    }
+    out = std::move(*parsed);
+    return std::nullopt;
+}
+
+Check read_broker_common(const cJSON* object, const std::string& kind, const EnvLookup& env,
+                         BrokerCommon& common) {
+    if (const cJSON* body = member(object, "body")) {
+        std::optional<BodyMode> mode;
+        if (cJSON_IsString(body) && body->valuestring != nullptr) {
+            mode = parse_body_mode(body->valuestring);
+        }
+        if (!mode) {
+            return field_error(kind + ".body",
+                               "must be one of \"event\", \"payload\", \"cloudevents\"");
+        }
+        common.message.body = *mode;
+    }
+    if (const cJSON* source = member(object, "source")) {
+        if (!is_nonempty_string(source)) {
+            return field_error(kind + ".source", "must be a non-empty string");
+        }
+        common.message.source = source->valuestring;
+    } else {
+        // CloudEvents' source names the producer: the service, unless the file says otherwise.
+        common.message.source = env("SERVICE_NAME").value_or("calibr-outbox-worker");
+        if (common.message.source.empty()) {
+            common.message.source = "calibr-outbox-worker";
+        }
+    }
+    return read_timeout(member(object, "timeoutMs"), kind + ".timeoutMs", common.timeout);
+}
+
+// The librdkafka settings the kafka kind fixes itself (SPEC 4: idempotent producer, acks=all, the
+// brokers and the timeout from their own fields), under every name librdkafka accepts for them.
+bool is_fixed_kafka_property(std::string_view name) {
+    for (const char* fixed :
+         {"bootstrap.servers", "metadata.broker.list", "enable.idempotence", "acks",
+          "request.required.acks", "message.timeout.ms", "delivery.timeout.ms",
+          "max.in.flight.requests.per.connection", "max.in.flight"}) {
+        if (name == fixed) {
+            return true;
+        }
+    }
+    return false;
+}
+
+Check read_kafka(const cJSON* kafka, const EnvLookup& env, KafkaSinkOptions& options,
+                 BrokerCommon& common) {
+    if (!cJSON_IsObject(kafka)) {
+        return field_error("kafka", "must be an object with \"brokers\" and \"topic\"");
+    }
+    if (auto problem = check_keys(
+            kafka, "kafka.", {"brokers", "topic", "properties", "body", "source", "timeoutMs"})) {
+        return problem;
+    }
+    if (auto problem = read_expanded_string(kafka, "kafka", "brokers", env, options.brokers)) {
+        return problem;
+    }
+    if (auto problem =
+            read_destination(kafka, "kafka", "topic", false, common.message.destination)) {
+        return problem;
+    }
+    if (const cJSON* properties = member(kafka, "properties")) {
+        if (!cJSON_IsObject(properties)) {
+            return field_error("kafka.properties", "must be an object of strings");
+        }
+        // Each setting is tried on a throw-away librdkafka configuration, which starts no thread
+        // and opens nothing, so that a misspelt name or a bad value is an error now and not in
+        // every handler process later.
+        std::unique_ptr<rd_kafka_conf_t, decltype(&rd_kafka_conf_destroy)> conf(
+            rd_kafka_conf_new(), &rd_kafka_conf_destroy);
+        for (const cJSON* item = properties->child; item != nullptr; item = item->next) {
+            const std::string name = item->string != nullptr ? item->string : "";
+            const std::string field = "kafka.properties." + name;
+            if (options.properties.contains(name)) {
+                return field_error(field, "appears more than once");
+            }
+            if (is_fixed_kafka_property(name)) {
+                return field_error(field, "is set by the worker (SPEC 4: an idempotent producer "
+                                          "with acks=all; \"brokers\" and \"timeoutMs\" set the "
+                                          "rest)");
+            }
+            if (!cJSON_IsString(item) || item->valuestring == nullptr) {
+                return field_error(field, "must be a string");
+            }
+            std::string value;
+            if (auto problem = expand_variables(item->valuestring, field, env, value)) {
+                return problem;
+            }
+            char error[512] = "";
+            if (rd_kafka_conf_set(conf.get(), name.c_str(), value.c_str(), error, sizeof error) !=
+                RD_KAFKA_CONF_OK) {
+                return field_error(field, std::string("librdkafka refuses it: ") + error);
+            }
+            options.properties.emplace(name, std::move(value));
+        }
+    }
+    return read_broker_common(kafka, "kafka", env, common);
+}
+
+Check read_nats(const cJSON* nats, const EnvLookup& env, NatsSinkOptions& options,
+                BrokerCommon& common) {
+    if (!cJSON_IsObject(nats)) {
+        return field_error("nats", "must be an object with \"url\" and \"subject\"");
+    }
+    if (auto problem =
+            check_keys(nats, "nats.", {"url", "subject", "body", "source", "timeoutMs"})) {
+        return problem;
+    }
+    if (auto problem = read_expanded_string(nats, "nats", "url", env, options.url)) {
+        return problem;
+    }
+    if (!options.url.starts_with("nats://") && !options.url.starts_with("tls://")) {
+        return field_error("nats.url", "must start with nats:// or tls://");
+    }
+    if (auto problem =
+            read_destination(nats, "nats", "subject", false, common.message.destination)) {
+        return problem;
+    }
+    // A JetStream publication goes to one subject; wildcards only make sense to subscribers.
+    const std::string& subject = common.message.destination.text();
+    if (subject.find_first_of("*>") != std::string::npos) {
+        return field_error("nats.subject", "must not contain the wildcards \"*\" or \">\"");
+    }
+    return read_broker_common(nats, "nats", env, common);
+}
+
+Check read_amqp(const cJSON* amqp, const EnvLookup& env, AmqpSinkOptions& options,
+                BrokerCommon& common) {
+    if (!cJSON_IsObject(amqp)) {
+        return field_error("amqp", "must be an object with \"url\" and \"exchange\"");
+    }
+    if (auto problem = check_keys(
+            amqp, "amqp.", {"url", "exchange", "routingKey", "body", "source", "timeoutMs"})) {
+        return problem;
+    }
+    if (auto problem = read_expanded_string(amqp, "amqp", "url", env, options.url)) {
+        return problem;
+    }
+    if (!options.url.starts_with("amqp://") && !options.url.starts_with("amqps://")) {
+        return field_error("amqp.url", "must start with amqp:// or amqps://");
+    }
+    const cJSON* exchange = member(amqp, "exchange");
+    if (exchange == nullptr) {
+        return field_error("amqp.exchange", "is required (\"\" publishes to the default exchange)");
+    }
+    if (!cJSON_IsString(exchange) || exchange->valuestring == nullptr) {
+        return field_error("amqp.exchange", "must be a string");
+    }
+    options.exchange = exchange->valuestring;
+    if (options.exchange.size() > 255) {
+        return field_error("amqp.exchange", "must be at most 255 bytes (AMQP's limit)");
+    }
+    if (auto problem =
+            read_destination(amqp, "amqp", "routingKey", true, common.message.destination)) {
+        return problem;
+    }
+    return read_broker_common(amqp, "amqp", env, common);
+}
+
+Check read_redis(const cJSON* redis, const EnvLookup& env, RedisSinkOptions& options,
+                 BrokerCommon& common) {
+    if (!cJSON_IsObject(redis)) {
+        return field_error("redis", "must be an object with \"url\" and \"stream\"");
+    }
+    if (auto problem = check_keys(redis, "redis.",
+                                  {"url", "stream", "maxLen", "body", "source", "timeoutMs"})) {
+        return problem;
+    }
+    if (auto problem = read_expanded_string(redis, "redis", "url", env, options.url)) {
+        return problem;
+    }
+    if (!options.url.starts_with("redis://")) {
+        return field_error("redis.url", "must start with redis://");
+    }
+    if (auto problem =
+            read_destination(redis, "redis", "stream", false, common.message.destination)) {
+        return problem;
+    }
+    if (const cJSON* max_len = member(redis, "maxLen")) {
+        const double value = cJSON_IsNumber(max_len) ? max_len->valuedouble : 0;
+        if (!cJSON_IsNumber(max_len) || !std::isfinite(value) || value != std::floor(value) ||
+            value < 1 || value > 1e15) {
+            return field_error("redis.maxLen", "must be a positive integer");
+        }
+        options.max_len = static_cast<long>(value);
+    }
+    return read_broker_common(redis, "redis", env, common);
+}
+
+// A URL as it may appear in descriptions and logs: without the user and password.
+std::string without_userinfo(const std::string& url) {
+    std::string out;
+    size_t start = 0;
+    // nats:// may list several servers separated by commas.
+    while (start <= url.size()) {
+        size_t end = url.find(',', start);
+        if (end == std::string::npos) {
+            end = url.size();
+        }
+        std::string one = url.substr(start, end - start);
+        const size_t scheme = one.find("://");
+        const size_t host = scheme == std::string::npos ? 0 : scheme + 3;
+        const size_t path = one.find('/', host);
+        const size_t at = one.rfind('@', path == std::string::npos ? std::string::npos : path);
+        if (at != std::string::npos && at >= host) {
+            one.erase(host, at + 1 - host);
+        }
+        out += (out.empty() ? "" : ",") + one;
+        start = end + 1;
+    }
+    return out;
 }
 
 Check read_log(const cJSON* log, LogLevel& level) {
@@ -459,8 +743,9 @@ class HandlersParser {
         if (const cJSON* given = member(item, "name"); is_nonempty_string(given)) {
             name = given->valuestring;
         }
-        if (auto problem =
-                check_keys(item, "", {"name", "eventTypes", "timeoutMs", "exec", "http", "log"})) {
+        if (auto problem = check_keys(item, "",
+                                      {"name", "eventTypes", "timeoutMs", "exec", "http", "log",
+                                       "kafka", "nats", "amqp", "redis"})) {
             return problem;
         }
         if (const cJSON* given = member(item, "name")) {
@@ -493,19 +778,19 @@ class HandlersParser {
         }
 
         const char* kind = nullptr;
-        for (const char* candidate : {"exec", "http", "log"}) {
+        for (const char* candidate : {"exec", "http", "log", "kafka", "nats", "amqp", "redis"}) {
             if (member(item, candidate) == nullptr) {
                 continue;
             }
             if (kind != nullptr) {
-                return field_error(candidate, "only one of \"exec\", \"http\" or \"log\" may be "
-                                              "given (this subscriber already has \"" +
+                return field_error(candidate, "only one of " + std::string(kKinds) +
+                                                  " may be given (this subscriber already has \"" +
                                                   std::string(kind) + "\")");
             }
             kind = candidate;
         }
         if (kind == nullptr) {
-            return field_error("", "needs one of \"exec\", \"http\" or \"log\"");
+            return field_error("", "needs one of " + std::string(kKinds));
         }
 
         // The kind's timeout is read before the handler is built, because the handler enforces
@@ -528,13 +813,15 @@ class HandlersParser {
             options.timeout_ms = resolve_timeout(subscriber_timeout, kind_timeout);
             subscriber.timeout_ms = options.timeout_ms;
             subscriber.handler = make_http_handler(std::move(options));
-        } else {
+        } else if (kind_name == "log") {
             LogLevel level = LogLevel::info;
             if (auto problem = read_log(member(item, "log"), level)) {
                 return problem;
             }
             subscriber.timeout_ms = resolve_timeout(subscriber_timeout, std::nullopt);
             subscriber.handler = make_log_handler(level);
+        } else if (auto problem = read_broker(item, kind_name, subscriber_timeout, subscriber)) {
+            return problem;
         }
         if (!name.empty()) {
             subscriber.name = name;
@@ -549,6 +836,76 @@ class HandlersParser {
                                            "\" is already used by subscriber " +
                                            std::to_string(it->second));
         }
+        return std::nullopt;
+    }
+
+    // One of the broker kinds: its options, its message options and a BrokerSpec whose sink is
+    // made in the handler process.
+    Check read_broker(const cJSON* item, const std::string& kind,
+                      std::optional<long> subscriber_timeout, Subscriber& subscriber) {
+        const cJSON* object = member(item, kind.c_str());
+        BrokerCommon common;
+        auto spec = std::make_shared<BrokerSpec>();
+        spec->kind = kind;
+        // The sink reports a publication that is not acknowledged in time as a retryable failure
+        // of its own, a little before the supervisor would kill the process for overrunning the
+        // handler timeout: a tenth of the timeout earlier, at most a second.
+        auto publication_timeout = [](long handler_timeout_ms) {
+            return handler_timeout_ms - std::min(1000L, handler_timeout_ms / 10);
+        };
+        if (kind == "kafka") {
+            KafkaSinkOptions options;
+            if (auto problem = read_kafka(object, env_, options, common)) {
+                return problem;
+            }
+            subscriber.timeout_ms = resolve_timeout(subscriber_timeout, common.timeout);
+            options.timeout_ms = publication_timeout(subscriber.timeout_ms);
+            spec->description = "kafka " + without_userinfo(options.brokers) + " topic " +
+                                common.message.destination.text();
+            spec->make_sink = [options] {
+                return make_kafka_sink(options);
+            };
+        } else if (kind == "nats") {
+            NatsSinkOptions options;
+            if (auto problem = read_nats(object, env_, options, common)) {
+                return problem;
+            }
+            subscriber.timeout_ms = resolve_timeout(subscriber_timeout, common.timeout);
+            options.timeout_ms = publication_timeout(subscriber.timeout_ms);
+            spec->description = "nats " + without_userinfo(options.url) + " subject " +
+                                common.message.destination.text();
+            spec->make_sink = [options] {
+                return make_nats_sink(options);
+            };
+        } else if (kind == "amqp") {
+            AmqpSinkOptions options;
+            if (auto problem = read_amqp(object, env_, options, common)) {
+                return problem;
+            }
+            subscriber.timeout_ms = resolve_timeout(subscriber_timeout, common.timeout);
+            options.timeout_ms = publication_timeout(subscriber.timeout_ms);
+            spec->description = "amqp " + without_userinfo(options.url) + " exchange \"" +
+                                options.exchange + "\" routing key \"" +
+                                common.message.destination.text() + "\"";
+            spec->make_sink = [options] {
+                return make_amqp_sink(options);
+            };
+        } else {
+            RedisSinkOptions options;
+            if (auto problem = read_redis(object, env_, options, common)) {
+                return problem;
+            }
+            subscriber.timeout_ms = resolve_timeout(subscriber_timeout, common.timeout);
+            options.timeout_ms = publication_timeout(subscriber.timeout_ms);
+            spec->description = "redis " + without_userinfo(options.url) + " stream " +
+                                common.message.destination.text();
+            spec->make_sink = [options] {
+                return make_redis_sink(options);
+            };
+        }
+        spec->message = std::move(common.message);
+        subscriber.broker = spec;
+        subscriber.handler = make_broker_handler(std::move(spec));
         return std::nullopt;
     }
 

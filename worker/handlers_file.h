@@ -25,13 +25,34 @@
 //             "timeoutMs": 5000 }                              optional
 //   "log":  true  or  {}  or  { "level": "info" }              level: debug, info (default), warn,
 //                                                              error
+// or one of the message brokers (worker/sink.h), each with the common optional fields
+// "body" ("event", default; "payload"; "cloudevents"), "source" (CloudEvents' source, default
+// SERVICE_NAME) and "timeoutMs":
+//   "kafka": { "brokers": "k1:9092,k2:9092",                   required; bootstrap servers
+//              "topic": "orders.${eventType}",                 required
+//              "properties": {"compression.type": "lz4"} }     optional; librdkafka settings,
+//                                                              checked by librdkafka on load
+//   "nats":  { "url": "nats://127.0.0.1:4222",                 required; nats:// or tls://
+//              "subject": "orders.${eventType}" }              required; no wildcards
+//   "amqp":  { "url": "amqp://user:${PASSWORD}@host:5672/vhost", required; amqp:// or amqps://
+//              "exchange": "orders",                           required; "" is the default one
+//              "routingKey": "${eventType}" }                  optional; default ""
+//   "redis": { "url": "redis://:${PASSWORD}@host:6379/0",      required
+//              "stream": "orders",                             required
+//              "maxLen": 100000 }                              optional; XADD MAXLEN ~
+// The destination fields (topic, subject, routingKey, stream) may use ${eventType}, ${tenantId}
+// and ${orderingKey}, expanded per event; the URL, brokers and property values may use
+// ${ENV_VAR} like http header values, so that credentials stay in the environment. A broker
+// subscriber's publication timeout is its resolved timeout less a tenth (at most a second), so
+// that the sink reports it before the supervisor's handler timeout would kill the process.
 //
-// Header values may refer to environment variables as ${NAME}; they are expanded once, when the
-// file is loaded, and a variable that is not set is an error naming it. Exec "env" values are
-// taken literally. Unknown and repeated keys are errors at every level, so that a misspelt option
-// cannot be silently ignored. Headers the worker sets itself (Idempotency-Key,
-// X-Outbox-Event-Type, X-Outbox-Attempt, Content-Length, Transfer-Encoding) and the env variables
-// it sets (OUTBOX_EVENT_ID, OUTBOX_EVENT_TYPE, OUTBOX_ATTEMPT) cannot be configured.
+// Header values (and broker URLs) may refer to environment variables as ${NAME}; they are expanded
+// once, when the file is loaded, and a variable that is not set is an error naming it. Exec "env"
+// values are taken literally. Unknown and repeated keys are errors at every level, so that a
+// misspelt option cannot be silently ignored. Headers the worker sets itself (Idempotency-Key,
+// X-Outbox-Event-Type, X-Outbox-Attempt, Content-Length, Transfer-Encoding, traceparent,
+// tracestate) and the env variables it sets (OUTBOX_EVENT_ID, OUTBOX_EVENT_TYPE, OUTBOX_ATTEMPT,
+// TRACEPARENT, TRACESTATE) cannot be configured.
 //
 // Errors are one line: the file, the 0-based subscriber index with its name when it has one, the
 // JSON field and the problem, for example

@@ -1,5 +1,6 @@
 #include "worker/http_handler.h"
 
+#include "worker/broker_message.h"
 #include "worker/exec_handler.h"
 
 #include <curl/curl.h>
@@ -263,6 +264,14 @@ class HttpDelivery {
         add("Idempotency-Key: " + header_safe(event.id));
         add("X-Outbox-Event-Type: " + header_safe(event.event_type));
         add("X-Outbox-Attempt: " + std::to_string(event.attempt));
+        // SPEC 4, "Trace context": the event's W3C trace context, validated (printable ASCII), so
+        // it needs no header_safe.
+        if (std::optional<TraceContext> trace = trace_context_of(event.metadata_json)) {
+            add("traceparent: " + trace->traceparent);
+            if (trace->tracestate) {
+                add("tracestate: " + *trace->tracestate);
+            }
+        }
         for (const auto& [name, value] : options_.headers) {
             // "Name:" would remove a header in libcurl; "Name;" is its way to send an empty one.
             add(value.empty() ? name + ";" : name + ": " + value);

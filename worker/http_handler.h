@@ -2,7 +2,8 @@
 //
 // The request is `method url` with the event JSON as the body, Content-Type application/json, and
 // the headers Idempotency-Key (the Outbox id, stable across attempts, so the receiver can drop
-// repeats of an at-least-once delivery), X-Outbox-Event-Type and X-Outbox-Attempt, then the
+// repeats of an at-least-once delivery), X-Outbox-Event-Type, X-Outbox-Attempt, traceparent and
+// tracestate when the event's metadata carries a W3C trace context (SPEC 4), then the
 // configured headers (already expanded from ${ENV_VAR} when the handlers file was loaded; a
 // configured Content-Type replaces the default one). Redirects are not followed and TLS
 // certificates and host names are always verified.

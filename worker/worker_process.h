@@ -27,15 +27,24 @@ struct WorkerProcessOptions {
 };
 
 // Runs the handler process on `channel_fd` (its end of the socketpair) and never returns. It
-// ignores SIGPIPE, sends HELLO, then handles frames strictly in the order they arrive: each EVENT
-// is run and answered with a RESULT before the next frame is looked at, so a QUIT takes effect
-// after every EVENT sent before it has been answered. The supervisor relies on that order to know
-// which event was running when the process died (docs/protocol.md, "Crash attribution").
+// ignores SIGPIPE, sends HELLO, then handles frames in the order they arrive and answers every
+// EVENT with a RESULT, strictly in EVENT order, so a QUIT takes effect after every EVENT sent
+// before it has been answered. The supervisor relies on that order to know which event was
+// running when the process died (docs/protocol.md, "Crash attribution").
 //
-// Exits with kWorkerExitOk on QUIT, on end of file, and when a write finds the supervisor gone
-// (EPIPE, ECONNRESET); with kWorkerExitProtocolError on a malformed or unexpected frame and on an
-// I/O error of the channel. The process ends with _exit(), after flushing stdio and the log, so
-// that nothing inherited from the supervisor (atexit handlers, static destructors) runs here.
+// Subscribers without `broker` run inline, one event at a time, and only for the oldest
+// unanswered event: a process without broker subscribers reads an EVENT, runs it to its end and
+// answers it before it reads the next one. A broker subscriber publishes through its Sink
+// (worker/sink.h), created on its first event: the process starts the publication, goes on
+// reading EVENT frames and starting theirs, and answers each event once its subscribers are done
+// (docs/protocol.md, "Many publications in flight"). Connection changes of the sinks are reported
+// with STATUS frames.
+//
+// Exits with kWorkerExitOk on QUIT (once every event is answered; the sinks are closed first),
+// on end of file, and when a write finds the supervisor gone (EPIPE, ECONNRESET); with
+// kWorkerExitProtocolError on a malformed or unexpected frame and on an I/O error of the channel.
+// The process ends with _exit(), after flushing stdio and the log, so that nothing inherited from
+// the supervisor (atexit handlers, static destructors) runs here.
 [[noreturn]] void run_worker_process(int channel_fd, const std::vector<Subscriber>& subscribers,
                                      const WorkerProcessOptions& options);
 
@@ -57,13 +66,14 @@ struct DispatchResult {
 };
 
 // Runs every subscriber whose patterns match event.event_type and whose name is not in `done`, in
-// order, stopping at the first failure, whose error becomes "subscriber <name>: <error>". A name
-// is compared as RESULT carries it (bounded_error with kMaxSubscriberNameBytes), since that is
-// what the supervisor recorded. A std::exception is a retryable failure with what(), any other
-// exception a retryable "unknown exception". When every matching subscriber is in `done`, the
-// event succeeds with nothing run. No matching subscriber is a retryable failure: the supervisor
-// claimed the event for a handler set this process no longer has (a handlers reload raced with
-// the claim), and another process will.
+// order, each through its `handler` (a broker subscriber's publishes and waits), stopping at the
+// first failure, whose error becomes "subscriber <name>: <error>". A name is compared as RESULT
+// carries it (bounded_error with kMaxSubscriberNameBytes), since that is what the supervisor
+// recorded. A std::exception is a retryable failure with what(), any other exception a retryable
+// "unknown exception". When every matching subscriber is in `done`, the event succeeds with nothing
+// run. No matching subscriber is a retryable failure: the supervisor claimed the event for a
+// handler set this process no longer has (a handlers reload raced with the claim), and another
+// process will.
 [[nodiscard]] DispatchResult dispatch_event(const std::vector<Subscriber>& subscribers,
                                             const Event& event, const SubscriberNames& done = {});
 

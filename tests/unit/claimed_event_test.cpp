@@ -35,6 +35,7 @@ Row sample_row() {
             "",
             "2024-05-01T12:00:00.123456Z",
             "3",
+            std::nullopt,
             std::nullopt};
 }
 
@@ -81,6 +82,7 @@ TEST_CASE("a claimed row becomes the supervisor's columns and the event's wire f
     other[0] = "ob_2";
     other[6] = std::nullopt; // an Outbox row without its EventLog row
     other[11] = R"({"source": "api"})";
+    other[16] = "customer-42"; // an ordered event
     const PgResult result = make_result({sample_row(), other});
 
     const auto first = claimed_event_from_row(result, 0);
@@ -103,6 +105,7 @@ TEST_CASE("a claimed row becomes the supervisor's columns and the event's wire f
     CHECK(event.value().correlation_id == std::optional<std::string>(""));
     CHECK(event.value().created_at == "2024-05-01T12:00:00.123456Z");
     CHECK(event.value().attempt == 3);
+    CHECK_FALSE(event.value().ordering_key.has_value());
 
     const auto second = claimed_event_from_row(result, 1);
     REQUIRE(second.ok());
@@ -111,6 +114,22 @@ TEST_CASE("a claimed row becomes the supervisor's columns and the event's wire f
     CHECK(orphan.value().id == "ob_2");
     CHECK_FALSE(orphan.value().event_key.has_value());
     CHECK(orphan.value().metadata_json == R"({"source": "api"})");
+    CHECK(orphan.value().ordering_key == std::optional<std::string>("customer-42"));
+}
+
+TEST_CASE("the claim's orderingKey travels to the handler process, the empty key too",
+          "[claimed_event]") {
+    Row row = sample_row();
+    row[15] = R"(["search"])";
+    row[16] = "";
+    const PgResult result = make_result({row});
+    const auto claimed = claimed_event_from_row(result, 0);
+    REQUIRE(claimed.ok());
+    const auto delivery = decode_event_delivery(claimed.value().wire);
+    REQUIRE(delivery.ok());
+    CHECK(delivery.value().subscribers_done_json == std::optional<std::string>(R"(["search"])"));
+    // Null and the empty string stay apart, as for every nullable column.
+    CHECK(delivery.value().event.ordering_key == std::optional<std::string>(""));
 }
 
 TEST_CASE("a malformed claimed row is an error naming the column, never a crash",
@@ -139,7 +158,7 @@ TEST_CASE("a malformed claimed row is an error naming the column, never a crash"
     const PgResult narrow = make_result({}, kClaimColumns - 1);
     const auto wrong_shape = claimed_event_from_row(narrow, 0);
     REQUIRE_FALSE(wrong_shape.ok());
-    CHECK_THAT(wrong_shape.error(), Catch::Contains("15 columns, expected 16"));
+    CHECK_THAT(wrong_shape.error(), Catch::Contains("16 columns, expected 17"));
 
     const PgResult one = make_result({sample_row()});
     for (const int row : {-1, 1}) {

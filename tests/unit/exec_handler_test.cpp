@@ -271,6 +271,30 @@ TEST_CASE("exec: the environment is inherited, extended and carries the event", 
     CHECK(read_file(out) == "overridden|hello world|ob_1|order.created|3");
 }
 
+TEST_CASE("exec: the event's trace context arrives as TRACEPARENT and TRACESTATE",
+          "[exec_handler][trace]") {
+    TempDir dir;
+    const std::string out = dir.file("trace");
+    const std::vector<std::string> command = {
+        "sh", "-c", "printf '%s|%s' \"${TRACEPARENT-unset}\" \"${TRACESTATE-unset}\" > \"$1\"",
+        "sh", out};
+    // The service's own trace context is not the event's: it never reaches the command.
+    REQUIRE(::setenv("TRACEPARENT", "00-11111111111111111111111111111111-2222222222222222-01", 1) ==
+            0);
+    outbox::Event event = make_event();
+    event.metadata_json =
+        R"({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                              "tracestate": "congo=t61rcWkgMzE"})";
+    REQUIRE(run(command, 10000, {}, event).outcome == outbox::Outcome::success);
+    CHECK(read_file(out) ==
+          "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01|congo=t61rcWkgMzE");
+
+    event.metadata_json = R"({"traceparent": "not a traceparent"})";
+    REQUIRE(run(command, 10000, {}, event).outcome == outbox::Outcome::success);
+    ::unsetenv("TRACEPARENT");
+    CHECK(read_file(out) == "unset|unset");
+}
+
 TEST_CASE("exec: the command's stdout goes to the handler process's stderr", "[exec_handler]") {
     TempDir dir;
     const std::string captured = dir.file("stderr");

@@ -199,7 +199,7 @@ TEST_CASE("handlers file: subscriber-level rules", "[handlers_file]") {
     SECTION("unknown keys are rejected") {
         CHECK(
             subscriber_error(R"("evenTypes": ["a"], "log": true)") ==
-            R"("evenTypes": unknown key; expected one of "name", "eventTypes", "timeoutMs", "exec", "http", "log")");
+            R"("evenTypes": unknown key; expected one of "name", "eventTypes", "timeoutMs", "exec", "http", "log", "kafka", "nats", "amqp", "redis")");
     }
     SECTION("repeated keys are rejected") {
         CHECK(subscriber_error(kTypes + R"(, "log": true, "eventTypes": ["b"])") ==
@@ -237,12 +237,13 @@ TEST_CASE("handlers file: subscriber-level rules", "[handlers_file]") {
         }
     }
     SECTION("a kind is required") {
-        CHECK(subscriber_error(kTypes) == R"(needs one of "exec", "http" or "log")");
+        CHECK(subscriber_error(kTypes) ==
+              R"(needs one of "exec", "http", "log", "kafka", "nats", "amqp" or "redis")");
     }
     SECTION("only one kind is allowed") {
         CHECK(
             subscriber_error(kTypes + R"(, "exec": {"command": ["true"]}, "log": true)") ==
-            R"("log": only one of "exec", "http" or "log" may be given (this subscriber already has "exec"))");
+            R"("log": only one of "exec", "http", "log", "kafka", "nats", "amqp" or "redis" may be given (this subscriber already has "exec"))");
     }
     SECTION("a named subscriber is named in its errors") {
         CHECK(
@@ -311,10 +312,11 @@ TEST_CASE("handlers file: subscribers that can share an event type need names", 
         CHECK(parse_ok(R"([{"eventTypes": ["order.*", "*"], "log": true}])").size() == 1);
     }
     SECTION("an error inside a subscriber comes first") {
-        CHECK(parse_error(R"([{"eventTypes": ["a"], "log": true},
+        CHECK(
+            parse_error(R"([{"eventTypes": ["a"], "log": true},
                               {"eventTypes": ["a"], "log": true},
                               {"eventTypes": ["a"]}])") ==
-              R"(conf/handlers.json: subscriber 2: needs one of "exec", "http" or "log")");
+            R"(conf/handlers.json: subscriber 2: needs one of "exec", "http", "log", "kafka", "nats", "amqp" or "redis")");
     }
 }
 
@@ -462,6 +464,127 @@ TEST_CASE("handlers file: ${VAR} in http headers", "[handlers_file]") {
     }
 }
 
+TEST_CASE("handlers file: the four broker kinds", "[handlers_file][broker]") {
+    const auto subscribers = parse_ok(
+        R"([{"name": "k", "eventTypes": ["a"], "kafka": {"brokers": "h1:9092,h2:9092",
+             "topic": "orders.${eventType}", "properties": {"compression.type": "lz4",
+             "sasl.password": "${KAFKA_PASSWORD}"}, "body": "cloudevents", "source": "/shop"}},
+            {"name": "n", "eventTypes": ["b"], "timeoutMs": 5000,
+             "nats": {"url": "nats://u:${NATS_PASSWORD}@h:4222", "subject": "orders.${tenantId}"}},
+            {"name": "a", "eventTypes": ["c"], "amqp": {"url": "amqp://guest:guest@h:5672/",
+             "exchange": "", "timeoutMs": 20000}},
+            {"name": "r", "eventTypes": ["d"], "redis": {"url": "redis://:pw@h:6379/2",
+             "stream": "s:${orderingKey}", "maxLen": 1000, "body": "payload"}}])",
+        fake_environment(
+            {{"KAFKA_PASSWORD", "kp"}, {"NATS_PASSWORD", "np"}, {"SERVICE_NAME", "svc"}}));
+    REQUIRE(subscribers.size() == 4);
+    for (const auto& subscriber : subscribers) {
+        REQUIRE(subscriber.broker);
+        CHECK(subscriber.handler); // a plain Handler too, for callers without a loop
+        CHECK(subscriber.broker->make_sink);
+    }
+    const outbox::BrokerSpec& kafka = *subscribers[0].broker;
+    CHECK(kafka.kind == "kafka");
+    CHECK(kafka.description == "kafka h1:9092,h2:9092 topic orders.${eventType}");
+    CHECK(kafka.message.body == outbox::BodyMode::cloudevents);
+    CHECK(kafka.message.source == "/shop");
+    CHECK(subscribers[0].timeout_ms == kDefaultTimeoutMs);
+    const outbox::BrokerSpec& nats = *subscribers[1].broker;
+    // The password never shows in a description, which logs and check-config print.
+    CHECK(nats.description == "nats nats://h:4222 subject orders.${tenantId}");
+    CHECK(nats.message.source == "svc"); // SERVICE_NAME
+    CHECK(subscribers[1].timeout_ms == 5000);
+    const outbox::BrokerSpec& amqp = *subscribers[2].broker;
+    CHECK(amqp.description == "amqp amqp://h:5672/ exchange \"\" routing key \"\"");
+    CHECK(subscribers[2].timeout_ms == 20000);
+    const outbox::BrokerSpec& redis = *subscribers[3].broker;
+    CHECK(redis.description == "redis redis://h:6379/2 stream s:${orderingKey}");
+    CHECK(redis.message.body == outbox::BodyMode::payload);
+    CHECK(subscribers[3].name == "r");
+}
+
+TEST_CASE("handlers file: broker rules", "[handlers_file][broker]") {
+    auto error = [](const std::string& kind, const std::string& body,
+                    const outbox::EnvLookup& env = fake_environment()) {
+        return subscriber_error(kTypes + ", \"" + kind + "\": " + body, env);
+    };
+    CHECK(error("kafka", "true") == R"("kafka": must be an object with "brokers" and "topic")");
+    CHECK(error("kafka", R"({"topic": "t"})") == R"("kafka.brokers": is required)");
+    CHECK(error("kafka", R"({"brokers": "h:9092"})") == R"("kafka.topic": is required)");
+    CHECK(error("kafka", R"({"brokers": "h:9092", "topic": ""})") ==
+          R"("kafka.topic": must be a non-empty string)");
+    CHECK(error("kafka", R"({"brokers": "h:9092", "topic": "a b"})") ==
+          R"("kafka.topic": must not contain white space)");
+    CHECK(
+        error("kafka", R"({"brokers": "h:9092", "topic": "t.${event}"})") ==
+        R"("kafka.topic": unknown placeholder "${event}" (known: ${eventType}, ${tenantId}, ${orderingKey}))");
+    CHECK(
+        error("kafka", R"({"brokers": "h:9092", "topic": "t", "properties": {"acks": "1"}})") ==
+        R"("kafka.properties.acks": is set by the worker (SPEC 4: an idempotent producer with acks=all; "brokers" and "timeoutMs" set the rest))");
+    CHECK(error("kafka", R"({"brokers": "h:9092", "topic": "t", "properties": {"no.such": "1"}})")
+              .starts_with(R"("kafka.properties.no.such": librdkafka refuses it: )"));
+    CHECK(error("kafka", R"({"brokers": "h:9092", "topic": "t", "properties": {"linger.ms": "x"}})")
+              .starts_with(R"("kafka.properties.linger.ms": librdkafka refuses it: )"));
+    CHECK(
+        error("kafka", R"({"brokers": "h:9092", "topic": "t", "properties": {"linger.ms": 5}})") ==
+        R"("kafka.properties.linger.ms": must be a string)");
+    CHECK(error("kafka", R"({"brokers": "${NOPE}", "topic": "t"})") ==
+          R"("kafka.brokers": environment variable NOPE is not set)");
+    CHECK(error("kafka", R"({"brokers": "h:9092", "topic": "t", "body": "json"})") ==
+          R"("kafka.body": must be one of "event", "payload", "cloudevents")");
+    CHECK(error("kafka", R"({"brokers": "h:9092", "topic": "t", "source": ""})") ==
+          R"("kafka.source": must be a non-empty string)");
+    CHECK(error("kafka", R"({"brokers": "h:9092", "topic": "t", "timeoutMs": 0})") ==
+          R"("kafka.timeoutMs": must be an integer from 1 to 3600000 (milliseconds))");
+    CHECK(
+        error("kafka", R"({"brokers": "h:9092", "topic": "t", "key": "k"})") ==
+        R"("kafka.key": unknown key; expected one of "brokers", "topic", "properties", "body", "source", "timeoutMs")");
+
+    CHECK(error("nats", R"({"url": "http://h", "subject": "s"})") ==
+          R"("nats.url": must start with nats:// or tls://)");
+    CHECK(error("nats", R"({"url": "nats://h", "subject": "s.*"})") ==
+          R"("nats.subject": must not contain the wildcards "*" or ">")");
+    CHECK(error("nats", R"({"url": "nats://h"})") == R"("nats.subject": is required)");
+
+    CHECK(error("amqp", R"({"url": "amqp://h"})") ==
+          R"("amqp.exchange": is required ("" publishes to the default exchange))");
+    CHECK(error("amqp", R"({"url": "http://h", "exchange": "x"})") ==
+          R"("amqp.url": must start with amqp:// or amqps://)");
+    CHECK(error("amqp", R"({"url": "amqp://h", "exchange": 1})") ==
+          R"("amqp.exchange": must be a string)");
+    CHECK(error("amqp", R"({"url": "amqp://h", "exchange": "x", "routingKey": 1})") ==
+          R"("amqp.routingKey": must be a string)");
+
+    CHECK(error("redis", R"({"url": "redis://h", "stream": "s", "maxLen": 0})") ==
+          R"("redis.maxLen": must be a positive integer)");
+    CHECK(error("redis", R"({"url": "redis://h", "stream": "s", "maxLen": 1.5})") ==
+          R"("redis.maxLen": must be a positive integer)");
+    CHECK(error("redis", R"({"url": "rediss://h", "stream": "s"})") ==
+          R"("redis.url": must start with redis://)");
+}
+
+TEST_CASE("handlers file: a broker subscriber's sink is made only when it first publishes",
+          "[handlers_file][broker]") {
+    // Loading builds no connection (the supervisor loads the file and forks); calling the
+    // subscriber as a plain handler makes its sink, which fails quickly and retryably here
+    // because nothing listens on port 1.
+    const auto subscribers = parse_ok(
+        "[{" + kTypes +
+        R"(, "timeoutMs": 3000, "redis": {"url": "redis://127.0.0.1:1", "stream": "s"}}])");
+    REQUIRE(subscribers.size() == 1);
+    const outbox::Result result = subscribers[0].handler(make_event());
+    CHECK(result.outcome == outbox::Outcome::retry);
+    CHECK(result.error.find("redis") != std::string::npos);
+    // A destination that cannot be expanded is permanent: the event never gets an ordering key.
+    const auto keyed =
+        parse_ok("[{" + kTypes +
+                 R"(, "redis": {"url": "redis://127.0.0.1:1", "stream": "s:${orderingKey}"}}])");
+    const outbox::Result unkeyed = keyed[0].handler(make_event());
+    CHECK(unkeyed.outcome == outbox::Outcome::permanent);
+    CHECK(unkeyed.error == "redis: \"s:${orderingKey}\" uses ${orderingKey}, and the event has no "
+                           "ordering key");
+}
+
 TEST_CASE("handlers file: log rules", "[handlers_file]") {
     CHECK(subscriber_error(kTypes + R"(, "log": false)") == R"("log": must be true or an object)");
     CHECK(subscriber_error(kTypes + R"(, "log": "info")") == R"("log": must be true or an object)");
@@ -513,6 +636,9 @@ TEST_CASE("handlers file: reading the file", "[handlers_file]") {
         const std::string path = (dir / "bad.json").string();
         std::ofstream(path) << R"([{"eventTypes": ["a"]}])";
         outbox::HandlersFileResult result = outbox::load_handlers_file(path, 1000);
-        CHECK(result.error == path + R"(: subscriber 0: needs one of "exec", "http" or "log")");
+        CHECK(
+            result.error ==
+            path +
+                R"(: subscriber 0: needs one of "exec", "http", "log", "kafka", "nats", "amqp" or "redis")");
     }
 }

@@ -275,6 +275,29 @@ TEST_CASE("http: 2xx is success; body and headers arrive", "[http_handler]") {
     CHECK_FALSE(request.header("Expect").has_value());
 }
 
+TEST_CASE("http: the event's trace context arrives as traceparent and tracestate",
+          "[http_handler][trace]") {
+    ScriptedHttpServer server({response(204, "No Content"), response(204, "No Content")});
+    outbox::Event event = make_event();
+    event.metadata_json =
+        R"({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                              "tracestate": "congo=t61rcWkgMzE"})";
+    const outbox::Handler handler = handler_for(server.url(), 5000);
+    CHECK(handler(event).outcome == outbox::Outcome::success);
+    outbox::Event untraced = make_event();
+    untraced.metadata_json = R"({"traceparent": "00-0000"})";
+    CHECK(handler(untraced).outcome == outbox::Outcome::success);
+
+    REQUIRE(server.wait_for_requests(2));
+    const ReceivedRequest traced = server.requests().at(0);
+    CHECK(traced.header("traceparent") ==
+          "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+    CHECK(traced.header("tracestate") == "congo=t61rcWkgMzE");
+    const ReceivedRequest plain = server.requests().at(1);
+    CHECK_FALSE(plain.header("traceparent").has_value());
+    CHECK_FALSE(plain.header("tracestate").has_value());
+}
+
 TEST_CASE("http: PUT and PATCH send the body under that method", "[http_handler]") {
     const std::string method = GENERATE(as<std::string>{}, "PUT", "PATCH");
     ScriptedHttpServer server({response(200, "OK", "fine")});

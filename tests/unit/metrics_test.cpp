@@ -652,3 +652,80 @@ TEST_CASE("metrics text is accepted by the reference Prometheus parser", "[metri
     // The reference parser rejects broken input, so a pass above means something.
     CHECK(reference_parser_status("# TYPE x counter\nx{a=\"unterminated} 1\n", true) == 1);
 }
+
+TEST_CASE("sink metrics: published, failed and connected per sink and kind", "[metrics][sink]") {
+    MetricsRegistry registry;
+    SinkMetrics sinks(registry);
+    // A subscriber name is whatever the handlers file says: quotes, backslashes, newlines.
+    const std::string odd = "orders \"eu\"\\west\nline";
+    sinks.declare("orders-to-kafka", "kafka");
+    sinks.declare(odd, "nats");
+
+    const auto parsed = [&] {
+        const std::string text = registry.render_prometheus();
+        INFO(text);
+        return parse_exposition(text);
+    };
+    {
+        // Declared sinks are exported at 0 before anything happens to them.
+        const Exposition exposition = parsed();
+        CHECK(exposition.family("outbox_sink_published_total").type == "counter");
+        CHECK(exposition.family("outbox_sink_failed_total").type == "counter");
+        CHECK(exposition.family("outbox_sink_connected").type == "gauge");
+        for (const auto& [sink, kind] :
+             {std::pair<std::string, std::string>{"orders-to-kafka", "kafka"}, {odd, "nats"}}) {
+            const Labels labels{{"sink", sink}, {"kind", kind}};
+            CHECK(exposition.value("outbox_sink_published_total", "outbox_sink_published_total",
+                                   labels) == 0);
+            CHECK(exposition.value("outbox_sink_failed_total", "outbox_sink_failed_total",
+                                   labels) == 0);
+            CHECK(exposition.value("outbox_sink_connected", "outbox_sink_connected", labels) == 0);
+        }
+    }
+
+    for (int i = 0; i < 5; ++i) {
+        sinks.published("orders-to-kafka", "kafka");
+    }
+    sinks.failed("orders-to-kafka", "kafka");
+    sinks.published(odd, "nats");
+    sinks.failed(odd, "nats");
+    sinks.failed(odd, "nats");
+    // Three processes connect, one loses its connection.
+    sinks.connected("orders-to-kafka", "kafka", 1);
+    sinks.connected("orders-to-kafka", "kafka", 1);
+    sinks.connected("orders-to-kafka", "kafka", 1);
+    sinks.connected("orders-to-kafka", "kafka", -1);
+    sinks.connected(odd, "nats", 1);
+    // The same name under another kind is another sink (a reload may change a subscriber's kind).
+    sinks.published("orders-to-kafka", "amqp");
+
+    const Exposition exposition = parsed();
+    const Labels kafka{{"sink", "orders-to-kafka"}, {"kind", "kafka"}};
+    const Labels nats{{"sink", odd}, {"kind", "nats"}};
+    CHECK(exposition.value("outbox_sink_published_total", "outbox_sink_published_total", kafka) ==
+          5);
+    CHECK(exposition.value("outbox_sink_failed_total", "outbox_sink_failed_total", kafka) == 1);
+    CHECK(exposition.value("outbox_sink_connected", "outbox_sink_connected", kafka) == 2);
+    CHECK(exposition.value("outbox_sink_published_total", "outbox_sink_published_total", nats) ==
+          1);
+    CHECK(exposition.value("outbox_sink_failed_total", "outbox_sink_failed_total", nats) == 2);
+    CHECK(exposition.value("outbox_sink_connected", "outbox_sink_connected", nats) == 1);
+    CHECK(exposition.value("outbox_sink_published_total", "outbox_sink_published_total",
+                           {{"sink", "orders-to-kafka"}, {"kind", "amqp"}}) == 1);
+    // The odd name is escaped, never written raw.
+    const std::string text = registry.render_prometheus();
+    CHECK(text.find("sink=\"orders \\\"eu\\\"\\\\west\\nline\"") != std::string::npos);
+
+    // Registering the families again (a second SinkMetrics on the same registry) shares them.
+    SinkMetrics again(registry);
+    again.published("orders-to-kafka", "kafka");
+    CHECK(parse_exposition(registry.render_prometheus())
+              .value("outbox_sink_published_total", "outbox_sink_published_total", kafka) == 6);
+
+    std::optional<int> status = reference_parser_status(registry.render_prometheus());
+    if (!status) {
+        WARN("prometheus_client for /usr/bin/python3 is not installed; reference check skipped");
+        return;
+    }
+    CHECK(*status == 0);
+}

@@ -174,12 +174,17 @@ Event sample_event() {
     return event;
 }
 
-// The wire fields of sample_event(), spelled out byte by byte.
-std::string sample_fields_bytes() {
+// The wire fields of sample_event() up to attempt, spelled out byte by byte: what version 2 sent.
+std::string sample_fields_through_attempt() {
     const Event e = sample_event();
     return str(e.id) + str(e.event_log_id) + some_str(*e.event_key) + str(e.tenant_id) +
            null_str() + str(e.event_type) + str(e.payload_json) + some_str(e.metadata_json) +
-           some_str("") + str(e.created_at) + be32(3) + null_str();
+           some_str("") + str(e.created_at) + be32(3);
+}
+
+// All the wire fields of sample_event(): no subscribersDone, no orderingKey.
+std::string sample_fields_bytes() {
+    return sample_fields_through_attempt() + null_str() + null_str();
 }
 
 bool same_event(const Event& a, const Event& b) {
@@ -187,7 +192,8 @@ bool same_event(const Event& a, const Event& b) {
            a.tenant_id == b.tenant_id && a.project_id == b.project_id &&
            a.event_type == b.event_type && a.payload_json == b.payload_json &&
            a.metadata_json == b.metadata_json && a.correlation_id == b.correlation_id &&
-           a.created_at == b.created_at && a.attempt == b.attempt;
+           a.created_at == b.created_at && a.attempt == b.attempt &&
+           a.ordering_key == b.ordering_key;
 }
 
 std::string result_body(const std::string& error = "e", uint8_t outcome = 1,
@@ -211,6 +217,16 @@ std::string result_error(const std::string& body) {
     return decoded.ok() ? std::string() : decoded.error();
 }
 
+std::string status_error(const std::string& body) {
+    const auto decoded = decode_status(decode_one(raw_frame('S', body)));
+    return decoded.ok() ? std::string() : decoded.error();
+}
+
+std::string status_body(const std::string& sink = "orders-to-kafka", uint8_t connected = 1,
+                        const std::string& reason = "connected") {
+    return str(sink) + byte(connected) + str(reason);
+}
+
 std::string fields_error(const std::string& fields) {
     const auto decoded = decode_event_fields(fields);
     return decoded.ok() ? std::string() : decoded.error();
@@ -220,14 +236,14 @@ std::string fields_error(const std::string& fields) {
 
 TEST_CASE("HELLO round trip and byte layout", "[protocol]") {
     const std::string bytes = encode_hello(HelloMsg{4242, kProtocolVersion});
-    CHECK(bytes == be32(9) + "H" + be32(3) + be32(4242));
+    CHECK(bytes == be32(9) + "H" + be32(4) + be32(4242));
 
     const Frame frame = decode_one(bytes);
     CHECK(frame.type == MessageType::hello);
     const auto hello = decode_hello(frame);
     REQUIRE(hello.ok());
     CHECK(hello.value().pid == 4242);
-    CHECK(hello.value().protocol == 3);
+    CHECK(hello.value().protocol == 4);
 }
 
 TEST_CASE("QUIT is the smallest frame", "[protocol]") {
@@ -350,9 +366,10 @@ TEST_CASE("frames split at every byte boundary decode the same", "[protocol]") {
     const std::string stream =
         encode_hello(HelloMsg{17, kProtocolVersion}) +
         encode_event_frame(1, 250, encode_event_fields(event_fields_of(sample_event()))) +
-        encode_result(sample_result(1, Outcome::retry)) + encode_quit();
+        encode_result(sample_result(1, Outcome::retry)) +
+        encode_status(StatusMsg{"orders-to-nats", true, "connected"}) + encode_quit();
     const std::vector<Frame> expected = decode_all(stream);
-    REQUIRE(expected.size() == 4);
+    REQUIRE(expected.size() == 5);
 
     SECTION("one byte at a time") {
         FrameDecoder decoder;
@@ -469,20 +486,23 @@ TEST_CASE("unknown type bytes are rejected before the body arrives", "[protocol]
 }
 
 TEST_CASE("HELLO: version first, pid in range, nothing after", "[protocol]") {
-    CHECK(hello_error(be32(3) + be32(10)).empty());
+    CHECK(hello_error(be32(4) + be32(10)).empty());
     CHECK_THAT(hello_error(be32(1) + be32(10)),
                Catch::Contains("protocol version 1") && Catch::StartsWith("HELLO: "));
-    // Version 2 lacked subscribersDone: a handler process left over from it is refused by name.
+    // Version 2 lacked subscribersDone, version 3 orderingKey and STATUS: a handler process left
+    // over from either is refused by name.
     CHECK_THAT(hello_error(be32(2) + be32(10)),
-               Catch::Contains("speaks protocol version 2, the supervisor speaks version 3"));
+               Catch::Contains("speaks protocol version 2, the supervisor speaks version 4"));
+    CHECK_THAT(hello_error(be32(3) + be32(10)),
+               Catch::Contains("speaks protocol version 3, the supervisor speaks version 4"));
     // A version-1 process sends JSON; its first four bytes are read as a version, not trusted.
     CHECK_THAT(hello_error(R"({"pid":10,"protocol":1})"), Catch::Contains("protocol version"));
-    CHECK_THAT(hello_error(be32(3) + be32(0)), Catch::Contains("\"pid\" is 0"));
-    CHECK_THAT(hello_error(be32(3) + be32(0x80000000U)), Catch::Contains("\"pid\""));
-    CHECK_THAT(hello_error(be32(3) + std::string(3, '\1')),
+    CHECK_THAT(hello_error(be32(4) + be32(0)), Catch::Contains("\"pid\" is 0"));
+    CHECK_THAT(hello_error(be32(4) + be32(0x80000000U)), Catch::Contains("\"pid\""));
+    CHECK_THAT(hello_error(be32(4) + std::string(3, '\1')),
                Catch::Contains("\"pid\" is cut short"));
     CHECK_THAT(hello_error(""), Catch::Contains("\"protocol\" is cut short"));
-    CHECK_THAT(hello_error(be32(3) + be32(10) + "x"), Catch::Contains("1 unexpected bytes"));
+    CHECK_THAT(hello_error(be32(4) + be32(10) + "x"), Catch::Contains("1 unexpected bytes"));
 }
 
 TEST_CASE("EVENT: the envelope is checked, the fields separately", "[protocol]") {
@@ -512,12 +532,14 @@ TEST_CASE("event fields: every malformation is an error naming the field", "[pro
                                       some_str(""),
                                       str(e.created_at),
                                       be32(3),
-                                      some_str(R"(["search"])")};
+                                      some_str(R"(["search"])"),
+                                      some_str("customer-42")};
     const std::vector<std::string> names = {
-        "id",      "eventLogId", "eventKey",      "tenantId",  "projectId", "eventType",
-        "payload", "metadata",   "correlationId", "createdAt", "attempt",   "subscribersDone"};
+        "id",        "eventLogId",      "eventKey",   "tenantId",      "projectId",
+        "eventType", "payload",         "metadata",   "correlationId", "createdAt",
+        "attempt",   "subscribersDone", "orderingKey"};
     const size_t attempt = 10;
-    const std::vector<size_t> nullable = {2, 4, 7, 8, 11};
+    const std::vector<size_t> nullable = {2, 4, 7, 8, 11, 12};
     const auto is_nullable = [&](size_t i) {
         return std::find(nullable.begin(), nullable.end(), i) != nullable.end();
     };
@@ -599,8 +621,18 @@ TEST_CASE("event fields: every malformation is an error naming the field", "[pro
         CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"attempt\" is 2147483648"));
     }
     SECTION("a version 2 event, which ends after attempt, is cut short") {
-        parts.pop_back();
+        parts.resize(attempt + 1);
         CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"subscribersDone\" is cut short"));
+    }
+    SECTION("a version 3 event, which ends after subscribersDone, is cut short") {
+        parts.pop_back();
+        CHECK_THAT(fields_error(join(parts)), Catch::Contains("\"orderingKey\" is cut short"));
+    }
+    SECTION("orderingKey may be empty, as the column may") {
+        parts[12] = some_str("");
+        const auto decoded = decode_event_fields(join(parts));
+        REQUIRE(decoded.ok());
+        CHECK(decoded.value().ordering_key == std::optional<std::string>(""));
     }
     SECTION("nothing after the last field") {
         CHECK_THAT(fields_error(join(parts) + "xy"), Catch::Contains("2 unexpected bytes"));
@@ -612,10 +644,8 @@ TEST_CASE("subscribersDone travels after the event's fields, as PostgreSQL print
     const std::string list = R"(["search", "caf\u00e9", "x\"y"])";
     EventDelivery delivery{sample_event(), list};
     const std::string fields = encode_event_fields(event_fields_of(delivery));
-    // The version 2 layout, with the list in place of the null that ends it.
-    std::string expected = sample_fields_bytes();
-    expected.pop_back();
-    CHECK(fields == expected + some_str(list));
+    // The list in place of the null after attempt; the orderingKey's null still follows.
+    CHECK(fields == sample_fields_through_attempt() + some_str(list) + null_str());
 
     const auto decoded = decode_event_delivery(fields);
     REQUIRE(decoded.ok());
@@ -647,6 +677,100 @@ TEST_CASE("subscribersDone travels after the event's fields, as PostgreSQL print
         const auto decoded_largest = decode_event_delivery(encode_event_fields(view));
         REQUIRE(decoded_largest.ok());
         CHECK(decoded_largest.value().subscribers_done_json == largest);
+    }
+}
+
+TEST_CASE("orderingKey travels last, from Event::ordering_key to Event::ordering_key",
+          "[protocol]") {
+    Event event = sample_event();
+    event.ordering_key = "customer-42";
+    const std::string fields = encode_event_fields(event_fields_of(event));
+    CHECK(fields == sample_fields_through_attempt() + null_str() + some_str("customer-42"));
+    const auto decoded = decode_event_delivery(fields);
+    REQUIRE(decoded.ok());
+    CHECK(same_event(decoded.value().event, event));
+    CHECK(decoded.value().event.ordering_key == std::optional<std::string>("customer-42"));
+    CHECK_FALSE(decoded.value().subscribers_done_json.has_value());
+
+    // Beside a subscribersDone list, through the delivery's own event_fields_of.
+    EventDelivery delivery{event, std::string(R"(["search"])")};
+    const std::string both = encode_event_fields(event_fields_of(delivery));
+    CHECK(both ==
+          sample_fields_through_attempt() + some_str(R"(["search"])") + some_str("customer-42"));
+    const auto again = decode_event_delivery(both);
+    REQUIRE(again.ok());
+    CHECK(again.value().event.ordering_key == event.ordering_key);
+    CHECK(again.value().subscribers_done_json == delivery.subscribers_done_json);
+
+    // Not part of the event object: SPEC 2 fixes its fields.
+    CHECK(decoded.value().event.json().find("customer-42") == std::string::npos);
+}
+
+TEST_CASE("STATUS round trip and byte layout", "[protocol]") {
+    for (const bool connected : {true, false}) {
+        StatusMsg sent{"orders-to-kafka", connected,
+                       connected ? "connected" : "kafka: broker 127.0.0.1:9092 down"};
+        const std::string bytes = encode_status(sent);
+        CHECK(bytes == raw_frame('S', str(sent.sink) + byte(connected ? 1 : 0) + str(sent.reason)));
+        const Frame frame = decode_one(bytes);
+        CHECK(frame.type == MessageType::status);
+        const auto received = decode_status(frame);
+        REQUIRE(received.ok());
+        CHECK(received.value().sink == sent.sink);
+        CHECK(received.value().connected == connected);
+        CHECK(received.value().reason == sent.reason);
+    }
+    CHECK(std::string(message_type_name(MessageType::status)) == "STATUS");
+
+    SECTION("the encoder makes the texts safe, as it does for RESULT") {
+        StatusMsg hostile{std::string(kMaxSubscriberNameBytes + 10, 'n') + "\xff", false,
+                          std::string("a\0b\xc3", 4) + std::string(5000, 'r')};
+        const auto received = decode_status(decode_one(encode_status(hostile)));
+        REQUIRE(received.ok());
+        CHECK(received.value().sink.size() <= kMaxSubscriberNameBytes);
+        CHECK(received.value().sink == bounded_error(hostile.sink, kMaxSubscriberNameBytes));
+        CHECK(received.value().reason.size() <= kMaxStatusReasonBytes);
+        CHECK(received.value().reason.starts_with("a\xef\xbf\xbd"
+                                                  "b"));
+        CHECK(received.value().reason.ends_with(" [truncated]"));
+        CHECK(valid_utf8(received.value().reason));
+    }
+}
+
+TEST_CASE("STATUS: every malformation is an error naming the field", "[protocol]") {
+    CHECK(status_error(status_body()).empty());
+    CHECK(status_error(status_body("", 0, "")).empty());
+    CHECK_THAT(status_error(""),
+               Catch::Contains("\"sink\" is cut short") && Catch::StartsWith("STATUS: "));
+    CHECK_THAT(status_error(status_body("s", 2)), Catch::Contains("\"connected\" is 2"));
+    CHECK_THAT(status_error(be32(50) + "short"),
+               Catch::Contains("\"sink\" has length 50 but only 5 bytes follow"));
+    CHECK_THAT(status_error(str("s") + byte(1) + be32(9) + "r"),
+               Catch::Contains("\"reason\" has length 9 but only 1 bytes follow"));
+    CHECK_THAT(status_error(status_body() + "zz"), Catch::Contains("2 unexpected bytes"));
+
+    SECTION("the texts are checked, not repaired") {
+        CHECK(status_error(status_body(std::string(kMaxSubscriberNameBytes, 's'))).empty());
+        CHECK_THAT(status_error(status_body(std::string(kMaxSubscriberNameBytes + 1, 's'))),
+                   Catch::Contains("\"sink\" is 1025 bytes long, above the limit of 1024"));
+        CHECK(status_error(status_body("s", 0, std::string(kMaxStatusReasonBytes, 'r'))).empty());
+        CHECK_THAT(status_error(status_body("s", 0, std::string(kMaxStatusReasonBytes + 1, 'r'))),
+                   Catch::Contains("\"reason\" is 1025 bytes long"));
+        CHECK_THAT(status_error(status_body("bad \xff")),
+                   Catch::Contains("\"sink\" is not valid UTF-8"));
+        CHECK_THAT(status_error(status_body("s", 0, std::string("a\0b", 3))),
+                   Catch::Contains("\"reason\" contains a NUL byte"));
+        CHECK_THAT(status_error(status_body("s", 0, "\xed\xa0\x80")),
+                   Catch::Contains("\"reason\" is not valid UTF-8"));
+    }
+    SECTION("cut short at every byte") {
+        const std::string body = status_body("orders", 1, "connected");
+        for (size_t size = 0; size < body.size(); ++size) {
+            const std::string error = status_error(body.substr(0, size));
+            INFO("first " << size << " bytes");
+            CHECK_THAT(error, Catch::Contains("cut short") || Catch::Contains("only"));
+            CHECK(printable_ascii(error));
+        }
     }
 }
 
@@ -711,6 +835,13 @@ TEST_CASE("decoders accept only their own type; QUIT has no body", "[protocol]")
     CHECK_THAT(not_a_result.error(), Catch::Contains("expected a RESULT frame, got QUIT"));
     CHECK_FALSE(decode_event(quit).ok());
     CHECK_FALSE(decode_hello(quit).ok());
+    const auto not_a_status = decode_status(quit);
+    REQUIRE_FALSE(not_a_status.ok());
+    CHECK_THAT(not_a_status.error(), Catch::Contains("expected a STATUS frame, got QUIT"));
+    const Frame status = decode_one(encode_status(StatusMsg{"s", true, "connected"}));
+    CHECK_FALSE(decode_result(status).ok());
+    CHECK_FALSE(decode_event(status).ok());
+    CHECK_FALSE(decode_quit(status).ok());
     CHECK_FALSE(decode_quit(decode_one(encode_hello(HelloMsg{1, kProtocolVersion}))).ok());
     const auto quit_with_body = decode_quit(decode_one(raw_frame('Q', "{}")));
     REQUIRE_FALSE(quit_with_body.ok());
@@ -726,6 +857,9 @@ TEST_CASE("error texts name fields and numbers, never the frame's bytes", "[prot
         result_error(hostile),
         result_error(be64(1) + "\1" + str(hostile)),
         result_error(result_body("e", 1, be32(1) + str(hostile) + byte(0))),
+        status_error(hostile),
+        status_error(str(hostile) + byte(1) + str(hostile)),
+        status_error(str("s") + byte(1) + str(hostile)),
         fields_error(hostile),
         fields_error(str(hostile) + str(hostile) + std::string(1, '\x09')),
         decoder_error(raw_frame('\xff', hostile)),

@@ -2,6 +2,8 @@
 // which plays the supervisor.
 #include "common/json.h"
 #include "common/protocol.h"
+#include "worker/broker_message.h"
+#include "worker/sink.h"
 #include "worker/subscriber.h"
 #include "worker/worker_process.h"
 
@@ -14,14 +16,20 @@
 #include <ctime>
 #include <functional>
 #include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -836,4 +844,614 @@ TEST_CASE("the handler process skips what an EVENT names as done and reports wha
     worker.send(encode_quit());
     CHECK(worker.receive().kind == Received::Kind::eof);
     worker.expect_exit_code(kWorkerExitOk);
+}
+
+// ---- broker subscribers: many publications in flight -------------------------------------------
+
+namespace {
+
+void write_line(int fd, const std::string& line) {
+    // One write per line: lines below PIPE_BUF from several writers never interleave.
+    const std::string bytes = line + "\n";
+    size_t written = 0;
+    while (written < bytes.size()) {
+        const ssize_t n = ::write(fd, bytes.data() + written, bytes.size() - written);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            return;
+        }
+        written += static_cast<size_t>(n);
+    }
+}
+
+// A sink for the handler process under test, scripted by the test through a pipe. A thread of
+// its own reads the commands and completes publications in whatever order the test says: it only
+// queues each outcome and wakes the loop through an eventfd, as a client library's thread does,
+// and poll() runs the callbacks on the loop's thread (worker/sink.h). Without a wait_fd the loop
+// has to find the outcomes by polling. It reports what it sees, one line each, on another pipe.
+//
+// Commands: "ok <id>", "retry <id> <error>", "permanent <id> <error>" complete the publication of
+// the event <id>; "down" and "up" take the connection away and give it back. While down, publish()
+// fails at once, as a real sink waiting to reconnect does.
+// Reports: "publish <id> pending=<n> key=<key or -> destination=<d>", "closed".
+class ScriptedSink final : public Sink {
+  public:
+    ScriptedSink(int commands_fd, int reports_fd, bool with_wait_fd, bool starts_down)
+        : commands_fd_(commands_fd), reports_fd_(reports_fd), with_wait_fd_(with_wait_fd),
+          up_(!starts_down), wake_fd_(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)),
+          stop_fd_(eventfd(0, EFD_CLOEXEC)) {
+        thread_ = std::thread([this] { read_commands(); });
+    }
+
+    ~ScriptedSink() override {
+        const uint64_t one = 1;
+        static_cast<void>(::write(stop_fd_, &one, sizeof one));
+        thread_.join();
+        ::close(wake_fd_);
+        ::close(stop_fd_);
+        write_line(reports_fd_, "closed");
+    }
+
+    void publish(const BrokerMessage& message, Done done) override {
+        {
+            std::lock_guard lock(mutex_);
+            // The first publication opens the connection; from then on the sink is connected
+            // whenever the broker is up, as a client library that reconnects by itself is.
+            used_ = true;
+            if (up_) {
+                waiting_.emplace(message.id, std::move(done));
+                write_line(reports_fd_, "publish " + message.id + " pending=" +
+                                            std::to_string(waiting_.size() + ready_.size()) +
+                                            " key=" + message.key.value_or("-") +
+                                            " destination=" + message.destination);
+                return;
+            }
+        }
+        done(Result::retry("scripted: not connected to the test broker"));
+    }
+
+    void poll(int timeout_ms) override {
+        if (timeout_ms > 0) {
+            pollfd pfd{wake_fd_, POLLIN, 0};
+            ::poll(&pfd, 1, timeout_ms);
+        }
+        uint64_t count = 0;
+        static_cast<void>(::read(wake_fd_, &count, sizeof count));
+        std::vector<std::pair<Done, Result>> ready;
+        {
+            std::lock_guard lock(mutex_);
+            ready.swap(ready_);
+        }
+        for (auto& [done, result] : ready) {
+            done(std::move(result));
+        }
+    }
+
+    size_t pending() const override {
+        std::lock_guard lock(mutex_);
+        return waiting_.size() + ready_.size();
+    }
+
+    int wait_fd() const override { return with_wait_fd_ ? wake_fd_ : -1; }
+
+    bool connected() const override {
+        std::lock_guard lock(mutex_);
+        return up_ && used_;
+    }
+
+    std::optional<std::string> check(long) override { return std::nullopt; }
+
+  private:
+    void read_commands() {
+        std::string buffer;
+        for (;;) {
+            pollfd fds[2] = {{commands_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
+            if (::poll(fds, 2, -1) < 0) {
+                continue;
+            }
+            if (fds[1].revents != 0) {
+                return;
+            }
+            char chunk[512];
+            const ssize_t n = ::read(commands_fd_, chunk, sizeof chunk);
+            if (n <= 0) {
+                return;
+            }
+            buffer.append(chunk, static_cast<size_t>(n));
+            for (size_t end = buffer.find('\n'); end != std::string::npos;
+                 end = buffer.find('\n')) {
+                run_command(buffer.substr(0, end));
+                buffer.erase(0, end + 1);
+            }
+        }
+    }
+
+    void run_command(const std::string& line) {
+        std::istringstream words(line);
+        std::string verb, id;
+        words >> verb >> id;
+        std::string error;
+        std::getline(words >> std::ws, error);
+        std::lock_guard lock(mutex_);
+        if (verb == "down" || verb == "up") {
+            up_ = verb == "up";
+        } else {
+            auto it = waiting_.find(id);
+            if (it == waiting_.end()) {
+                write_line(reports_fd_, "unknown publication " + id);
+                return;
+            }
+            Result result = verb == "ok"      ? Result::ok()
+                            : verb == "retry" ? Result::retry(error)
+                                              : Result::permanent(error);
+            ready_.emplace_back(std::move(it->second), std::move(result));
+            waiting_.erase(it);
+        }
+        const uint64_t one = 1;
+        static_cast<void>(::write(wake_fd_, &one, sizeof one));
+    }
+
+    const int commands_fd_;
+    const int reports_fd_;
+    const bool with_wait_fd_;
+    mutable std::mutex mutex_;
+    bool up_;
+    bool used_ = false;
+    std::map<std::string, Done> waiting_;
+    std::vector<std::pair<Done, Result>> ready_;
+    int wake_fd_;
+    int stop_fd_;
+    std::thread thread_;
+};
+
+// The test's side of a ScriptedSink: commands in, reports out.
+class SinkScript {
+  public:
+    // In the child, before the loop runs: keep only the sink's ends.
+    void child_ends() {
+        commands_.close_write();
+        reports_.close_read();
+    }
+    // In the test, after the fork: keep only the test's ends.
+    void test_ends() {
+        commands_.close_read();
+        reports_.close_write();
+    }
+
+    std::function<std::unique_ptr<Sink>()> factory(bool with_wait_fd, bool starts_down = false) {
+        return [commands = commands_.read_end, reports = reports_.write_end, with_wait_fd,
+                starts_down] {
+            return std::make_unique<ScriptedSink>(commands, reports, with_wait_fd, starts_down);
+        };
+    }
+    int reports_fd() const { return reports_.write_end; }
+
+    void command(const std::string& line) { write_line(commands_.write_end, line); }
+
+    // The next line the child reported; fails the test at the deadline.
+    std::string next_report() {
+        const auto deadline = std::chrono::steady_clock::now() + kDeadline;
+        for (;;) {
+            const size_t end = buffer_.find('\n');
+            if (end != std::string::npos) {
+                std::string line = buffer_.substr(0, end);
+                buffer_.erase(0, end + 1);
+                return line;
+            }
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                deadline - std::chrono::steady_clock::now());
+            REQUIRE(left.count() > 0);
+            pollfd pfd{reports_.read_end, POLLIN, 0};
+            if (poll(&pfd, 1, static_cast<int>(left.count())) <= 0) {
+                continue;
+            }
+            char chunk[1024];
+            const ssize_t n = ::read(reports_.read_end, chunk, sizeof chunk);
+            REQUIRE(n > 0);
+            buffer_.append(chunk, static_cast<size_t>(n));
+        }
+    }
+
+  private:
+    Pipe commands_;
+    Pipe reports_;
+    std::string buffer_;
+};
+
+Subscriber broker_subscriber(std::string name, std::vector<std::string> patterns,
+                             std::function<std::unique_ptr<Sink>()> make_sink,
+                             const std::string& destination = "orders.${eventType}") {
+    auto spec = std::make_shared<BrokerSpec>();
+    spec->kind = "scripted";
+    spec->description = "scripted test broker";
+    std::string error;
+    std::optional<DestinationTemplate> parsed = DestinationTemplate::parse(destination, error);
+    REQUIRE(parsed.has_value());
+    spec->message.destination = std::move(*parsed);
+    spec->message.body = BodyMode::payload;
+    spec->make_sink = std::move(make_sink);
+    // The handler process publishes through the sink; calling this would be a bug, and the
+    // event's error would say so.
+    Subscriber s = subscriber(std::move(name), std::move(patterns), [](const Event&) -> Result {
+        throw std::logic_error("the handler of a broker subscriber was called");
+    });
+    s.broker = std::move(spec);
+    return s;
+}
+
+// What the handler process sends: RESULTs, and STATUSes in between.
+struct Answer {
+    std::optional<ResultMsg> result;
+    std::optional<StatusMsg> status;
+};
+
+Answer receive_answer(WorkerUnderTest& worker) {
+    Received received = worker.receive();
+    REQUIRE(received.kind == Received::Kind::frame);
+    Answer answer;
+    if (received.frame.type == MessageType::status) {
+        const auto status = decode_status(received.frame);
+        INFO(status.error());
+        REQUIRE(status.ok());
+        answer.status = status.value();
+    } else {
+        const auto result = decode_result(received.frame);
+        INFO(result.error());
+        REQUIRE(result.ok());
+        answer.result = result.value();
+    }
+    return answer;
+}
+
+StatusMsg receive_status(WorkerUnderTest& worker) {
+    Answer answer = receive_answer(worker);
+    REQUIRE(answer.status.has_value());
+    return *answer.status;
+}
+
+ResultMsg receive_result_only(WorkerUnderTest& worker) {
+    Answer answer = receive_answer(worker);
+    REQUIRE(answer.result.has_value());
+    return *answer.result;
+}
+
+using Ran = std::vector<std::pair<std::string, Outcome>>;
+
+Ran ran_of(const ResultMsg& result) {
+    Ran out;
+    for (const SubscriberOutcome& entry : result.subscribers) {
+        out.emplace_back(entry.name, entry.outcome);
+    }
+    return out;
+}
+
+std::string pub_event_frame(uint64_t seq, const std::string& type = "pub.x") {
+    return event_frame(seq, sample_event(type, "ob_" + std::to_string(seq)));
+}
+
+} // namespace
+
+TEST_CASE("broker publications: many in flight, completed out of order, answered in EVENT order",
+          "[worker_process][sink]") {
+    const bool with_wait_fd = GENERATE(true, false);
+    INFO("sink with a wait_fd: " << with_wait_fd);
+    SinkScript script;
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(broker_subscriber("bus", {"pub.*"}, script.factory(with_wait_fd)));
+    WorkerUnderTest worker(subscribers, [&] { script.child_ends(); });
+    script.test_ends();
+    worker.expect_hello();
+
+    constexpr uint64_t kEvents = 16;
+    std::string frames;
+    for (uint64_t seq = 1; seq <= kEvents; ++seq) {
+        frames += pub_event_frame(seq);
+    }
+    worker.send(frames);
+    // Every event's publication is started before any is complete: the sink holds them all.
+    for (uint64_t seq = 1; seq <= kEvents; ++seq) {
+        CHECK(script.next_report() == "publish ob_" + std::to_string(seq) +
+                                          " pending=" + std::to_string(seq) +
+                                          " key=key-1 destination=orders.pub.x");
+    }
+    // The first publication connected the sink.
+    const StatusMsg first = receive_status(worker);
+    CHECK(first.sink == "bus");
+    CHECK(first.connected);
+    CHECK(first.reason == "connected");
+
+    const auto outcome_of = [](uint64_t seq) {
+        return seq % 5 == 0 ? Outcome::permanent : seq % 3 == 0 ? Outcome::retry : Outcome::success;
+    };
+    for (uint64_t seq = kEvents; seq >= 2; --seq) {
+        const std::string id = "ob_" + std::to_string(seq);
+        switch (outcome_of(seq)) {
+        case Outcome::success:
+            script.command("ok " + id);
+            break;
+        case Outcome::retry:
+            script.command("retry " + id + " busy " + std::to_string(seq));
+            break;
+        case Outcome::permanent:
+            script.command("permanent " + id + " rejected " + std::to_string(seq));
+            break;
+        }
+    }
+    // A connection change after those outcomes: its STATUS is the next frame, so no RESULT left
+    // while the oldest event (seq 1) was still publishing, although every younger one was done.
+    script.command("down");
+    const StatusMsg down = receive_status(worker);
+    CHECK_FALSE(down.connected);
+    CHECK_FALSE(down.reason.empty());
+
+    script.command("up");
+    script.command("ok ob_1");
+    std::vector<StatusMsg> statuses;
+    for (uint64_t seq = 1; seq <= kEvents;) {
+        Answer answer = receive_answer(worker);
+        if (answer.status) {
+            statuses.push_back(*answer.status);
+            continue;
+        }
+        const ResultMsg& result = *answer.result;
+        INFO("seq " << seq);
+        CHECK(result.seq == seq);
+        CHECK(result.outcome == outcome_of(seq));
+        switch (outcome_of(seq)) {
+        case Outcome::success:
+            CHECK(result.error.empty());
+            break;
+        case Outcome::retry:
+            CHECK(result.error == "subscriber bus: busy " + std::to_string(seq));
+            break;
+        case Outcome::permanent:
+            CHECK(result.error == "subscriber bus: rejected " + std::to_string(seq));
+            break;
+        }
+        CHECK(ran_of(result) == Ran{{"bus", outcome_of(seq)}});
+        ++seq;
+    }
+    // The sink came back; whether its STATUS came before or after the RESULTs depends on when the
+    // loop looked, but it comes exactly once.
+    if (statuses.empty()) {
+        statuses.push_back(receive_status(worker));
+    }
+    REQUIRE(statuses.size() == 1);
+    CHECK(statuses[0].connected);
+
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+    // QUIT closes the sink's connection before the process exits.
+    CHECK(script.next_report() == "closed");
+}
+
+TEST_CASE("broker and synchronous subscribers: synchronous ones run only for the oldest event",
+          "[worker_process][sink]") {
+    // "audit" runs before the publication of every mix.* event and "after" once it succeeded;
+    // pub.* events are published only. Both synchronous subscribers report when they run, and
+    // "audit" then waits for a byte on the gate, so that the test can look at what the process
+    // sent while a synchronous handler runs.
+    SinkScript script;
+    Pipe gate;
+    const int reports = script.reports_fd();
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(subscriber("audit", {"mix.*"}, [&gate, reports](const Event& e) {
+        write_line(reports, "audit " + e.id);
+        char byte;
+        while (::read(gate.read_end, &byte, 1) < 0 && errno == EINTR) {
+        }
+        return Result::ok();
+    }));
+    subscribers.push_back(broker_subscriber("bus", {"mix.*", "pub.*"}, script.factory(true)));
+    subscribers.push_back(subscriber("after", {"mix.*"}, [reports](const Event& e) {
+        write_line(reports, "after " + e.id);
+        return Result::ok();
+    }));
+    WorkerUnderTest worker(subscribers, [&] {
+        script.child_ends();
+        gate.close_write();
+    });
+    script.test_ends();
+    gate.close_read();
+    worker.expect_hello();
+
+    worker.send(pub_event_frame(1, "mix.a") + pub_event_frame(2) + pub_event_frame(3) +
+                pub_event_frame(4, "mix.b"));
+    CHECK(script.next_report() == "audit ob_1");
+    write_byte(gate.write_end);
+    // Events 2 and 3 start publishing while event 1 waits for its own: they have no synchronous
+    // subscriber before their broker one. Event 4 does, and is not the oldest: it waits.
+    CHECK(script.next_report() == "publish ob_1 pending=1 key=key-1 destination=orders.mix.a");
+    CHECK(script.next_report() == "publish ob_2 pending=2 key=key-1 destination=orders.pub.x");
+    CHECK(script.next_report() == "publish ob_3 pending=3 key=key-1 destination=orders.pub.x");
+    CHECK(receive_status(worker).connected);
+
+    script.command("ok ob_3");
+    script.command("retry ob_2 later");
+    script.command("ok ob_1");
+    // Event 1 goes on to "after"; once it is answered, event 4 is the oldest and runs "audit".
+    CHECK(script.next_report() == "after ob_1");
+    CHECK(script.next_report() == "audit ob_4");
+    // "audit" of event 4 is holding the process now: the RESULTs of events 1 to 3 were sent
+    // before it started, so that its time limit and a crash in it are charged to event 4 alone.
+    const ResultMsg first = receive_result_only(worker);
+    CHECK(first.seq == 1);
+    CHECK(first.outcome == Outcome::success);
+    CHECK(ran_of(first) ==
+          Ran{{"audit", Outcome::success}, {"bus", Outcome::success}, {"after", Outcome::success}});
+    const ResultMsg second = receive_result_only(worker);
+    CHECK(second.seq == 2);
+    CHECK(second.outcome == Outcome::retry);
+    CHECK(second.error == "subscriber bus: later");
+    CHECK(ran_of(second) == Ran{{"bus", Outcome::retry}});
+    const ResultMsg third = receive_result_only(worker);
+    CHECK(third.seq == 3);
+    CHECK(third.outcome == Outcome::success);
+    CHECK(ran_of(third) == Ran{{"bus", Outcome::success}});
+
+    write_byte(gate.write_end);
+    CHECK(script.next_report() == "publish ob_4 pending=1 key=key-1 destination=orders.mix.b");
+    script.command("permanent ob_4 no such stream");
+    // The failed publication ends the event: "after" does not run for it.
+    const ResultMsg fourth = receive_result_only(worker);
+    CHECK(fourth.seq == 4);
+    CHECK(fourth.outcome == Outcome::permanent);
+    CHECK(fourth.error == "subscriber bus: no such stream");
+    CHECK(ran_of(fourth) == Ran{{"audit", Outcome::success}, {"bus", Outcome::permanent}});
+
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+    CHECK(script.next_report() == "closed");
+}
+
+TEST_CASE("QUIT takes effect once every publication in flight is answered",
+          "[worker_process][sink]") {
+    SinkScript script;
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(broker_subscriber("bus", {"pub.*"}, script.factory(true)));
+    WorkerUnderTest worker(subscribers, [&] { script.child_ends(); });
+    script.test_ends();
+    worker.expect_hello();
+
+    worker.send(pub_event_frame(1) + pub_event_frame(2) + pub_event_frame(3) + encode_quit());
+    for (int seq = 1; seq <= 3; ++seq) {
+        CHECK_THAT(script.next_report(),
+                   Catch::StartsWith("publish ob_" + std::to_string(seq) + " "));
+    }
+    CHECK(receive_status(worker).connected);
+    script.command("ok ob_2");
+    script.command("retry ob_3 timed out");
+    script.command("ok ob_1");
+    const ResultMsg first = receive_result_only(worker);
+    CHECK(first.seq == 1);
+    CHECK(first.outcome == Outcome::success);
+    const ResultMsg second = receive_result_only(worker);
+    CHECK(second.seq == 2);
+    CHECK(second.outcome == Outcome::success);
+    const ResultMsg third = receive_result_only(worker);
+    CHECK(third.seq == 3);
+    CHECK(third.outcome == Outcome::retry);
+    CHECK(third.error == "subscriber bus: timed out");
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+    CHECK(script.next_report() == "closed");
+}
+
+TEST_CASE("STATUS reports a sink's connection changes, once each", "[worker_process][sink]") {
+    const bool with_wait_fd = GENERATE(true, false);
+    INFO("sink with a wait_fd: " << with_wait_fd);
+    SinkScript script;
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(
+        broker_subscriber("bus", {"pub.*"}, script.factory(with_wait_fd, /*starts_down=*/true)));
+    WorkerUnderTest worker(subscribers, [&] { script.child_ends(); });
+    script.test_ends();
+    worker.expect_hello();
+
+    // The first publication finds the broker down: a retryable failure at once, and the first
+    // STATUS says why.
+    worker.send(pub_event_frame(1));
+    const ResultMsg refused = receive_result_only(worker);
+    CHECK(refused.seq == 1);
+    CHECK(refused.outcome == Outcome::retry);
+    CHECK(refused.error == "subscriber bus: scripted: not connected to the test broker");
+    const StatusMsg never = receive_status(worker);
+    CHECK(never.sink == "bus");
+    CHECK_FALSE(never.connected);
+    CHECK(never.reason == "scripted: not connected to the test broker");
+
+    // The connection comes back while nothing is in flight: the idle process reports it.
+    script.command("up");
+    const StatusMsg back = receive_status(worker);
+    CHECK(back.connected);
+    CHECK(back.reason == "connected");
+
+    worker.send(pub_event_frame(2));
+    CHECK_THAT(script.next_report(), Catch::StartsWith("publish ob_2 pending=1"));
+    script.command("ok ob_2");
+    const ResultMsg published = receive_result_only(worker);
+    CHECK(published.seq == 2);
+    CHECK(published.outcome == Outcome::success);
+
+    script.command("down");
+    const StatusMsg lost = receive_status(worker);
+    CHECK_FALSE(lost.connected);
+    CHECK(lost.reason == "connection lost");
+
+    // Refused again: no second STATUS for the same state.
+    worker.send(pub_event_frame(3));
+    const ResultMsg again = receive_result_only(worker);
+    CHECK(again.seq == 3);
+    CHECK(again.outcome == Outcome::retry);
+
+    script.command("up");
+    const StatusMsg reconnected = receive_status(worker);
+    CHECK(reconnected.connected);
+
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+}
+
+TEST_CASE("a broker subscriber fails for the message it cannot build or the sink it cannot make",
+          "[worker_process][sink]") {
+    SinkScript script;
+    std::vector<Subscriber> subscribers;
+    subscribers.push_back(
+        broker_subscriber("keyed", {"keyed.*"}, script.factory(true), "orders.${orderingKey}"));
+    subscribers.push_back(
+        broker_subscriber("broken", {"broken.throws"}, []() -> std::unique_ptr<Sink> {
+            throw std::runtime_error("no client library");
+        }));
+    subscribers.push_back(
+        broker_subscriber("empty", {"broken.null"}, [] { return std::unique_ptr<Sink>(); }));
+    WorkerUnderTest worker(subscribers, [&] { script.child_ends(); });
+    script.test_ends();
+    worker.expect_hello();
+
+    // No ordering key for ${orderingKey}: the event will never have one, so this is permanent.
+    worker.send(pub_event_frame(1, "keyed.a"));
+    const ResultMsg unbuildable = receive_result_only(worker);
+    CHECK(unbuildable.outcome == Outcome::permanent);
+    CHECK_THAT(unbuildable.error,
+               Catch::StartsWith("subscriber keyed: ") && Catch::Contains("orderingKey"));
+    CHECK(ran_of(unbuildable) == Ran{{"keyed", Outcome::permanent}});
+
+    // With one, it is the destination and the key (worker/broker_message.h).
+    Event ordered = sample_event("keyed.a", "ob_2");
+    ordered.ordering_key = "customer-42";
+    worker.send(event_frame(2, ordered));
+    CHECK(script.next_report() ==
+          "publish ob_2 pending=1 key=customer-42 destination=orders.customer-42");
+    CHECK(receive_status(worker).connected);
+    script.command("ok ob_2");
+    CHECK(receive_result_only(worker).outcome == Outcome::success);
+
+    // A subscriber already done is skipped, as any subscriber: nothing is published.
+    EventDelivery done{ordered, std::string(R"(["keyed"])")};
+    done.event.id = "ob_3";
+    worker.send(encode_event_frame(3, 30000, encode_event_fields(event_fields_of(done))));
+    const ResultMsg skipped = receive_result_only(worker);
+    CHECK(skipped.seq == 3);
+    CHECK(skipped.outcome == Outcome::success);
+    CHECK(skipped.subscribers.empty());
+
+    worker.send(pub_event_frame(4, "broken.throws"));
+    const ResultMsg thrown = receive_result_only(worker);
+    CHECK(thrown.outcome == Outcome::retry);
+    CHECK(thrown.error == "subscriber broken: cannot create the scripted sink: no client library");
+    worker.send(pub_event_frame(5, "broken.null"));
+    const ResultMsg null = receive_result_only(worker);
+    CHECK(null.outcome == Outcome::retry);
+    CHECK(null.error == "subscriber empty: cannot create the scripted sink: no sink returned");
+
+    worker.send(encode_quit());
+    CHECK(worker.receive().kind == Received::Kind::eof);
+    worker.expect_exit_code(kWorkerExitOk);
+    // Nothing was published for event 3.
+    CHECK(script.next_report() == "closed");
 }
