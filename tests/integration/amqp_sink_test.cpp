@@ -12,6 +12,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -74,11 +75,11 @@ Result publish_one(Sink& sink, const BrokerMessage& message,
     return *outcome;
 }
 
-// Sleeps on the sink's wait_fd as the handler process does, at most `timeout`; true when it
-// became readable.
+// Sleeps on the sink's wait_fd as the handler process does, at most `timeout` (a time already
+// past is 0, not poll()'s "forever"); true when it became readable.
 bool wait_on_sink(const Sink& sink, std::chrono::milliseconds timeout) {
     pollfd waiting{sink.wait_fd(), POLLIN, 0};
-    return ::poll(&waiting, 1, static_cast<int>(timeout.count())) == 1;
+    return ::poll(&waiting, 1, static_cast<int>(std::max<long>(0, timeout.count()))) == 1;
 }
 
 const char* outcome_name(Outcome outcome) {
