@@ -14,14 +14,15 @@
 // Whether some broker is up (connected()) comes from librdkafka's on_broker_state_change
 // interceptor, called on the broker threads at each state change: exact and immediate, where the
 // statistics callback would mean parsing a JSON document every interval and the delivery reports
-// say nothing while nothing is being published. When every broker is down librdkafka raises
-// ALL_BROKERS_DOWN; from then until a broker is up again, publish() fails at once, retryably, so
-// that a cluster that is gone costs each event one quick attempt rather than a wait for the whole
-// message timeout. Publications already queued stay queued: they are delivered if a broker comes
-// back in time and time out (retryably) otherwise. Purging them instead would leave gaps in the
-// idempotent producer's sequence numbers. librdkafka keeps trying to reconnect by itself (to the
-// leaders of the queued messages, and to a random broker every second when none is up), with the
-// backoff of sink.h (reconnect.backoff.ms and reconnect.backoff.max.ms).
+// say nothing while nothing is being published. The first broker up and the last one down also
+// write to the wake pipe, so that an idle process notices the change. When every broker is down
+// librdkafka raises ALL_BROKERS_DOWN; from then until a broker is up again, publish() fails at
+// once, retryably, so that a cluster that is gone costs each event one quick attempt rather than a
+// wait for the whole message timeout. Publications already queued stay queued: they are delivered
+// if a broker comes back in time and time out (retryably) otherwise. Purging them instead would
+// leave gaps in the idempotent producer's sequence numbers. librdkafka keeps trying to reconnect by
+// itself (to the leaders of the queued messages, and to a random broker every second when none is
+// up), with the backoff of sink.h (reconnect.backoff.ms and reconnect.backoff.max.ms).
 //
 // A fatal error of the idempotent producer (the broker and the producer disagree about sequence
 // numbers) leaves a producer that accepts nothing more: every pending publication fails
@@ -191,6 +192,7 @@ class KafkaSink final : public Sink {
     std::string last_error_;               // librdkafka's last error, e.g. a refused connection
     bool fatal_ = false;
     std::string fatal_reason_;
+    bool quiet_ = false; // logs nothing (the producer of check())
 
     // Written by librdkafka's broker threads (on_broker_state_change), read by ours.
     std::mutex broker_states_mutex_;
@@ -405,6 +407,8 @@ std::optional<std::string> KafkaSink::check(long timeout_ms) {
     // A producer of its own, with the same settings, so that a property librdkafka refuses
     // shows here too; it is gone when check() returns.
     KafkaSink probe(options_);
+    // What went wrong ends up in the one line returned; librdkafka's log lines would repeat it.
+    probe.quiet_ = true;
     if (auto error = probe.ensure_producer()) {
         return error;
     }
@@ -490,14 +494,18 @@ void KafkaSink::on_error(rd_kafka_t* rk, int err, const char* reason, void* opaq
         sink->all_brokers_down_ = true;
         sink->brokers_came_up_at_down_ = sink->brokers_came_up_.load();
         sink->down_reason_ = std::string("all brokers are down: ") + reason;
-        spdlog::warn("kafka: {}: {}", sink->options_.brokers, sink->down_reason_);
+        if (!sink->quiet_) {
+            spdlog::warn("kafka: {}: {}", sink->options_.brokers, sink->down_reason_);
+        }
         return;
     }
     sink->last_error_ = reason;
 }
 
-void KafkaSink::on_log(const rd_kafka_t* /*rk*/, int level, const char* facility,
-                       const char* text) {
+void KafkaSink::on_log(const rd_kafka_t* rk, int level, const char* facility, const char* text) {
+    if (static_cast<const KafkaSink*>(rd_kafka_opaque(rk))->quiet_) {
+        return;
+    }
     spdlog::log(log_level_of(level), "kafka: {}: {}", facility, text);
 }
 

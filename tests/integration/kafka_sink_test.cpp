@@ -669,10 +669,10 @@ TEST_CASE("kafka sink: the destructor drops pending publications at once and wit
 
 // Not part of the suite (hidden): throughput of the sink alone and the peak RSS of a process
 // holding one producer. Run alone, so that VmHWM is this test's:
-//     build/integration-tests "[.kafka-bench]"
+//     build/integration-tests "[kafka-bench]"
 // OUTBOX_KAFKA_BENCH_MESSAGES (100000), OUTBOX_KAFKA_BENCH_WINDOW (publications in flight, 128)
 // and OUTBOX_KAFKA_BENCH_LINGER_MS (the sink's linger.ms unless set) change the run.
-TEST_CASE("kafka sink: throughput and peak RSS", "[.kafka-bench]") {
+TEST_CASE("kafka sink: throughput and peak RSS", "[.][kafka-bench]") {
     KafkaMockCluster kafka({{"bench", 6}});
     int64_t rss_before = vm_hwm_kib();
     auto env = [](const char* name, long fallback) {
