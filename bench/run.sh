@@ -35,7 +35,9 @@
 #     between the 10th and 90th percentiles of "processedAt" (keep only: in delete mode the rows are
 #     gone, and the figure is null), the transactions the database committed, the peak RSS (VmHWM)
 #     and the CPU time (utime + stime) per event of every supervisor, handler process and
-#     graphile-worker process, read just before SIGTERM. (bench/syscalls.sh adds system calls.)
+#     graphile-worker process, read just before SIGTERM, and for outbox-worker the CPU time the
+#     PostgreSQL cluster's processes used during the burn-down. (bench/syscalls.sh adds system
+#     calls.)
 #  2. Ceiling. The service's own claim and result statements, printed from supervisor/queries.h by
 #     bench/print_sql.cpp, in a pgbench script: claim up to BENCH_BATCH with the service's
 #     parameters, then record every claimed id as a success through the statement the service sends
@@ -89,10 +91,11 @@
 #     creates the stream, exchange and queue, and counts afterwards what the broker holds (stream
 #     messages, the sum of the topic's high watermarks, XLEN, the queue's length): a run records
 #     whether it holds at least BENCH_EVENTS messages, and whether every event was COMPLETED.
-#     Recorded as for part 1, plus the CPU time the broker server used during the burn-down. The
-#     summary gives per broker the median events/s and its fraction of the median no-op
-#     burn-down of the same series and durability (targets: >= 0.5 for nats and kafka), and the
-#     largest peak RSS of a handler process (target < 30 MiB).
+#     Recorded as for part 1, plus the CPU time the broker server used during the burn-down (on a
+#     machine short of CPU, the CPU per event of PostgreSQL, the service and the broker together
+#     is what sets the rate). The summary gives per broker the median events/s and its fraction
+#     of the median no-op burn-down of the same series and durability (targets: >= 0.5 for nats
+#     and kafka), and the largest peak RSS of a handler process (target < 30 MiB).
 #
 # Results: one JSON file per run in bench/results/ (machine, PostgreSQL settings, load averages,
 # every record, and a summary per durability setting with the targets) and the same summary on
@@ -396,6 +399,24 @@ cpu_s() {
     sed -e 's/^.*) //' <<<"$stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($12 + $13) / hz}'
 }
 now_s() { date +%s.%N; }
+
+# CPU time of the cluster's processes (the postmaster's children: backends, WAL writer,
+# checkpointer, ...), "pid seconds" per line. A backend's time is read while it lives: the
+# service's connections are still open when a burn-down's end is detected.
+postmaster_pid=
+pg_cpu_snapshot() {
+    local c
+    if [ -z "$postmaster_pid" ]; then
+        postmaster_pid=$(head -n 1 "$(qpg "SHOW data_directory")/postmaster.pid")
+    fi
+    for c in $(pgrep -P "$postmaster_pid" || true); do echo "$c $(cpu_s "$c")"; done
+}
+# Seconds the cluster's processes used between two snapshots (processes new in the second count
+# whole).
+pg_cpu_delta() { # before after
+    awk 'NR == FNR { before[$1] = $2; next } { s += $2 - (before[$1] + 0) } END { printf "%.2f\n", s }' \
+        <(echo "$1") <(echo "$2")
+}
 record() { jq -c --argjson d "$durability_in_force" '. + {durability: $d}' <<<"$1" >>"$records"; }
 
 # Transactions committed in a database so far (cumulative statistics: a backend reports its own
@@ -730,8 +751,9 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
     begin_measurement "$db"
     log "burn-down $what$(if [ "$ordering" != none ]; then echo ", $ordering ordering keys"; fi): $inst instance(s) x $w handler processes ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
     local pids=() t_launch t_done logf="$work/outbox-$durability-$completion-$ordering-$inst-$w-$rep${sink:+-$sink}.log"
-    local server_cpu0=0 server_cpu1=0
+    local server_cpu0=0 server_cpu1=0 pg_cpu0 pg_cpu1
     if [ -n "$handlers" ]; then server_cpu0=$(cpu_s "$broker_server_pid"); fi
+    pg_cpu0=$(pg_cpu_snapshot)
     t_launch=$(now_s)
     for ((k = 1; k <= inst; k++)); do
         DATABASE_URL="$url" OUTBOX_WORKERS="$w" OUTBOX_BATCH_SIZE="$batch" OUTBOX_ON_COMPLETE="$completion" \
@@ -744,6 +766,7 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
     # delete mode they are gone.
     t_done=$(DATABASE_URL="$url" "$driver" wait --interval-ms 50 \
         --sql "SELECT NOT EXISTS (SELECT 1 FROM \"Outbox\" WHERE \"status\" IN ('PENDING', 'PROCESSING'))")
+    pg_cpu1=$(pg_cpu_snapshot)
     if [ -n "$handlers" ]; then server_cpu1=$(cpu_s "$broker_server_pid"); fi
     local sup_kb=() handler_kb=() sup_cpu=() handler_cpu=() p c
     for p in "${pids[@]}"; do
@@ -787,6 +810,7 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
         --argjson n "$events" --argjson inst "$inst" --argjson w "$w" --argjson rep "$rep" --argjson batch "$batch" \
         --arg completion "$completion" --arg dur "$durability" --arg ordering "$ordering" \
         --arg sink "$sink" --argjson broker "$broker" --arg brokers "$brokers_list" \
+        --argjson pg_cpu "$(pg_cpu_delta "$pg_cpu0" "$pg_cpu1")" \
         --argjson t0 "$t_launch" --argjson t1 "$t_done" --argjson xacts "$((x1 - x0))" \
         --arg sup "${sup_kb[*]}" --arg hand "${handler_kb[*]}" --arg sup_cpu "${sup_cpu[*]}" \
         --arg hand_cpu "${handler_cpu[*]}" --arg warnings "$(grep -c . "$logf" || true)" \
@@ -807,9 +831,10 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
          transactions: $xacts, events_per_transaction: ($n / $xacts),
          peak_rss_mib: {supervisor: [$sup | splits(" ") | select(. != "") | kb2mib],
                         handler_processes: [$hand | splits(" ") | select(. != "") | kb2mib]},
-         cpu_s: {supervisor: ($sup_cpu | nums), handler_processes: ($hand_cpu | nums)},
+         cpu_s: {supervisor: ($sup_cpu | nums), handler_processes: ($hand_cpu | nums), postgres: $pg_cpu},
          cpu_us_per_event: {supervisor: ($sup_cpu | nums | add // 0 | per_event_us),
-                            handler_processes: ($hand_cpu | nums | add // 0 | per_event_us)},
+                            handler_processes: ($hand_cpu | nums | add // 0 | per_event_us),
+                            postgres: ($pg_cpu | per_event_us)},
          log_lines_warn_or_error: ($warnings | tonumber),
          log_first_lines: (if $log_head == "" then null else [$log_head | splits("\n")] end),
          load_at_start: $load, load_at_end: $load_end,
@@ -817,7 +842,7 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
              then "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox burndown\" BENCH_COMPLETION=\($completion) BENCH_ORDERING=\($ordering) BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh"
              else "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox brokers\" BENCH_BROKERS=\"\($brokers)\" BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh" end)}
         + (if $sink == "" then {} else {part: "brokers", sink: $sink, broker: $broker} end)')"
-    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s // "-" | if type == "number" then round else . end)), \(.events_per_transaction * 10 | round / 10) events per transaction, supervisor \(.peak_rss_mib.supervisor) MiB \(.cpu_us_per_event.supervisor) µs/event, handlers \(.peak_rss_mib.handler_processes) MiB \(.cpu_us_per_event.handler_processes) µs/event\(if .broker then ", \(.broker.kind) server \(.broker.server_cpu_us_per_event) µs/event, holds \(.broker.messages_held) messages" else "" end)"')"
+    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s // "-" | if type == "number" then round else . end)), \(.events_per_transaction * 10 | round / 10) events per transaction, supervisor \(.peak_rss_mib.supervisor) MiB \(.cpu_us_per_event.supervisor) µs/event, handlers \(.peak_rss_mib.handler_processes) MiB \(.cpu_us_per_event.handler_processes) µs/event, postgres \(.cpu_us_per_event.postgres) µs/event\(if .broker then ", \(.broker.kind) server \(.broker.server_cpu_us_per_event) µs/event, holds \(.broker.messages_held) messages" else "" end)"')"
     if [ "$(tail -n 1 "$records" | jq '.broker.holds_every_event // true')" != true ]; then
         log "  !! the broker holds only $(tail -n 1 "$records" | jq .broker.messages_held) messages"
     fi
@@ -1368,7 +1393,8 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
                  events_per_transaction: (map(.events_per_transaction) | median),
                  cpu_us_per_event: (if .[0].system == "outbox-worker"
                      then {supervisor: (map(.cpu_us_per_event.supervisor) | median),
-                           handler_processes: (map(.cpu_us_per_event.handler_processes) | median)}
+                           handler_processes: (map(.cpu_us_per_event.handler_processes) | median),
+                           postgres: (map(.cpu_us_per_event.postgres) | if any(. == null) then null else median end)}
                      else {node_processes: (map(.cpu_us_per_event.node_processes) | median)} end),
                  peak_rss_mib: (if .[0].system == "outbox-worker"
                      then {supervisor: (map(.peak_rss_mib.supervisor[]) | max),
@@ -1403,6 +1429,7 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
                   events_per_transaction: (map(.events_per_transaction) | median),
                   cpu_us_per_event: {supervisor: (map(.cpu_us_per_event.supervisor) | median),
                                      handler_processes: (map(.cpu_us_per_event.handler_processes) | median),
+                                     postgres: (map(.cpu_us_per_event.postgres) | if any(. == null) then null else median end),
                                      broker_server: (if .[0].broker then map(.broker.server_cpu_us_per_event) | median else null end)},
                   peak_rss_mib: {supervisor: (map(.peak_rss_mib.supervisor[]) | max),
                                  handler_process: (map(.peak_rss_mib.handler_processes[]) | max)},
@@ -1488,9 +1515,9 @@ jq -r '
   (.key_latency[] | "key latency (\(.events_written) events of one ordering key at \(.rate)/s, achieved \(.achieved_rate)): hand-off p50/p99/max \(.handoff_ms.p50)/\(.handoff_ms.p99)/\(.handoff_ms.max) ms over \(.events_that_waited_for_the_previous) events that waited; due-to-start p50/p99 \(.due_to_start_ms.p50)/\(.due_to_start_ms.p99) ms; commit-to-start p50/p99 \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p99) ms; \(.key_events_per_s) events/s for the key"),
   (if (.brokers | length) > 0 then
     "brokers: burn-down of \($events) events to each broker (outbox-worker, keep), median of runs, against the no-op burn-downs of the same series:",
-    "  \("sink" | rpad(6)) \("instances" | rpad(14)) \("events/s" | lpad(9))  \("of no-op" | lpad(8))  \("CPU µs/event" | rpad(40))  \("peak RSS MiB" | rpad(24))  \("all done" | rpad(8))  \("held" | rpad(5))  runs",
+    "  \("sink" | rpad(6)) \("instances" | rpad(14)) \("events/s" | lpad(9))  \("of no-op" | lpad(8))  \("CPU µs/event" | rpad(54))  \("peak RSS MiB" | rpad(24))  \("all done" | rpad(8))  \("held" | rpad(5))  runs",
     (.brokers[] |
-      "  \(.sink | rpad(6)) \("\(.instances) x \(.handler_processes_per_instance) proc" | rpad(14)) \(.events_per_s | num | lpad(9))  \(.fraction_of_noop | if . == null then "-" else "\(. * 100 | round)%" end | lpad(8))  \("sup \(.cpu_us_per_event.supervisor), handlers \(.cpu_us_per_event.handler_processes)\(if .cpu_us_per_event.broker_server != null then ", server \(.cpu_us_per_event.broker_server)" else "" end)" | rpad(40))  \("sup \(.peak_rss_mib.supervisor), handler \(.peak_rss_mib.handler_process)" | rpad(24))  \(.every_event_completed | tostring | rpad(8))  \(.broker_holds_every_event // "-" | tostring | rpad(5))  \(.runs_events_per_s | map(num) | join(" "))")
+      "  \(.sink | rpad(6)) \("\(.instances) x \(.handler_processes_per_instance) proc" | rpad(14)) \(.events_per_s | num | lpad(9))  \(.fraction_of_noop | if . == null then "-" else "\(. * 100 | round)%" end | lpad(8))  \("sup \(.cpu_us_per_event.supervisor), handlers \(.cpu_us_per_event.handler_processes), pg \(.cpu_us_per_event.postgres // "-")\(if .cpu_us_per_event.broker_server != null then ", server \(.cpu_us_per_event.broker_server)" else "" end)" | rpad(54))  \("sup \(.peak_rss_mib.supervisor), handler \(.peak_rss_mib.handler_process)" | rpad(24))  \(.every_event_completed | tostring | rpad(8))  \(.broker_holds_every_event // "-" | tostring | rpad(5))  \(.runs_events_per_s | map(num) | join(" "))")
    else empty end),
   "peak RSS (outbox-worker): supervisor \(.max_supervisor_rss_mib // "-") MiB, handler process \(.max_handler_process_rss_mib // "-") MiB\(if .max_broker_handler_process_rss_mib then "; with a broker connection \(.max_broker_handler_process_rss_mib) MiB" else "" end)",
   "targets: \(.targets | to_entries | map("\(.key) \(if .value == null then "-" else .value end)") | join(", "))"' "$out"
