@@ -35,7 +35,9 @@
 #     between the 10th and 90th percentiles of "processedAt" (keep only: in delete mode the rows are
 #     gone, and the figure is null), the transactions the database committed, the peak RSS (VmHWM)
 #     and the CPU time (utime + stime) per event of every supervisor, handler process and
-#     graphile-worker process, read just before SIGTERM. (bench/syscalls.sh adds system calls.)
+#     graphile-worker process, read just before SIGTERM, and for outbox-worker the CPU time the
+#     PostgreSQL cluster's processes used during the burn-down. (bench/syscalls.sh adds system
+#     calls.)
 #  2. Ceiling. The service's own claim and result statements, printed from supervisor/queries.h by
 #     bench/print_sql.cpp, in a pgbench script: claim up to BENCH_BATCH with the service's
 #     parameters, then record every claimed id as a success through the statement the service sends
@@ -65,6 +67,35 @@
 #     due-to-start, from the later of the two commits (when the event could first run) to its
 #     start, over every event but the first; commit-to-start, from the event's own commit (waiting
 #     behind the earlier ones included); and the key's events per second.
+#  5. Brokers (SPEC 4, issue 12). The burn-down of part 1 (the same BENCH_EVENTS events, from the
+#     same template, unordered, OUTBOX_ON_COMPLETE=keep, BENCH_INSTANCES x BENCH_WORKERS) worked by
+#     the real build/outbox-worker binary with a handlers file of one broker subscriber for
+#     "bench.*" (OUTBOX_HANDLERS), for each broker of BENCH_BROKERS, alternating with the no-op
+#     burn-down of bench/noop_app: noop, nats, kafka, redis, amqp, noop, ... BENCH_REPEAT times,
+#     under every durability setting. Each broker is a throw-away server of this run, on free
+#     ports, in the run's work directory, stopped at the end (also on failure):
+#       nats   nats-server -js, a stream "bench" capturing "bench.>" with file storage (the
+#              server's default sync: the PubAck does not wait for an fsync); subject
+#              ${eventType}. A new server for every burn-down.
+#       kafka  librdkafka's mock cluster (build/outbox-test-kafka-mock: 3 brokers, in memory),
+#              topic "bench" with 6 partitions, replication 3; the producer has acks=all. A new
+#              cluster for every burn-down.
+#       redis  redis-server with appendonly yes, appendfsync always (XADD answers after the fsync
+#              of the append-only file), stream "bench". A new server for every burn-down.
+#       amqp   rabbitmq-server (Debian's, with its own epmd, node name, ports and HOME, as
+#              tests/support/rabbitmq_server.cpp starts it): a durable topic exchange "bench",
+#              a durable classic queue "bench" bound with "#"; messages persistent, mandatory,
+#              with publisher confirms. One node for the whole run (it takes seconds to start);
+#              the queue is deleted and declared again before every burn-down.
+#     bench/broker_setup.cpp (the brokers' own client libraries, not the service's sinks)
+#     creates the stream, exchange and queue, and counts afterwards what the broker holds (stream
+#     messages, the sum of the topic's high watermarks, XLEN, the queue's length): a run records
+#     whether it holds at least BENCH_EVENTS messages, and whether every event was COMPLETED.
+#     Recorded as for part 1, plus the CPU time the broker server used during the burn-down (on a
+#     machine short of CPU, the CPU per event of PostgreSQL, the service and the broker together
+#     is what sets the rate). The summary gives per broker the median events/s and its fraction
+#     of the median no-op burn-down of the same series and durability (targets: >= 0.5 for nats
+#     and kafka), and the largest peak RSS of a handler process (target < 30 MiB).
 #
 # Results: one JSON file per run in bench/results/ (machine, PostgreSQL settings, load averages,
 # every record, and a summary per durability setting with the targets) and the same summary on
@@ -95,16 +126,21 @@
 #                                 rate achieved is recorded, and a run that fell short by more than
 #                                 5% is flagged and does not count for the target
 #   BENCH_KEY_EVENTS [2000] / BENCH_KEY_RATE [1000]  the key-latency run
-#   BENCH_PARTS ["outbox graphile burndown ceiling latency keylatency"]: systems (outbox,
-#                                 graphile) and measurements (burndown and latency of the systems
-#                                 named; ceiling; keylatency, outbox-worker only)
+#   BENCH_PARTS ["outbox graphile burndown ceiling latency keylatency brokers"]: systems
+#                                 (outbox, graphile) and measurements (burndown and latency of the
+#                                 systems named; ceiling; keylatency and brokers, outbox-worker
+#                                 only)
+#   BENCH_BROKERS ["nats kafka redis amqp"]  the brokers of part 5, in the order they run
 #   BENCH_MAX_LOAD [1.5]          0: do not wait for a quiet machine
 #   BENCH_LOAD_POLL_S [30] / BENCH_LOAD_MAX_WAIT_S [3600]
-#   BUILD_DIR [build]             where liboutbox.a is
+#   BUILD_DIR [build]             where liboutbox.a is (and, for part 5, outbox-worker and
+#                                 outbox-test-kafka-mock)
 #   BENCH_RESULTS_DIR [bench/results]
 #
 # A quick trial (a few minutes): BENCH_EVENTS=3000 BENCH_REPEAT=1 BENCH_LATENCY_SECONDS=5
 # BENCH_MAX_LOAD=0 bash bench/run.sh
+# The brokers alone, with the no-op burn-downs they are compared with: BENCH_PARTS="outbox
+# brokers" BENCH_DURABILITY=production bash bench/run.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -136,7 +172,8 @@ latency_connections="${BENCH_LATENCY_CONNECTIONS:-16}"
 repeat="${BENCH_REPEAT:-3}"
 ceiling_protocols="${BENCH_CEILING_PROTOCOLS:-prepared}"
 ceiling_clients="${BENCH_CEILING_CLIENTS:-1 2}"
-parts="${BENCH_PARTS:-outbox graphile burndown ceiling latency keylatency}"
+parts="${BENCH_PARTS:-outbox graphile burndown ceiling latency keylatency brokers}"
+brokers_list="${BENCH_BROKERS:-nats kafka redis amqp}"
 ordering_list="${BENCH_ORDERING:-none 10000 100}"
 key_events="${BENCH_KEY_EVENTS:-2000}"
 key_rate="${BENCH_KEY_RATE:-1000}"
@@ -161,6 +198,15 @@ for o in $ordering_list; do
         echo "bench: BENCH_ORDERING: '$o' is neither none nor a number of keys" >&2
         exit 64
     fi
+done
+for b in $brokers_list; do
+    case "$b" in
+    nats | kafka | redis | amqp) ;;
+    *)
+        echo "bench: BENCH_BROKERS: unknown broker '$b' (nats, kafka, redis, amqp)" >&2
+        exit 64
+        ;;
+    esac
 done
 for m in $ceiling_protocols; do
     case "$m" in
@@ -193,8 +239,12 @@ cleanup_children() {
     for p in "${children[@]:-}"; do
         if [ -n "$p" ]; then kill -TERM "$p" 2>/dev/null || true; fi
     done
+    if declare -F stop_brokers >/dev/null; then stop_brokers; fi
 }
 trap cleanup_children EXIT
+# A signal ends the script through its EXIT trap, so that no broker server outlives it.
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # ---- tools --------------------------------------------------------------------------------------
 
@@ -208,6 +258,28 @@ g++ -std=c++20 -O2 -g -I "$pg_inc" bench/latency_driver.cpp -lpq -lpthread -o "$
 g++ -std=c++20 -O1 -I . bench/print_sql.cpp -o "$bin/print_sql"
 app="$bin/noop_app"
 driver="$bin/latency_driver"
+
+worker_bin="$build_dir/outbox-worker"
+kafka_mock="$build_dir/outbox-test-kafka-mock"
+broker_setup="$bin/broker_setup"
+if want brokers; then
+    missing=()
+    [ -x "$worker_bin" ] || missing+=("$worker_bin (make build)")
+    for b in $brokers_list; do
+        case "$b" in
+        nats) command -v nats-server >/dev/null || missing+=(nats-server) ;;
+        kafka) [ -x "$kafka_mock" ] || missing+=("$kafka_mock (built with the tests: make build)") ;;
+        redis) { command -v redis-server && command -v redis-cli; } >/dev/null || missing+=(redis-server redis-cli) ;;
+        amqp) { [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] && command -v epmd; } >/dev/null || missing+=(rabbitmq-server epmd) ;;
+        esac
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "bench: part brokers needs ${missing[*]} (make deps, make build)" >&2
+        exit 1
+    fi
+    log "building bench/broker_setup.cpp"
+    g++ -std=c++20 -O2 bench/broker_setup.cpp -lnats -lrabbitmq -lrdkafka -o "$broker_setup"
+fi
 
 have_graphile=false
 if want graphile; then
@@ -327,6 +399,24 @@ cpu_s() {
     sed -e 's/^.*) //' <<<"$stat" | awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f\n", ($12 + $13) / hz}'
 }
 now_s() { date +%s.%N; }
+
+# CPU time of the cluster's processes (the postmaster's children: backends, WAL writer,
+# checkpointer, ...), "pid seconds" per line. A backend's time is read while it lives: the
+# service's connections are still open when a burn-down's end is detected.
+postmaster_pid=
+pg_cpu_snapshot() {
+    local c
+    if [ -z "$postmaster_pid" ]; then
+        postmaster_pid=$(head -n 1 "$(qpg "SHOW data_directory")/postmaster.pid")
+    fi
+    for c in $(pgrep -P "$postmaster_pid" || true); do echo "$c $(cpu_s "$c")"; done
+}
+# Seconds the cluster's processes used between two snapshots (processes new in the second count
+# whole).
+pg_cpu_delta() { # before after
+    awk 'NR == FNR { before[$1] = $2; next } { s += $2 - (before[$1] + 0) } END { printf "%.2f\n", s }' \
+        <(echo "$1") <(echo "$2")
+}
 record() { jq -c --argjson d "$durability_in_force" '. + {durability: $d}' <<<"$1" >>"$records"; }
 
 # Transactions committed in a database so far (cumulative statistics: a backend reports its own
@@ -421,23 +511,254 @@ prepare_graphile_templates() {
           events: $n, seconds: $s, events_per_s: ($n / $s)}')"
 }
 
+# ---- broker servers (part 5) ----------------------------------------------------------------------
+
+# Throw-away servers in the run's work directory, on free ports. nats, redis and kafka are started
+# for one burn-down and stopped after it (broker_release); the RabbitMQ node, which takes seconds
+# to start, lives from its first burn-down to the end of the run. stop_brokers (the EXIT trap)
+# stops whatever is still running.
+brokers_dir="$work/brokers"
+declare -A broker_pid=() # kind -> pid of its server (amqp: the start script, its group's leader)
+declare -A broker_url=() # kind -> what the handlers file points at
+broker_server_pid=       # the process whose CPU time is the server's (amqp: the Erlang VM)
+broker_runs=0
+kafka_fd=
+rabbit_epmd_pid=
+rabbit_user=bench
+rabbit_password="bench-secret-$$"
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until file $1 contains the text $3, for at most $2 seconds and while process $4 lives.
+wait_for_text() { # file seconds text pid
+    local i
+    for ((i = 0; i < $2 * 10; i++)); do
+        if grep -q -F -- "$3" "$1" 2>/dev/null; then return 0; fi
+        kill -0 "$4" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+broker_failed() { # kind log-file what
+    echo "bench: $1: $3; the end of $2:" >&2
+    tail -n 30 "$2" >&2 || true
+    exit 1
+}
+
+# The handlers file of the burn-down: one subscriber of kind $1 for "bench.*".
+write_handlers() { # kind json-of-the-kind's-object
+    jq -n --arg kind "$1" --argjson spec "$2" \
+        '[{name: "bench-\($kind)", eventTypes: ["bench.*"]} + {($kind): $spec}]' >"$work/handlers-$1.json"
+}
+
+nats_start() {
+    local dir="$brokers_dir/nats-$broker_runs" port
+    mkdir -p "$dir"
+    port=$(free_port)
+    nats-server -a 127.0.0.1 -p "$port" -js -sd "$dir/store" 2>"$dir/server.log" &
+    broker_pid[nats]=$!
+    broker_server_pid=${broker_pid[nats]}
+    wait_for_text "$dir/server.log" 15 "Server is ready" "$broker_server_pid" ||
+        broker_failed nats "$dir/server.log" "nats-server did not start"
+    broker_url[nats]="nats://127.0.0.1:$port"
+    "$broker_setup" nats-stream "${broker_url[nats]}" bench 'bench.>'
+    write_handlers nats "$(jq -nc --arg url "${broker_url[nats]}" '{url: $url, subject: "${eventType}"}')"
+}
+
+redis_start() {
+    local dir="$brokers_dir/redis-$broker_runs" port
+    mkdir -p "$dir"
+    port=$(free_port)
+    # As tests/support/redis_server.cpp: every write is in the fsynced append-only file before
+    # the reply; no RDB snapshots.
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes --appendfsync always \
+        --save "" --daemonize no --logfile "" >"$dir/server.log" 2>&1 &
+    broker_pid[redis]=$!
+    broker_server_pid=${broker_pid[redis]}
+    wait_for_text "$dir/server.log" 15 "Ready to accept connections" "$broker_server_pid" ||
+        broker_failed redis "$dir/server.log" "redis-server did not start"
+    broker_url[redis]="redis://127.0.0.1:$port/0"
+    write_handlers redis "$(jq -nc --arg url "${broker_url[redis]}" '{url: $url, stream: "bench"}')"
+}
+
+kafka_start() {
+    local dir="$brokers_dir/kafka-$broker_runs"
+    mkdir -p "$dir"
+    mkfifo "$dir/stdin"
+    # The mock cluster runs until its stdin ends: the script holds the FIFO open (kafka_fd) and
+    # closes it to stop the cluster. Opening either end waits for the other.
+    "$kafka_mock" --brokers 3 bench:6 <"$dir/stdin" >"$dir/stdout" 2>"$dir/server.log" &
+    broker_pid[kafka]=$!
+    broker_server_pid=${broker_pid[kafka]}
+    exec {kafka_fd}>"$dir/stdin"
+    wait_for_text "$dir/stdout" 15 ":" "$broker_server_pid" ||
+        broker_failed kafka "$dir/server.log" "the mock cluster did not print its bootstrap servers"
+    broker_url[kafka]=$(head -n 1 "$dir/stdout")
+    write_handlers kafka "$(jq -nc --arg b "${broker_url[kafka]}" '{brokers: $b, topic: "bench"}')"
+}
+
+# As tests/support/rabbitmq_server.cpp: the real start script (not /usr/sbin/rabbitmq-server,
+# which switches to the rabbitmq user), an epmd of our own in the foreground (started by the node
+# it would daemonize and outlive the run), a unique node name, and configuration, data, logs and
+# HOME (the Erlang cookie) in the work directory. setsid makes the start script the leader of a
+# process group holding the Erlang VM, so that the whole node can be killed at once.
+amqp_start() {
+    local dir="$brokers_dir/rabbitmq" amqp_port dist_port epmd_port i
+    mkdir -p "$dir/home" "$dir/mnesia" "$dir/log" "$dir/plugins-expand"
+    amqp_port=$(free_port)
+    dist_port=$(free_port)
+    epmd_port=$(free_port)
+    cat >"$dir/rabbitmq.conf" <<EOF
+listeners.tcp.default = 127.0.0.1:$amqp_port
+default_user = $rabbit_user
+default_pass = $rabbit_password
+loopback_users = none
+disk_free_limit.absolute = 1MB
+log.console = false
+log.file.level = warning
+EOF
+    echo "[]." >"$dir/enabled_plugins"
+    : >"$dir/rabbitmq-env.conf"
+    epmd -port "$epmd_port" -address 127.0.0.1 2>"$dir/epmd.log" &
+    rabbit_epmd_pid=$!
+    log "starting rabbitmq-server (node bench-$$@localhost, AMQP port $amqp_port)"
+    (cd "$dir" && exec env -u RABBITMQ_NODE_ONLY -u RABBITMQ_ALLOW_INPUT -u NOTIFY_SOCKET \
+        HOME="$dir/home" RABBITMQ_NODENAME="bench-$$@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT="$amqp_port" RABBITMQ_DIST_PORT="$dist_port" ERL_EPMD_PORT="$epmd_port" \
+        RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" \
+        RABBITMQ_CONFIG_FILE="$dir/rabbitmq.conf" RABBITMQ_ADVANCED_CONFIG_FILE="$dir/advanced.config" \
+        RABBITMQ_ENABLED_PLUGINS_FILE="$dir/enabled_plugins" RABBITMQ_PLUGINS_EXPAND_DIR="$dir/plugins-expand" \
+        RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf" RABBITMQ_PID_FILE="$dir/rabbitmq.pid" \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-start_epmd false" \
+        setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$dir/stdout" 2>&1) &
+    broker_pid[amqp]=$!
+    broker_url[amqp]="amqp://$rabbit_user:$rabbit_password@127.0.0.1:$amqp_port/"
+    # Up when a login works and the exchange and queue can be declared; a loaded machine may take
+    # a minute or more.
+    for ((i = 0; i < 1800; i++)); do
+        if "$broker_setup" amqp-queue "${broker_url[amqp]}" bench bench "#" 2>/dev/null; then break; fi
+        kill -0 "${broker_pid[amqp]}" 2>/dev/null || broker_failed amqp "$dir/stdout" "rabbitmq-server exited"
+        sleep 0.1
+    done
+    "$broker_setup" amqp-queue "${broker_url[amqp]}" bench bench "#" ||
+        broker_failed amqp "$dir/log/bench-$$@localhost.log" "rabbitmq-server did not accept AMQP in time"
+    write_handlers amqp "$(jq -nc --arg url "${broker_url[amqp]}" '{url: $url, exchange: "bench", routingKey: "${eventType}"}')"
+}
+
+# Starts (or, for RabbitMQ, empties) the server of kind $1 and writes its handlers file. Sets
+# broker_server_pid.
+broker_prepare() { # kind
+    broker_runs=$((broker_runs + 1))
+    case "$1" in
+    nats) nats_start ;;
+    redis) redis_start ;;
+    kafka) kafka_start ;;
+    amqp)
+        if [ -z "${broker_pid[amqp]:-}" ]; then
+            amqp_start
+        else
+            "$broker_setup" amqp-queue "${broker_url[amqp]}" bench bench "#"
+        fi
+        broker_server_pid=$(pgrep -g "${broker_pid[amqp]}" beam.smp | head -n 1 || true)
+        ;;
+    esac
+}
+
+# What the broker holds now: messages in the stream, the sum of the topic's high watermarks,
+# XLEN, the queue's length.
+broker_count() { # kind
+    case "$1" in
+    nats) "$broker_setup" nats-count "${broker_url[nats]}" bench ;;
+    kafka) "$broker_setup" kafka-count "${broker_url[kafka]}" bench ;;
+    redis) redis-cli -u "${broker_url[redis]}" XLEN bench ;;
+    amqp) "$broker_setup" amqp-count "${broker_url[amqp]}" bench ;;
+    esac
+}
+
+broker_stop() { # kind
+    local pid=${broker_pid[$1]:-}
+    if [ -z "$pid" ]; then return 0; fi
+    case "$1" in
+    amqp)
+        # A throw-away node: killed, not shut down (its data goes with the work directory).
+        kill -KILL -- "-$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        if [ -n "$rabbit_epmd_pid" ]; then
+            kill -TERM "$rabbit_epmd_pid" 2>/dev/null || true
+            wait "$rabbit_epmd_pid" 2>/dev/null || true
+            rabbit_epmd_pid=
+        fi
+        ;;
+    kafka)
+        if [ -n "$kafka_fd" ]; then
+            exec {kafka_fd}>&-
+            kafka_fd=
+        fi
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        ;;
+    *)
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+        ;;
+    esac
+    unset "broker_pid[$1]"
+}
+
+# The server and the durability of its acknowledgement, for the records.
+broker_server_description() { # kind
+    case "$1" in
+    nats) echo "$(nats-server --version): JetStream stream with file storage and the server's default sync (fsync on a timer, sync_interval 2 min by default; the PubAck does not wait for it)" ;;
+    kafka) echo "librdkafka $(pkg-config --modversion rdkafka 2>/dev/null || echo '?') mock cluster, 3 brokers, in memory; topic of 6 partitions, replication 3; producer acks=all, idempotent" ;;
+    redis) echo "$(redis-server --version | cut -d' ' -f1-3): appendonly yes, appendfsync always (XADD answers after the fsync)" ;;
+    amqp) echo "rabbitmq-server $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null || echo '?'): durable topic exchange, durable classic queue; persistent messages, mandatory, publisher confirms" ;;
+    esac
+}
+
+# After a burn-down: the servers started for it go (RabbitMQ stays).
+broker_release() { # kind
+    if [ "$1" != amqp ]; then broker_stop "$1"; fi
+}
+
+stop_brokers() {
+    local kind
+    for kind in "${!broker_pid[@]}"; do broker_stop "$kind"; done
+}
+
 # ---- burn-down: outbox-worker ---------------------------------------------------------------------
 
-outbox_burndown() { # instances workers completion repetition ordering(none|keys)
-    local inst=$1 w=$2 completion=$3 rep=$4 ordering=${5:-none} db="bd_outbox" k url load template=outbox_full
+# Part 1, and part 5 when a sink is given: noop (bench/noop_app, as part 1, but recorded as the
+# brokers' baseline) or a broker kind (build/outbox-worker with that broker's handlers file).
+outbox_burndown() { # instances workers completion repetition ordering(none|keys) [sink]
+    local inst=$1 w=$2 completion=$3 rep=$4 ordering=${5:-none} sink=${6:-} db="bd_outbox" k url load template=outbox_full
     if [ "$ordering" != none ]; then template="outbox_ord_$ordering"; fi
     new_db "$db" "$template"
     url=$(db_url "$db")
+    local program=("$app") handlers="" what="outbox-worker $completion"
+    if [ -n "$sink" ] && [ "$sink" != noop ]; then
+        broker_prepare "$sink"
+        program=("$worker_bin")
+        handlers="$work/handlers-$sink.json"
+        what="outbox-worker $completion -> $sink"
+    elif [ "$sink" = noop ]; then
+        what="outbox-worker $completion (no-op, beside the brokers)"
+    fi
     local x0 x1
     x0=$(xact_commits "$db")
     begin_measurement "$db"
-    log "burn-down outbox-worker $completion$(if [ "$ordering" != none ]; then echo ", $ordering ordering keys"; fi): $inst instance(s) x $w handler processes ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
-    local pids=() t_launch t_done logf="$work/outbox-$durability-$completion-$ordering-$inst-$w-$rep.log"
+    log "burn-down $what$(if [ "$ordering" != none ]; then echo ", $ordering ordering keys"; fi): $inst instance(s) x $w handler processes ($durability, run $rep): load $(jq -r .load1 <<<"$load")"
+    local pids=() t_launch t_done logf="$work/outbox-$durability-$completion-$ordering-$inst-$w-$rep${sink:+-$sink}.log"
+    local server_cpu0=0 server_cpu1=0 pg_cpu0 pg_cpu1
+    if [ -n "$handlers" ]; then server_cpu0=$(cpu_s "$broker_server_pid"); fi
+    pg_cpu0=$(pg_cpu_snapshot)
     t_launch=$(now_s)
     for ((k = 1; k <= inst; k++)); do
         DATABASE_URL="$url" OUTBOX_WORKERS="$w" OUTBOX_BATCH_SIZE="$batch" OUTBOX_ON_COMPLETE="$completion" \
             OUTBOX_HTTP_PORT=0 OUTBOX_METRICS_LOG_INTERVAL_MS=0 OUTBOX_INSTANCE_ID="bench-$k" LOG_LEVEL=warn \
-            "$app" run 2>>"$logf" &
+            env ${handlers:+"OUTBOX_HANDLERS=$handlers"} "${program[@]}" run 2>>"$logf" &
         pids+=($!)
         children+=($!)
     done
@@ -445,6 +766,8 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
     # delete mode they are gone.
     t_done=$(DATABASE_URL="$url" "$driver" wait --interval-ms 50 \
         --sql "SELECT NOT EXISTS (SELECT 1 FROM \"Outbox\" WHERE \"status\" IN ('PENDING', 'PROCESSING'))")
+    pg_cpu1=$(pg_cpu_snapshot)
+    if [ -n "$handlers" ]; then server_cpu1=$(cpu_s "$broker_server_pid"); fi
     local sup_kb=() handler_kb=() sup_cpu=() handler_cpu=() p c
     for p in "${pids[@]}"; do
         sup_kb+=("$(vmhwm_kb "$p")")
@@ -471,12 +794,27 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
         'first', extract(epoch FROM min(\"processedAt\")),
         'last', extract(epoch FROM max(\"processedAt\")))
         FROM \"Outbox\"")
+    # Part 5: what the broker holds (counted, not read), and the server's CPU time.
+    local broker='null'
+    if [ -n "$handlers" ]; then
+        local held
+        held=$(broker_count "$sink")
+        broker=$(jq -nc --arg kind "$sink" --argjson held "$held" --argjson n "$events" \
+            --argjson c0 "$server_cpu0" --argjson c1 "$server_cpu1" --arg server "$(broker_server_description "$sink")" '
+            {kind: $kind, server: $server, messages_held: $held, holds_every_event: ($held >= $n),
+             server_cpu_s: ($c1 - $c0 | . * 100 | round / 100),
+             server_cpu_us_per_event: (($c1 - $c0) * 1e6 / $n * 10 | round / 10)}')
+        broker_release "$sink"
+    fi
     record "$(jq -nc --argjson stats "$stats" --argjson load "$load" --arg load_end "$(loadavg)" \
         --argjson n "$events" --argjson inst "$inst" --argjson w "$w" --argjson rep "$rep" --argjson batch "$batch" \
         --arg completion "$completion" --arg dur "$durability" --arg ordering "$ordering" \
+        --arg sink "$sink" --argjson broker "$broker" --arg brokers "$brokers_list" \
+        --argjson pg_cpu "$(pg_cpu_delta "$pg_cpu0" "$pg_cpu1")" \
         --argjson t0 "$t_launch" --argjson t1 "$t_done" --argjson xacts "$((x1 - x0))" \
         --arg sup "${sup_kb[*]}" --arg hand "${handler_kb[*]}" --arg sup_cpu "${sup_cpu[*]}" \
-        --arg hand_cpu "${handler_cpu[*]}" --arg warnings "$(grep -c . "$logf" || true)" '
+        --arg hand_cpu "${handler_cpu[*]}" --arg warnings "$(grep -c . "$logf" || true)" \
+        --arg log_head "$(head -n 3 "$logf" 2>/dev/null | cut -c1-300)" '
         def kb2mib: (tonumber / 1024 * 10 | round / 10);
         def nums: [splits(" ") | select(. != "") | tonumber];
         def per_event_us: (. * 1e6 / $n * 10 | round / 10);
@@ -493,13 +831,21 @@ outbox_burndown() { # instances workers completion repetition ordering(none|keys
          transactions: $xacts, events_per_transaction: ($n / $xacts),
          peak_rss_mib: {supervisor: [$sup | splits(" ") | select(. != "") | kb2mib],
                         handler_processes: [$hand | splits(" ") | select(. != "") | kb2mib]},
-         cpu_s: {supervisor: ($sup_cpu | nums), handler_processes: ($hand_cpu | nums)},
+         cpu_s: {supervisor: ($sup_cpu | nums), handler_processes: ($hand_cpu | nums), postgres: $pg_cpu},
          cpu_us_per_event: {supervisor: ($sup_cpu | nums | add // 0 | per_event_us),
-                            handler_processes: ($hand_cpu | nums | add // 0 | per_event_us)},
+                            handler_processes: ($hand_cpu | nums | add // 0 | per_event_us),
+                            postgres: ($pg_cpu | per_event_us)},
          log_lines_warn_or_error: ($warnings | tonumber),
+         log_first_lines: (if $log_head == "" then null else [$log_head | splits("\n")] end),
          load_at_start: $load, load_at_end: $load_end,
-         command: "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox burndown\" BENCH_COMPLETION=\($completion) BENCH_ORDERING=\($ordering) BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh"}')"
-    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s // "-" | if type == "number" then round else . end)), \(.events_per_transaction * 10 | round / 10) events per transaction, supervisor \(.peak_rss_mib.supervisor) MiB \(.cpu_us_per_event.supervisor) µs/event, handlers \(.peak_rss_mib.handler_processes) MiB \(.cpu_us_per_event.handler_processes) µs/event"')"
+         command: (if $sink == ""
+             then "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox burndown\" BENCH_COMPLETION=\($completion) BENCH_ORDERING=\($ordering) BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh"
+             else "BENCH_DURABILITY=\($dur) BENCH_PARTS=\"outbox brokers\" BENCH_BROKERS=\"\($brokers)\" BENCH_INSTANCES=\($inst) BENCH_WORKERS=\($w) BENCH_EVENTS=\($n) bash bench/run.sh" end)}
+        + (if $sink == "" then {} else {part: "brokers", sink: $sink, broker: $broker} end)')"
+    log "  -> $(tail -n 1 "$records" | jq -r '"\(.events_per_s | round) events/s (steady \(.steady_events_per_s // "-" | if type == "number" then round else . end)), \(.events_per_transaction * 10 | round / 10) events per transaction, supervisor \(.peak_rss_mib.supervisor) MiB \(.cpu_us_per_event.supervisor) µs/event, handlers \(.peak_rss_mib.handler_processes) MiB \(.cpu_us_per_event.handler_processes) µs/event, postgres \(.cpu_us_per_event.postgres) µs/event\(if .broker then ", \(.broker.kind) server \(.broker.server_cpu_us_per_event) µs/event, holds \(.broker.messages_held) messages" else "" end)"')"
+    if [ "$(tail -n 1 "$records" | jq '.broker.holds_every_event // true')" != true ]; then
+        log "  !! the broker holds only $(tail -n 1 "$records" | jq .broker.messages_held) messages"
+    fi
     if [ "$(tail -n 1 "$records" | jq .not_completed)" != 0 ]; then
         log "  !! $(tail -n 1 "$records" | jq .not_completed) events not completed (see $logf)"
     fi
@@ -966,7 +1312,22 @@ for dur in $durabilities; do
     if want keylatency; then
         key_latency_run
     fi
+    if want brokers; then
+        # Series by series: a no-op burn-down, then one per broker, BENCH_REPEAT times, so that
+        # the brokers and the no-op runs they are compared with share what the machine is doing.
+        for rep in $(seq 1 "$repeat"); do
+            for inst in $instances_list; do
+                for w in $workers_list; do
+                    outbox_burndown "$inst" "$w" keep "$rep" none noop
+                    for b in $brokers_list; do
+                        outbox_burndown "$inst" "$w" keep "$rep" none "$b"
+                    done
+                done
+            done
+        done
+    fi
 done
+stop_brokers
 
 # ---- results -----------------------------------------------------------------------------------
 
@@ -987,13 +1348,13 @@ config=$(jq -nc --arg d "$durabilities" --arg w "$workers_list" --arg i "$instan
     --argjson batch "$batch" --argjson rep "$repeat" --arg cp "$ceiling_protocols" --arg cc "$ceiling_clients" \
     --arg rates "$rates" --argjson ls "$latency_seconds" --argjson lw "$latency_workers" \
     --argjson lc "$latency_connections" --arg parts "$parts" --arg ord "$ordering_list" \
-    --argjson ke "$key_events" --argjson kr "$key_rate" '
+    --argjson ke "$key_events" --argjson kr "$key_rate" --arg brokers "$brokers_list" '
     def words: [splits(" +") | select(. != "")];
     {BENCH_DURABILITY: ($d | words), BENCH_WORKERS: ($w | words), BENCH_INSTANCES: ($i | words),
      BENCH_COMPLETION: ($c | words), BENCH_BATCH: $batch, BENCH_REPEAT: $rep,
      BENCH_CEILING_PROTOCOLS: ($cp | words), BENCH_CEILING_CLIENTS: ($cc | words), BENCH_RATES: ($rates | words),
      BENCH_LATENCY_SECONDS: $ls, BENCH_LATENCY_WORKERS: $lw, BENCH_LATENCY_CONNECTIONS: $lc, BENCH_PARTS: ($parts | words),
-     BENCH_ORDERING: ($ord | words), BENCH_KEY_EVENTS: $ke, BENCH_KEY_RATE: $kr}')
+     BENCH_ORDERING: ($ord | words), BENCH_KEY_EVENTS: $ke, BENCH_KEY_RATE: $kr, BENCH_BROKERS: ($brokers | words)}')
 out="$results_dir/$(date -u +%Y%m%dT%H%M%SZ).json"
 jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config "$config" --arg started "$started_at" \
     --arg finished "$(date -u +%Y-%m-%dT%H:%M:%SZ)" --arg load_begin "$load_at_begin" --arg load_end "$(loadavg)" \
@@ -1010,7 +1371,7 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
       # The ceiling of a completion mode: the best median with prepared statements, as the service.
       ($ceil | map(select(.protocol == "prepared")) | group_by(.completion)
           | map({key: .[0].completion, value: (map(.events_per_s) | max)}) | from_entries) as $ceil_best |
-      ($rd | map(select(.kind == "burndown")) as $b |
+      ($rd | map(select(.kind == "burndown" and .part == null)) as $b |
        ($b | map(select(.system == "graphile-worker")) | group_by(.instances)
            | map({key: (.[0].instances | tostring), value: (map(.events_per_s) | median)}) | from_entries) as $gw |
        ($b | map(select(.system == "outbox-worker" and .ordering_keys == null))
@@ -1032,7 +1393,8 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
                  events_per_transaction: (map(.events_per_transaction) | median),
                  cpu_us_per_event: (if .[0].system == "outbox-worker"
                      then {supervisor: (map(.cpu_us_per_event.supervisor) | median),
-                           handler_processes: (map(.cpu_us_per_event.handler_processes) | median)}
+                           handler_processes: (map(.cpu_us_per_event.handler_processes) | median),
+                           postgres: (map(.cpu_us_per_event.postgres) | if any(. == null) then null else median end)}
                      else {node_processes: (map(.cpu_us_per_event.node_processes) | median)} end),
                  peak_rss_mib: (if .[0].system == "outbox-worker"
                      then {supervisor: (map(.peak_rss_mib.supervisor[]) | max),
@@ -1050,7 +1412,37 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
       ($rd | map(select(.kind == "key_latency"))) as $keylat |
       ([$bd[] | select(.ordering_keys == 10000) | .ratio_to_unordered] | map(select(. != null))
           | if length == 0 then null else min end) as $ord_ratio |
-      ($rd | map(select(.system == "outbox-worker" and (.kind == "burndown" or .kind == "latency" or .kind == "key_latency")))) as $ob |
+      ($rd | map(select(.system == "outbox-worker" and .part == null
+                        and (.kind == "burndown" or .kind == "latency" or .kind == "key_latency")))) as $ob |
+      # Part 5: the no-op burn-downs of the brokers series are their baseline (median against
+      # median, same instances and processes).
+      ($rd | map(select(.kind == "burndown" and .part == "brokers"))) as $br |
+      ($br | map(select(.sink == "noop")) | group_by([.instances, .handler_processes_per_instance])
+           | map({key: "\(.[0].instances) \(.[0].handler_processes_per_instance)", value: (map(.events_per_s) | median)})
+           | from_entries) as $noop |
+      ($br | group_by(. as $x | [(["noop"] + $config.BENCH_BROKERS | index($x.sink)), $x.instances,
+                                 $x.handler_processes_per_instance])
+           | map({sink: .[0].sink, server: .[0].broker.server, instances: .[0].instances,
+                  handler_processes_per_instance: .[0].handler_processes_per_instance, runs: length,
+                  events_per_s: (map(.events_per_s) | median), runs_events_per_s: map(.events_per_s | round),
+                  steady_events_per_s: (map(.steady_events_per_s) | if any(. == null) then null else median end),
+                  events_per_transaction: (map(.events_per_transaction) | median),
+                  cpu_us_per_event: {supervisor: (map(.cpu_us_per_event.supervisor) | median),
+                                     handler_processes: (map(.cpu_us_per_event.handler_processes) | median),
+                                     postgres: (map(.cpu_us_per_event.postgres) | if any(. == null) then null else median end),
+                                     broker_server: (if .[0].broker then map(.broker.server_cpu_us_per_event) | median else null end)},
+                  peak_rss_mib: {supervisor: (map(.peak_rss_mib.supervisor[]) | max),
+                                 handler_process: (map(.peak_rss_mib.handler_processes[]) | max)},
+                  every_event_completed: all(.completed == .events and .not_completed == 0),
+                  retried: (map(.retried) | add),
+                  broker_holds_every_event: (if .[0].broker then all(.broker.holds_every_event) else null end),
+                  messages_held: (if .[0].broker then map(.broker.messages_held) else null end),
+                  load1_at_start: map(.load_at_start.load1)}
+                | . + {noop_events_per_s: $noop["\(.instances) \(.handler_processes_per_instance)"]}
+                | . + {fraction_of_noop: (if .noop_events_per_s then .events_per_s / .noop_events_per_s else null end)})) as $brk |
+      ([$brk[] | select(.sink != "noop") | .peak_rss_mib.handler_process] | maxn) as $brk_hand |
+      def fraction_target($sink): [$brk[] | select(.sink == $sink) | .fraction_of_noop | select(. != null)]
+          | if length == 0 then null else min >= 0.5 end;
       ([$ob[] | .peak_rss_mib.supervisor[]] | max) as $sup |
       ([$ob[] | .peak_rss_mib.handler_processes[]] | max) as $hand |
       ([$lat[] | select(.system == "outbox-worker" and .rate == 1000 and .rate_achieved) | .commit_to_start_ms.p99]
@@ -1070,7 +1462,9 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
                                     handoff_ms, handoff_from_processed_at_ms, due_to_start_ms,
                                     commit_to_start_ms, delivered_more_than_once, commit_times_missing})),
        min_ratio_ordered_10000_keys_to_unordered: $ord_ratio,
+       brokers: $brk,
        max_supervisor_rss_mib: $sup, max_handler_process_rss_mib: $hand,
+       max_broker_handler_process_rss_mib: $brk_hand,
        p99_commit_to_start_ms_at_1000: $p99,
        targets: {
          keep_at_least_1_0x_graphile: (if $keep_ratio then $keep_ratio >= 1.0 else null end),
@@ -1078,7 +1472,10 @@ jq -s --argjson machine "$machine" --argjson pg "$pg_settings" --argjson config 
          p99_start_at_most_5ms_at_1000: (if $p99 then $p99 <= 5 else null end),
          ordered_10000_keys_at_least_0_8x_unordered: (if $ord_ratio then $ord_ratio >= 0.8 else null end),
          supervisor_under_20mib: (if $sup then $sup < 20 else null end),
-         handler_under_10mib: (if $hand then $hand < 10 else null end)}})) as $by |
+         handler_under_10mib: (if $hand then $hand < 10 else null end),
+         nats_at_least_0_5x_noop: fraction_target("nats"),
+         kafka_at_least_0_5x_noop: fraction_target("kafka"),
+         broker_handler_process_under_30mib: (if $brk_hand then $brk_hand < 30 else null end)}})) as $by |
     {started: $started, finished: $finished, events: $events, build_dir: $build, config: $config,
      machine: $machine,
      postgresql: ($pg + {cluster: "tests/run_with_postgres.sh (private); durability per record and per summary"}),
@@ -1116,6 +1513,12 @@ jq -r '
    else empty end),
   (.latency[] | "latency \(.system) \(.rate)/s (achieved \(.achieved_rate)\(if .rate_achieved then "" else ", FELL SHORT: not counted" end)): commit-to-start p50/p95/p99/max \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p95)/\(.commit_to_start_ms.p99)/\(.commit_to_start_ms.max) ms; commit-to-completed p50/p99 \(.commit_to_completed_ms.p50)/\(.commit_to_completed_ms.p99) ms"),
   (.key_latency[] | "key latency (\(.events_written) events of one ordering key at \(.rate)/s, achieved \(.achieved_rate)): hand-off p50/p99/max \(.handoff_ms.p50)/\(.handoff_ms.p99)/\(.handoff_ms.max) ms over \(.events_that_waited_for_the_previous) events that waited; due-to-start p50/p99 \(.due_to_start_ms.p50)/\(.due_to_start_ms.p99) ms; commit-to-start p50/p99 \(.commit_to_start_ms.p50)/\(.commit_to_start_ms.p99) ms; \(.key_events_per_s) events/s for the key"),
-  "peak RSS (outbox-worker): supervisor \(.max_supervisor_rss_mib // "-") MiB, handler process \(.max_handler_process_rss_mib // "-") MiB",
+  (if (.brokers | length) > 0 then
+    "brokers: burn-down of \($events) events to each broker (outbox-worker, keep), median of runs, against the no-op burn-downs of the same series:",
+    "  \("sink" | rpad(6)) \("instances" | rpad(14)) \("events/s" | lpad(9))  \("of no-op" | lpad(8))  \("CPU µs/event" | rpad(54))  \("peak RSS MiB" | rpad(24))  \("all done" | rpad(8))  \("held" | rpad(5))  runs",
+    (.brokers[] |
+      "  \(.sink | rpad(6)) \("\(.instances) x \(.handler_processes_per_instance) proc" | rpad(14)) \(.events_per_s | num | lpad(9))  \(.fraction_of_noop | if . == null then "-" else "\(. * 100 | round)%" end | lpad(8))  \("sup \(.cpu_us_per_event.supervisor), handlers \(.cpu_us_per_event.handler_processes), pg \(.cpu_us_per_event.postgres // "-")\(if .cpu_us_per_event.broker_server != null then ", server \(.cpu_us_per_event.broker_server)" else "" end)" | rpad(54))  \("sup \(.peak_rss_mib.supervisor), handler \(.peak_rss_mib.handler_process)" | rpad(24))  \(.every_event_completed | tostring | rpad(8))  \(.broker_holds_every_event // "-" | tostring | rpad(5))  \(.runs_events_per_s | map(num) | join(" "))")
+   else empty end),
+  "peak RSS (outbox-worker): supervisor \(.max_supervisor_rss_mib // "-") MiB, handler process \(.max_handler_process_rss_mib // "-") MiB\(if .max_broker_handler_process_rss_mib then "; with a broker connection \(.max_broker_handler_process_rss_mib) MiB" else "" end)",
   "targets: \(.targets | to_entries | map("\(.key) \(if .value == null then "-" else .value end)") | join(", "))"' "$out"
 rm -rf "$work"
