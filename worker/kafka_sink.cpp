@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <map>
@@ -188,7 +189,7 @@ class KafkaSink final : public Sink {
     // Set by ALL_BROKERS_DOWN, cleared once a broker has come up since.
     bool all_brokers_down_ = false;
     uint64_t brokers_came_up_at_down_ = 0; // brokers_came_up_ when ALL_BROKERS_DOWN was served
-    std::string down_reason_;              // "6/6 brokers are down"
+    std::string down_reason_;              // "all brokers are down: 3/3 brokers are down"
     std::string last_error_;               // librdkafka's last error, e.g. a refused connection
     bool fatal_ = false;
     std::string fatal_reason_;
@@ -196,7 +197,7 @@ class KafkaSink final : public Sink {
 
     // Written by librdkafka's broker threads (on_broker_state_change), read by ours.
     std::mutex broker_states_mutex_;
-    std::map<std::string, bool> broker_up_; // "name:port/id" -> whether in state UP or UPDATE
+    std::map<std::string, bool> broker_up_; // "host:port" -> whether in state UP or UPDATE
     std::atomic<int> brokers_up_{0};
     std::atomic<uint64_t> brokers_came_up_{0}; // transitions of a broker to up, ever
 };
@@ -413,8 +414,9 @@ std::optional<std::string> KafkaSink::check(long timeout_ms) {
         return error;
     }
     const rd_kafka_metadata_t* metadata = nullptr;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(probe.producer_, 0, nullptr, &metadata,
-                                                static_cast<int>(std::max<long>(timeout_ms, 1)));
+    rd_kafka_resp_err_t err =
+        rd_kafka_metadata(probe.producer_, 0, nullptr, &metadata,
+                          static_cast<int>(std::clamp<long>(timeout_ms, 1, INT_MAX)));
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         probe.serve(0); // collects the connection errors behind the failure
         std::string why = "kafka: cannot reach " + options_.brokers + " within " +
