@@ -489,8 +489,13 @@ Check read_amqp(const cJSON* amqp, const EnvLookup& env, AmqpSinkOptions& option
     if (auto problem = read_expanded_string(amqp, "amqp", "url", env, options.url)) {
         return problem;
     }
-    if (!options.url.starts_with("amqp://") && !options.url.starts_with("amqps://")) {
-        return field_error("amqp.url", "must start with amqp:// or amqps://");
+    if (options.url.starts_with("amqps://")) {
+        // The sink speaks AMQP over plain TCP only; refusing here beats failing every event.
+        return field_error("amqp.url", "amqps:// (TLS) is not supported: use amqp://, through a "
+                                       "TLS tunnel or on a trusted network");
+    }
+    if (!options.url.starts_with("amqp://")) {
+        return field_error("amqp.url", "must start with amqp://");
     }
     const cJSON* exchange = member(amqp, "exchange");
     if (exchange == nullptr) {

@@ -34,7 +34,7 @@
 //                                                              checked by librdkafka on load
 //   "nats":  { "url": "nats://127.0.0.1:4222",                 required; nats:// or tls://
 //              "subject": "orders.${eventType}" }              required; no wildcards
-//   "amqp":  { "url": "amqp://user:${PASSWORD}@host:5672/vhost", required; amqp:// or amqps://
+//   "amqp":  { "url": "amqp://user:${PASSWORD}@host:5672/vhost", required; amqp:// (no TLS)
 //              "exchange": "orders",                           required; "" is the default one
 //              "routingKey": "${eventType}" }                  optional; default ""
 //   "redis": { "url": "redis://:${PASSWORD}@host:6379/0",      required

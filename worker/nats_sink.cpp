@@ -36,6 +36,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string_view>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -54,8 +55,12 @@ constexpr long kConnectTimeoutMs = 3000;
 // connection) whose entries the client keeps until its own MaxWait expires. Reaching the limit
 // would make js_PublishMsgAsync block (StallWait), which a sink must not do.
 constexpr int64_t kMaxPendingAcks = 65536;
-// How long the stream lookup that classifies "no responders" may take.
-constexpr long kStreamLookupTimeoutMs = 2000;
+// How long the stream lookup that classifies "no responders" may block poll() (a local JetStream
+// answers in well under a millisecond, a remote one in a round trip), and how long its verdict
+// is reused: a burst of such failures usually shares its subject, and a JetStream that does not
+// answer must not cost a full lookup timeout per failure.
+constexpr long kStreamLookupTimeoutMs = 1000;
+constexpr auto kStreamLookupReuse = std::chrono::seconds(1);
 
 long ms_until(Clock::time_point when, Clock::time_point now) {
     if (when <= now) {
@@ -66,13 +71,22 @@ long ms_until(Clock::time_point when, Clock::time_point now) {
     return static_cast<long>((us + 999) / 1000);
 }
 
-// The client's description of the last error on this thread, else the status's own text.
+// The client's description of the last error on this thread, else the status's own text. The
+// client puts the place in its source first, "(conn.c:2088): No server available for
+// connection", which says nothing to an operator: that part goes.
 std::string error_text(natsStatus status) {
     const char* text = nats_GetLastError(nullptr);
-    if (text != nullptr && *text != '\0') {
-        return text;
+    if (text == nullptr || *text == '\0') {
+        return natsStatus_GetText(status);
     }
-    return natsStatus_GetText(status);
+    std::string_view view(text);
+    if (view.front() == '(') {
+        size_t end = view.find("): ");
+        if (end != std::string_view::npos) {
+            view.remove_prefix(end + 3);
+        }
+    }
+    return std::string(view);
 }
 
 // The URL without its password (or token), for error texts that end up in the database.
@@ -100,6 +114,36 @@ std::string header_safe(std::string_view value) {
         }
     }
     return out;
+}
+
+// Why `subject` cannot be published to, or nullopt. The client sends the subject as it is, and
+// the server parses the protocol line by whitespace: a subject with a space or a line break
+// (from an event type that has one) would be read as other fields, or break the connection for
+// every publication in flight. Wildcards and empty tokens are not subjects one can publish to.
+std::optional<std::string> subject_problem(std::string_view subject) {
+    if (subject.empty()) {
+        return "the subject is empty";
+    }
+    for (char c : subject) {
+        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7F) {
+            return "the subject contains whitespace or a control character";
+        }
+    }
+    size_t start = 0;
+    for (;;) {
+        size_t dot = subject.find('.', start);
+        std::string_view token = subject.substr(start, dot - start);
+        if (token.empty()) {
+            return "the subject has an empty token";
+        }
+        if (token == "*" || token == ">") {
+            return "the subject has a wildcard token";
+        }
+        if (dot == std::string_view::npos) {
+            return std::nullopt;
+        }
+        start = dot + 1;
+    }
 }
 
 // What the client's threads hand over to the sink's thread.
@@ -266,10 +310,10 @@ class NatsSink final : public Sink {
     bool connect_now(long timeout_ms);
     void close_connection();
     std::optional<std::string> not_connected();
-    std::string not_connected_text(long next_attempt_ms) const;
+    // Also records next_attempt_ms_ for the Result.
+    std::string not_connected_text(long next_attempt_ms);
     Result publish_error(natsStatus status, const std::string& subject, size_t size);
-    Result classify(const Completion& completion, const std::string& subject,
-                    std::map<std::string, std::pair<StreamLookup, std::string>>& lookups);
+    Result classify(const Completion& completion, const std::string& subject);
     StreamLookup lookup_stream(const std::string& subject, std::string& detail);
 
     NatsSinkOptions options_;
@@ -288,6 +332,15 @@ class NatsSink final : public Sink {
     int failed_connects_ = 0;
     Clock::time_point next_connect_{};
     std::string last_error_;
+    long next_attempt_ms_ = 0; // as of the last not_connected_text()
+
+    // Recent stream lookups by subject (see classify()).
+    struct Lookup {
+        StreamLookup verdict = StreamLookup::unavailable;
+        std::string detail;
+        Clock::time_point expires;
+    };
+    std::map<std::string, Lookup> lookups_;
 };
 
 bool NatsSink::connect_now(long timeout_ms) {
@@ -372,7 +425,8 @@ void NatsSink::close_connection() {
     }
 }
 
-std::string NatsSink::not_connected_text(long next_attempt_ms) const {
+std::string NatsSink::not_connected_text(long next_attempt_ms) {
+    next_attempt_ms_ = next_attempt_ms;
     std::string text = "nats: not connected to " + where_ + ": " +
                        (last_error_.empty() ? std::string("connection lost") : last_error_);
     if (next_attempt_ms > 0) {
@@ -444,12 +498,18 @@ Result NatsSink::publish_error(natsStatus status, const std::string& subject, si
 
 void NatsSink::publish(const BrokerMessage& message, Done done) {
     const std::string& subject = message.destination;
+    if (auto problem = subject_problem(subject)) {
+        done(Result::permanent("nats: publish to " + header_safe(subject) +
+                               ": invalid subject: " + *problem));
+        return;
+    }
     if (message.body.size() > static_cast<size_t>(INT_MAX)) {
         done(publish_error(NATS_MAX_PAYLOAD, subject, message.body.size()));
         return;
     }
     if (auto why = not_connected()) {
-        done(Result::retry(*why));
+        // No use retrying before the next connection attempt: say when that is.
+        done(Result::retry(*why, next_attempt_ms_));
         return;
     }
     natsMsg* msg = nullptr;
@@ -532,8 +592,7 @@ NatsSink::StreamLookup NatsSink::lookup_stream(const std::string& subject, std::
     return StreamLookup::unavailable;
 }
 
-Result NatsSink::classify(const Completion& completion, const std::string& subject,
-                          std::map<std::string, std::pair<StreamLookup, std::string>>& lookups) {
+Result NatsSink::classify(const Completion& completion, const std::string& subject) {
     std::string where = "nats: publish to " + subject + ": ";
     switch (completion.status) {
     case NATS_OK:
@@ -550,15 +609,20 @@ Result NatsSink::classify(const Completion& completion, const std::string& subje
         // again), which passes (retry). The JetStream API tells them apart: asked for the
         // streams that capture the subject, it answers "none" only in the first case, and does
         // not answer at all (no responders, timeout) while JetStream is not ready. A stream
-        // found now means it appeared (or came back) since: retry. One lookup per subject and
-        // poll(), since a burst of such failures usually shares its subject.
-        auto it = lookups.find(subject);
-        if (it == lookups.end()) {
-            std::string detail;
-            StreamLookup verdict = lookup_stream(subject, detail);
-            it = lookups.emplace(subject, std::make_pair(verdict, detail)).first;
+        // found now means it appeared (or came back) since: retry.
+        auto now = Clock::now();
+        auto it = lookups_.find(subject);
+        if (it == lookups_.end() || it->second.expires <= now) {
+            if (lookups_.size() > 1000) {
+                lookups_.clear(); // subjects from event types: bounded, but not by us
+            }
+            Lookup fresh;
+            fresh.verdict = lookup_stream(subject, fresh.detail);
+            fresh.expires = Clock::now() + kStreamLookupReuse;
+            it = lookups_.insert_or_assign(subject, std::move(fresh)).first;
         }
-        const auto& [verdict, detail] = it->second;
+        const StreamLookup verdict = it->second.verdict;
+        const std::string detail = it->second.detail;
         if (verdict == StreamLookup::none) {
             return Result::permanent(where + "no responders: no JetStream stream captures the "
                                              "subject (is there a stream for the subject?)");
@@ -595,7 +659,6 @@ Result NatsSink::classify(const Completion& completion, const std::string& subje
 void NatsSink::poll(int timeout_ms) {
     auto until = Clock::now() + std::chrono::milliseconds(std::max(0, timeout_ms));
     std::vector<std::pair<Done, Result>> ready;
-    std::map<std::string, std::pair<StreamLookup, std::string>> lookups;
     for (;;) {
         shared_->drain();
         std::vector<Completion> completions;
@@ -608,7 +671,7 @@ void NatsSink::poll(int timeout_ms) {
         for (const Completion& completion : completions) {
             auto node = pending_.extract(completion.seq);
             if (!node.empty()) {
-                Result result = classify(completion, node.mapped().subject, lookups);
+                Result result = classify(completion, node.mapped().subject);
                 ready.emplace_back(std::move(node.mapped().done), std::move(result));
             }
         }

@@ -239,7 +239,13 @@ bool is_retryable_error(std::string_view text) {
         // fault and must not send every event to the DLQ.
         "NOAUTH",
     };
-    return std::find(std::begin(kPassing), std::end(kPassing), code) != std::end(kPassing);
+    if (std::find(std::begin(kPassing), std::end(kPassing), code) != std::end(kPassing)) {
+        return true;
+    }
+    // A server that requires a password cuts an unauthenticated client short with "ERR Protocol
+    // error: unauthenticated multibulk length" when a command has many arguments (an XADD with
+    // its fields), before it gets as far as NOAUTH: the same missing password.
+    return text.find("Protocol error: unauthenticated") != std::string_view::npos;
 }
 
 class RedisSink final : public Sink {
@@ -600,7 +606,8 @@ void RedisSink::publish(const BrokerMessage& message, Done done) {
         }
     }
     if (auto why = not_connected()) {
-        done(Result::retry(*why));
+        // No use retrying before the next connection attempt: say when that is.
+        done(Result::retry(*why, ms_until(next_connect_, Clock::now())));
         return;
     }
     // XADD stream [MAXLEN ~ n] * outbox-id <id> outbox-event-type <type> ... key <key>

@@ -60,7 +60,35 @@ class BrokerUnderTest {
         std::string payload = "{}";
     };
     virtual Rejection rejection() = 0;
+    // Credentials in sink_json() (a password in the URL) that must never appear in the
+    // service's log, in an event's lastError, in a dead letter's reason or in check-config's
+    // output.
+    virtual std::vector<std::string> secrets() const { return {}; }
 };
+
+// No secret of `broker` appears in `text` (a log, an error, an output); `where` names it.
+inline void check_no_secret(const BrokerUnderTest& broker, const std::string& text,
+                            const std::string& where) {
+    for (const std::string& secret : broker.secrets()) {
+        INFO(where << " contains a secret of the " << broker.kind() << " sink");
+        CHECK(text.find(secret) == std::string::npos);
+    }
+}
+
+// The same in every event's lastError and every dead letter's failureReason.
+inline void check_no_secret_in_database(const BrokerUnderTest& broker, const TestDatabase& db) {
+    for (const std::string& secret : broker.secrets()) {
+        std::string literal;
+        for (char c : secret) {
+            literal += c == '\'' ? std::string("''") : std::string(1, c);
+        }
+        INFO("a secret of the " << broker.kind() << " sink is stored in the database");
+        CHECK(db.count(R"(SELECT count(*) FROM "Outbox" WHERE strpos("lastError", ')" + literal +
+                       "') > 0") == 0);
+        CHECK(db.count(R"(SELECT count(*) FROM "DlqEventLog" WHERE strpos("failureReason", ')" +
+                       literal + "') > 0") == 0);
+    }
+}
 
 inline constexpr const char* kE2eTraceparent =
     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -136,6 +164,8 @@ inline void relay_through_outage(BrokerUnderTest& broker) {
     }
     CHECK(db.count(R"(SELECT count(*) FROM "DlqEventLog")") == 0);
     stop_cleanly(service, db);
+    check_no_secret(broker, service.log(), "the service's log");
+    check_no_secret_in_database(broker, db);
 
     // What the database says each event is: its key and its number within the key.
     std::map<std::string, std::pair<std::string, long>> expected; // id -> (key, seq)
@@ -235,6 +265,8 @@ inline void permanent_rejection(BrokerUnderTest& broker) {
     // Permanent: one attempt, no retries.
     CHECK(db.scalar(R"(SELECT "retryCount" FROM "DlqEventLog")") == "1");
     stop_cleanly(service, db);
+    check_no_secret(broker, service.log(), "the service's log");
+    check_no_secret_in_database(broker, db);
 }
 
 inline void check_connect(BrokerUnderTest& broker) {
@@ -258,6 +290,7 @@ inline void check_connect(BrokerUnderTest& broker) {
     INFO(dead.out << dead.err);
     CHECK(dead.status.exited_with(1));
     CHECK(dead.out.find("): FAILED: " + broker.kind()) != std::string::npos);
+    check_no_secret(broker, live.out + live.err + dead.out + dead.err, "check-config's output");
     broker.start();
 }
 

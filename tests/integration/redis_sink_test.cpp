@@ -543,12 +543,20 @@ TEST_CASE("Redis sink: a reply that does not come in time fails it and everythin
         REQUIRE(wait_until([&] { return publish_one(*sink, m).outcome == Outcome::success; },
                            std::chrono::seconds(10)));
     }
+    // The paused server executed the ten commands it had received once it ran again (the
+    // connection's end came after them), and the sink could not know: each is in the stream
+    // twice, and a consumer keeps the first of each outbox-id.
     RedisClient client(server);
-    std::set<std::string> ids;
-    for (const auto& e : client.read_all("timeouts")) {
-        ids.insert(field(e, "outbox-id"));
+    auto entries = client.read_all("timeouts");
+    std::map<std::string, int> copies;
+    for (const auto& e : entries) {
+        ++copies[field(e, "outbox-id")];
     }
-    CHECK(ids.size() == 11);
+    CHECK(copies.size() == 11);
+    CHECK(copies["t-0"] == 1);
+    for (int i = 1; i <= 10; ++i) {
+        CHECK(copies["t-" + std::to_string(i)] == 2);
+    }
 }
 
 TEST_CASE("Redis sink: publications in flight when the connection breaks fail at once",
@@ -623,8 +631,12 @@ TEST_CASE("Redis sink: AUTH and SELECT from the URL", "[broker][redis]") {
         std::string url = "redis://127.0.0.1:" + std::to_string(server.port());
         auto sink = redis_sink(url, 5000);
         Result r = publish_one(*sink, simple_message("a-3", "authed"));
+        INFO(r.error);
+        // The server wants a password (NOAUTH; for a command with as many arguments as this
+        // XADD, Redis 7 says "unauthenticated multibulk length" instead): the configuration is
+        // wrong, not the event.
         CHECK(r.outcome == Outcome::retry);
-        CHECK(contains(r.error, "NOAUTH"));
+        CHECK((contains(r.error, "NOAUTH") || contains(r.error, "unauthenticated")));
     }
 }
 
@@ -649,6 +661,8 @@ TEST_CASE("Redis sink: check() and publications against live and dead servers", 
         CHECK(r.outcome == Outcome::retry);
         CHECK(contains(r.error, "redis: not connected to " + where + ": "));
         CHECK(contains(r.error, "; next attempt in "));
+        CHECK(r.retry_after_ms > 0);
+        CHECK(r.retry_after_ms <= outbox::kSinkReconnectMaxMs);
         CHECK_FALSE(sink->connected());
         CHECK(sink->pending() == 0);
     }
@@ -725,14 +739,22 @@ TEST_CASE("Redis sink: throughput and peak RSS", "[.][measure][redis]") {
     if (std::getenv("OUTBOX_MEASURE_SINKS") == nullptr) {
         return;
     }
-    RedisServer server;
-    auto sink = redis_sink(server.url(), 10000);
-    auto messages = make_messages(50000, 50000, "orders");
-    auto started = Clock::now();
-    RunStats stats = publish_all(*sink, messages, 128, std::chrono::seconds(300));
-    double seconds = std::chrono::duration<double>(Clock::now() - started).count();
-    REQUIRE(stats.succeeded == messages.size());
+    auto throughput = [](const std::string& appendfsync) {
+        RedisServerOptions options;
+        options.appendfsync = appendfsync;
+        RedisServer server(options);
+        auto sink = redis_sink(server.url(), 10000);
+        auto messages = make_messages(50000, 50000, "orders");
+        auto started = Clock::now();
+        RunStats stats = publish_all(*sink, messages, 128, std::chrono::seconds(300));
+        double seconds = std::chrono::duration<double>(Clock::now() - started).count();
+        REQUIRE(stats.succeeded == messages.size());
+        return static_cast<long>(messages.size() / seconds);
+    };
+    long always = throughput("always");
+    long everysec = throughput("everysec");
 
+    RedisServer server;
     auto child_hwm = [&](const std::string& url) {
         SpawnOptions spawn;
         spawn.args = {"Redis sink: peak RSS child"};
@@ -746,11 +768,9 @@ TEST_CASE("Redis sink: throughput and peak RSS", "[.][measure][redis]") {
     };
     long baseline = child_hwm("");
     long with_sink = child_hwm(server.url());
-    WARN("Redis sink: " << messages.size() << " messages (" << messages[0].message.body.size()
-                        << "-byte bodies), 128 in flight: "
-                        << static_cast<long>(messages.size() / seconds)
-                        << " messages/s. Peak RSS (VmHWM) of a process with one sink after 2,000 "
-                           "messages: "
-                        << with_sink << " KiB; the same process without a sink: " << baseline
-                        << " KiB");
+    WARN("Redis sink: 50000 messages (138-byte bodies), 128 in flight: "
+         << always << " messages/s with appendfsync always, " << everysec
+         << " with appendfsync everysec. Peak RSS (VmHWM) of a process with one sink after "
+            "2,000 messages: "
+         << with_sink << " KiB; the same process without a sink: " << baseline << " KiB");
 }

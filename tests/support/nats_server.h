@@ -41,7 +41,8 @@ class NatsServer {
     void start();
     // SIGKILL, as a crash, and wait for the end; start() brings it back on the same data.
     void kill();
-    // SIGSTOP and SIGCONT: a server that keeps its connections open but answers nothing.
+    // SIGSTOP (returning once every thread has stopped) and SIGCONT: a server that keeps its
+    // connections open but answers nothing.
     void pause();
     void resume();
     bool running() const { return process_ != nullptr; }

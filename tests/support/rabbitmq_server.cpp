@@ -203,6 +203,11 @@ void RabbitMqServer::launch() {
         {"RABBITMQ_CONF_ENV_FILE", dir_ + "/rabbitmq-env.conf"},
         {"RABBITMQ_PID_FILE", dir_ + "/rabbitmq.pid"},
         {"RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-start_epmd false"},
+        // The start script then exec()s the Erlang VM instead of running it in the background
+        // and waiting for it (its mode for systemd and -detached), so that the VM is our child:
+        // it inherits ChildProcess's "killed when the test dies", and a test process that is
+        // killed or crashes leaves no node behind.
+        {"detached", "1"},
         // Whatever the caller's environment says about another node must not leak in.
         {"RABBITMQ_NODE_ONLY", std::nullopt},
         {"RABBITMQ_ALLOW_INPUT", std::nullopt},
@@ -246,8 +251,7 @@ void RabbitMqServer::start() {
 void RabbitMqServer::stop(StopMode mode) {
     REQUIRE(node_ != nullptr);
     if (mode == StopMode::shutdown) {
-        // The start script traps SIGTERM and passes it on to the Erlang VM, which stops
-        // RabbitMQ in order.
+        // RabbitMQ stops in order on SIGTERM.
         node_->send_signal(SIGTERM);
         if (!node_->wait_exit(kStopTimeout)) {
             FAIL("rabbitmq-server did not stop on SIGTERM\n" << log_tail());
@@ -260,15 +264,13 @@ void RabbitMqServer::stop(StopMode mode) {
 }
 
 bool RabbitMqServer::kill_node() {
-    // The whole group: the start script and the Erlang VM. Its port programs (erl_child_setup
-    // and what it starts) run in sessions of their own and end when the VM does.
+    // The Erlang VM's group. Its port programs (erl_child_setup and what that starts) run in
+    // sessions of their own and end when the VM does.
     node_->signal_group(SIGKILL);
     node_->wait_exit(std::chrono::seconds(10));
     node_.reset();
-    // The start script is reaped as soon as it dies; the Erlang VM (our grandchild, with many
-    // threads) may take a moment longer, and its listening socket accepts connections until it
-    // is gone: a test that checks "the broker is down" right after stop() would see a
-    // connection accepted and then reset.
+    // Reaped means its sockets are closed; the check costs nothing and says so in the failure
+    // message if it ever is not so.
     return wait_until([&] { return !port_accepts(amqp_port_); }, std::chrono::seconds(10));
 }
 

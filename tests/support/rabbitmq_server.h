@@ -19,7 +19,8 @@
 // (an epmd of its own, started by the fixture, so that nothing is shared with another node on
 // the machine), and a temporary directory holding the configuration, the data (mnesia), the logs
 // and HOME (so the Erlang cookie is created there, also when the tests run as root). No plugins.
-// The destructor kills the node and its epmd and removes the directory.
+// The Erlang VM is the fixture's direct child, so it dies with the test process even when that
+// is killed. The destructor kills the node and its epmd and removes the directory.
 //
 // A RabbitMqServer belongs to the thread that created it (ChildProcess does).
 #pragma once

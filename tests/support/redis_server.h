@@ -21,6 +21,9 @@ namespace outbox::test {
 
 struct RedisServerOptions {
     std::optional<std::string> password; // requirepass
+    // "always" (every write fsynced before the reply); "everysec" only to tell, in a
+    // measurement, the sink's own cost from the disk's.
+    std::string appendfsync = "always";
 };
 
 class RedisServer {
@@ -43,7 +46,8 @@ class RedisServer {
     void start();
     // SIGKILL, as a crash, and wait for the end; start() brings it back on the same data.
     void kill();
-    // SIGSTOP and SIGCONT: a server that keeps its connections open but answers nothing.
+    // SIGSTOP (returning once every thread has stopped) and SIGCONT: a server that keeps its
+    // connections open but answers nothing.
     void pause();
     void resume();
     bool running() const { return process_ != nullptr; }

@@ -549,7 +549,10 @@ TEST_CASE("handlers file: broker rules", "[handlers_file][broker]") {
     CHECK(error("amqp", R"({"url": "amqp://h"})") ==
           R"("amqp.exchange": is required ("" publishes to the default exchange))");
     CHECK(error("amqp", R"({"url": "http://h", "exchange": "x"})") ==
-          R"("amqp.url": must start with amqp:// or amqps://)");
+          R"("amqp.url": must start with amqp://)");
+    CHECK(
+        error("amqp", R"({"url": "amqps://h", "exchange": "x"})") ==
+        R"("amqp.url": amqps:// (TLS) is not supported: use amqp://, through a TLS tunnel or on a trusted network)");
     CHECK(error("amqp", R"({"url": "amqp://h", "exchange": 1})") ==
           R"("amqp.exchange": must be a string)");
     CHECK(error("amqp", R"({"url": "amqp://h", "exchange": "x", "routingKey": 1})") ==
