@@ -15,14 +15,24 @@
 // interceptor, called on the broker threads at each state change: exact and immediate, where the
 // statistics callback would mean parsing a JSON document every interval and the delivery reports
 // say nothing while nothing is being published. The first broker up and the last one down also
-// write to the wake pipe, so that an idle process notices the change. When every broker is down
-// librdkafka raises ALL_BROKERS_DOWN; from then until a broker is up again, publish() fails at
-// once, retryably, so that a cluster that is gone costs each event one quick attempt rather than a
-// wait for the whole message timeout. Publications already queued stay queued: they are delivered
-// if a broker comes back in time and time out (retryably) otherwise. Purging them instead would
-// leave gaps in the idempotent producer's sequence numbers. librdkafka keeps trying to reconnect by
-// itself (to the leaders of the queued messages, and to a random broker every second when none is
-// up), with the backoff of sink.h (reconnect.backoff.ms and reconnect.backoff.max.ms).
+// write to the wake pipe, so that an idle process notices the change.
+//
+// A cluster that is gone must cost each event one quick, retryable attempt, not a wait for the
+// whole timeout: the handler process answers events in order, so a publication that waits holds
+// up the events behind it, other subscribers' too. When every broker is down librdkafka raises
+// ALL_BROKERS_DOWN. The sink then purges what librdkafka holds unsent (rd_kafka_purge with
+// RD_KAFKA_PURGE_F_QUEUE: messages never sent, and those whose request died with the connection,
+// which may have been written), failing each retryably at once, and until a broker is up again
+// publish() fails at once. The purge leaves a gap in the idempotent producer's sequence numbers;
+// the broker answers the next message with OUT_OF_ORDER_SEQUENCE_NUMBER and librdkafka recovers
+// by bumping the producer's epoch, as it does after a message timeout. librdkafka keeps trying to
+// reconnect by itself (to a random broker about once a second while none is up), with the backoff
+// of sink.h (reconnect.backoff.ms and reconnect.backoff.max.ms).
+//
+// librdkafka checks message timeouts late while it waits to reconnect (seconds late, with a
+// reconnection backoff of seconds), and a publication that outlived the handler timeout would get
+// its process killed. So every publication also has a deadline of its own, timeout_ms after
+// publish(): poll() fails what is still unacknowledged then, and drops librdkafka's late report.
 //
 // A fatal error of the idempotent producer (the broker and the producer disagree about sequence
 // numbers) leaves a producer that accepts nothing more: every pending publication fails
@@ -41,13 +51,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <climits>
 #include <cstdint>
 #include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -146,6 +157,10 @@ class KafkaSink final : public Sink {
     void recover_from_fatal_error();
     // Sets fatal_ when librdkafka has raised a fatal error.
     void note_fatal_error(rd_kafka_t* rk);
+    // Fails the publications whose deadline has passed.
+    void expire_overdue();
+    // Milliseconds until the first deadline, at most `limit`.
+    int until_next_deadline(int limit) const;
     void drain_wake_pipe();
     // Serves librdkafka's main queue: the callbacks below run from here.
     void serve(int timeout_ms);
@@ -175,20 +190,23 @@ class KafkaSink final : public Sink {
     rd_kafka_t* producer_ = nullptr;
     rd_kafka_queue_t* main_queue_ = nullptr;
 
-    // Publications handed to librdkafka, by the id that travels as the message's opaque.
+    // Publications handed to librdkafka, by the id that travels as the message's opaque. Ids
+    // grow and every publication has the same timeout, so the first is the next to expire.
     struct Publication {
         Done done;
-        std::string topic; // for the error text when the producer fails as a whole
+        std::string topic; // for the error texts that do not come from a delivery report
+        std::chrono::steady_clock::time_point deadline;
     };
-    std::unordered_map<uint64_t, Publication> in_flight_;
+    std::map<uint64_t, Publication> in_flight_;
     uint64_t next_id_ = 1;
     // Outcomes known and not yet reported: poll() runs them.
     std::vector<std::pair<Done, Result>> ready_;
 
     // Set by ALL_BROKERS_DOWN, cleared once a broker has come up since.
     bool all_brokers_down_ = false;
+    bool purge_requested_ = false;         // by ALL_BROKERS_DOWN, done once rd_kafka_poll() returns
     uint64_t brokers_came_up_at_down_ = 0; // brokers_came_up_ when ALL_BROKERS_DOWN was served
-    std::string down_reason_;              // "6/6 brokers are down"
+    std::string down_reason_;              // "all brokers are down: 3/3 brokers are down"
     std::string last_error_;               // librdkafka's last error, e.g. a refused connection
     bool fatal_ = false;
     std::string fatal_reason_;
@@ -196,7 +214,7 @@ class KafkaSink final : public Sink {
 
     // Written by librdkafka's broker threads (on_broker_state_change), read by ours.
     std::mutex broker_states_mutex_;
-    std::map<std::string, bool> broker_up_; // "name:port/id" -> whether in state UP or UPDATE
+    std::map<std::string, bool> broker_up_; // "host:port" -> whether in state UP or UPDATE
     std::atomic<int> brokers_up_{0};
     std::atomic<uint64_t> brokers_came_up_{0}; // transitions of a broker to up, ever
 };
@@ -315,7 +333,48 @@ void KafkaSink::serve(int timeout_ms) {
     rd_kafka_poll(producer_, timeout_ms);
     if (fatal_) {
         recover_from_fatal_error();
+        return;
     }
+    if (purge_requested_) {
+        bool down = all_brokers_down();
+        if (!all_brokers_down_) {
+            // A broker came back in the meantime: the messages may go out after all.
+            purge_requested_ = false;
+        } else if (down) {
+            purge_requested_ = false;
+            rd_kafka_purge(producer_, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_NON_BLOCKING);
+            // The delivery reports of the purged messages are on the main queue now, or soon
+            // (each broker thread purges its own): the wake pipe brings the process back.
+            rd_kafka_poll(producer_, 0);
+        }
+        // Otherwise the interceptor has not heard of the last broker going down yet; it wakes
+        // the process when it does, and the purge happens then.
+    }
+}
+
+void KafkaSink::expire_overdue() {
+    auto now = std::chrono::steady_clock::now();
+    while (!in_flight_.empty() && in_flight_.begin()->second.deadline <= now) {
+        Publication& publication = in_flight_.begin()->second;
+        std::string why = "kafka: publish to " + publication.topic +
+                          ": no acknowledgement within " + std::to_string(options_.timeout_ms) +
+                          " ms";
+        if (all_brokers_down()) {
+            why += " (" + down_reason_ + ")";
+        }
+        why += "; the message may have been written";
+        ready_.emplace_back(std::move(publication.done), Result::retry(why));
+        in_flight_.erase(in_flight_.begin());
+    }
+}
+
+int KafkaSink::until_next_deadline(int limit) const {
+    if (in_flight_.empty()) {
+        return limit;
+    }
+    auto left = std::chrono::ceil<std::chrono::milliseconds>(in_flight_.begin()->second.deadline -
+                                                             std::chrono::steady_clock::now());
+    return static_cast<int>(std::clamp<int64_t>(left.count(), 0, limit));
 }
 
 void KafkaSink::publish(const BrokerMessage& message, Done done) {
@@ -386,7 +445,9 @@ void KafkaSink::publish(const BrokerMessage& message, Done done) {
         return;
     }
     (void)headers.release(); // the message's now
-    in_flight_.emplace(id, Publication{std::move(done), message.destination});
+    in_flight_.emplace(id, Publication{std::move(done), message.destination,
+                                       std::chrono::steady_clock::now() +
+                                           std::chrono::milliseconds(options_.timeout_ms)});
 }
 
 void KafkaSink::poll(int timeout_ms) {
@@ -394,7 +455,8 @@ void KafkaSink::poll(int timeout_ms) {
         recover_from_fatal_error();
     }
     bool wait = ready_.empty() && !in_flight_.empty();
-    serve(wait ? std::max(timeout_ms, 0) : 0);
+    serve(wait ? until_next_deadline(std::max(timeout_ms, 0)) : 0);
+    expire_overdue();
     // Swapped out first: a Done may publish again, and what that adds waits for the next poll.
     std::vector<std::pair<Done, Result>> ready;
     ready.swap(ready_);
@@ -413,8 +475,9 @@ std::optional<std::string> KafkaSink::check(long timeout_ms) {
         return error;
     }
     const rd_kafka_metadata_t* metadata = nullptr;
-    rd_kafka_resp_err_t err = rd_kafka_metadata(probe.producer_, 0, nullptr, &metadata,
-                                                static_cast<int>(std::max<long>(timeout_ms, 1)));
+    rd_kafka_resp_err_t err =
+        rd_kafka_metadata(probe.producer_, 0, nullptr, &metadata,
+                          static_cast<int>(std::clamp<long>(timeout_ms, 1, INT_MAX)));
     if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
         probe.serve(0); // collects the connection errors behind the failure
         std::string why = "kafka: cannot reach " + options_.brokers + " within " +
@@ -454,6 +517,12 @@ void KafkaSink::on_delivery(rd_kafka_t* rk, const rd_kafka_message_t* message, v
             why += "; " + sink->down_reason_;
         }
         why += ")";
+    } else if (message->err == RD_KAFKA_RESP_ERR__PURGE_QUEUE) {
+        why = std::string("kafka: publish to ") + rd_kafka_topic_name(message->rkt) +
+              ": not sent, " + sink->down_reason_;
+        if (!sink->last_error_.empty()) {
+            why += " (last error: " + sink->last_error_ + ")";
+        }
     }
     // The delivery report of the message that caused a fatal error may be served before the
     // error itself.
@@ -492,6 +561,7 @@ void KafkaSink::on_error(rd_kafka_t* rk, int err, const char* reason, void* opaq
     }
     if (code == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN) {
         sink->all_brokers_down_ = true;
+        sink->purge_requested_ = true;
         sink->brokers_came_up_at_down_ = sink->brokers_came_up_.load();
         sink->down_reason_ = std::string("all brokers are down: ") + reason;
         if (!sink->quiet_) {

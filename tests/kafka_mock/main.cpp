@@ -13,6 +13,8 @@
 //     down [ID]                      all brokers (or broker ID) down: connections are closed and
 //                                    new ones refused, as when the server stops
 //     up [ID]                        all brokers (or broker ID) up again, on the same ports
+//     rtt MS [ID]                    all brokers (or broker ID) answer every request MS
+//                                    milliseconds late
 //     topic NAME PARTITIONS          creates a topic
 //     topic-error NAME CODE          metadata requests for topic NAME answer with the Kafka error
 //                                    CODE (3 = UNKNOWN_TOPIC_OR_PART: "there is no such topic")
@@ -83,6 +85,26 @@ std::string run_command(rd_kafka_mock_cluster_t* cluster, int broker_count,
             id = 0;
         }
         return set_state(cluster, broker_count, id, command == "up");
+    }
+    if (command == "rtt") {
+        int rtt_ms = -1;
+        int id = 0;
+        if (!(words >> rtt_ms) || rtt_ms < 0) {
+            return "error usage: rtt MS [ID]";
+        }
+        if (!(words >> id)) {
+            id = 0;
+        }
+        for (int b = 1; b <= broker_count; ++b) {
+            if (id == 0 || b == id) {
+                rd_kafka_resp_err_t err = rd_kafka_mock_broker_set_rtt(cluster, b, rtt_ms);
+                if (err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+                    return std::string("error broker ") + std::to_string(b) + ": " +
+                           rd_kafka_err2str(err);
+                }
+            }
+        }
+        return "ok";
     }
     if (command == "topic") {
         std::string name;

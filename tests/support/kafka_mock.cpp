@@ -175,6 +175,9 @@ void KafkaMockCluster::down(int broker_id) {
 void KafkaMockCluster::up(int broker_id) {
     command("up " + std::to_string(broker_id));
 }
+void KafkaMockCluster::set_rtt(int rtt_ms) {
+    command("rtt " + std::to_string(rtt_ms));
+}
 void KafkaMockCluster::create_topic(const std::string& name, int partitions) {
     command("topic " + name + " " + std::to_string(partitions));
 }

@@ -38,6 +38,8 @@ class KafkaMockCluster {
     // One broker (ids 1 to 3) down or up.
     void down(int broker_id);
     void up(int broker_id);
+    // Every broker answers each request `rtt_ms` late (0: at once again).
+    void set_rtt(int rtt_ms);
     void create_topic(const std::string& name, int partitions);
     // Metadata for `topic` answers with Kafka error `kafka_error` from now on (3,
     // UNKNOWN_TOPIC_OR_PART: the cluster says there is no such topic).
