@@ -13,27 +13,6 @@
 
 namespace outbox::test {
 
-namespace {
-
-// Whether every thread of `pid` is in the stopped state: SIGSTOP returns before the group stop is
-// complete, and a thread still running could answer one more request.
-bool all_threads_stopped(pid_t pid) {
-    std::error_code ec;
-    std::string tasks = "/proc/" + std::to_string(pid) + "/task";
-    bool any = false;
-    for (const auto& entry : std::filesystem::directory_iterator(tasks, ec)) {
-        std::string stat = read_text_file(entry.path().string() + "/stat");
-        size_t paren = stat.rfind(')');
-        if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'T') {
-            return false;
-        }
-        any = true;
-    }
-    return any;
-}
-
-} // namespace
-
 NatsServer::NatsServer(NatsServerOptions options) : options_(options) {
     const char* tmpdir = std::getenv("TMPDIR");
     std::string pattern = std::string(tmpdir && *tmpdir ? tmpdir : "/tmp") + "/outbox-nats-XXXXXX";

@@ -332,4 +332,27 @@ int free_tcp_port() {
     return ntohs(addr.sin_port);
 }
 
+// Whether every thread of `pid` is in the stopped state: SIGSTOP returns before the group stop is
+// complete, and a thread still running could answer one more request.
+bool all_threads_stopped(pid_t pid) {
+    std::error_code ec;
+    std::string tasks = "/proc/" + std::to_string(pid) + "/task";
+    bool any = false;
+    for (const auto& entry : std::filesystem::directory_iterator(tasks, ec)) {
+        std::string stat = read_text_file(entry.path().string() + "/stat");
+        size_t paren = stat.rfind(')');
+        if (paren == std::string::npos || paren + 2 >= stat.size() || stat[paren + 2] != 'T') {
+            return false;
+        }
+        any = true;
+    }
+    return any;
+}
+
+void stop_and_wait(pid_t pid, bool group) {
+    REQUIRE(::kill(group ? -pid : pid, SIGSTOP) == 0);
+    REQUIRE(wait_until([&] { return all_threads_stopped(pid); }, std::chrono::seconds(10),
+                       std::chrono::milliseconds(1)));
+}
+
 } // namespace outbox::test

@@ -121,4 +121,14 @@ int free_tcp_port();
 // The whole content of a file ("" when it cannot be read).
 std::string read_text_file(const std::string& path);
 
+// Whether every thread of process `pid` is stopped (SIGSTOP): kill() returns before the group stop
+// is complete, and a thread still running could answer one more request. False for a process
+// that does not exist.
+bool all_threads_stopped(pid_t pid);
+
+// SIGSTOP to `pid` (or to its process group when `group`), then waits until every thread of `pid`
+// is stopped; REQUIREs that within 10 s. The fixtures' pause(): a server that keeps its
+// connections open and answers nothing.
+void stop_and_wait(pid_t pid, bool group = false);
+
 } // namespace outbox::test

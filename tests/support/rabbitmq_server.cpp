@@ -276,7 +276,9 @@ bool RabbitMqServer::kill_node() {
 
 void RabbitMqServer::pause() {
     REQUIRE(node_ != nullptr);
-    node_->signal_group(SIGSTOP);
+    // Waits for the Erlang VM's threads to stop: until then one of them could still confirm a
+    // publication.
+    stop_and_wait(node_->pid(), /*group=*/true);
 }
 
 void RabbitMqServer::resume() {
