@@ -240,10 +240,11 @@ void Service::start() {
     janitor_->start();
 
     if (config_.http_port != 0) {
+        HttpRouter router = endpoint_router([this] { return endpoint_view(); });
         http_ = std::make_unique<HttpServer>(
             &loop_, HttpServerLimits{},
-            [router = endpoint_router([this] { return endpoint_view(); })](const HttpRequest& req) {
-                return router.dispatch(req);
+            [router = std::move(router)](const HttpRequest& req, HttpReply reply) {
+                router.dispatch(req, std::move(reply));
             });
         int rc = http_->listen(config_.http_host, config_.http_port);
         if (rc != 0) {
