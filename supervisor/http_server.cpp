@@ -392,6 +392,7 @@ class Server {
         // byte at a time (slowloris) never reaches.
         std::uint64_t deadline = 0;
         bool cut = false;
+        bool read_shut = false; // see notice_ends_of_stream()
     };
 
     // One per request, from its request line (libmicrohttpd's URI log callback) until
@@ -423,6 +424,7 @@ class Server {
 
     Connection* connection_of(MHD_Connection* connection) const;
     void set_deadline(MHD_Connection* connection, std::uint64_t deadline);
+    void notice_ends_of_stream();
     std::uint64_t next_deadline() const { return uv_now(loop_) + limits_.idle_timeout_ms; }
 
     void run() noexcept;
@@ -553,6 +555,7 @@ void Server::run() noexcept {
         stop_daemon();
         return;
     }
+    notice_ends_of_stream();
     arm_timers();
 }
 
@@ -854,6 +857,22 @@ void Server::on_request_completed(void* self, MHD_Connection* connection, void**
     server->set_deadline(connection, server->next_deadline());
 }
 
+void Server::notice_ends_of_stream() {
+    // libmicrohttpd 0.9.75 takes a short read to mean that the socket is drained, so an end of
+    // stream that arrives together with data (a client that half-closes after sending) goes
+    // unnoticed, and the connection stays open until its timeout. Where only the end of the
+    // stream is left in the socket, shutting down our reading side wakes libmicrohttpd's epoll
+    // set again: its next read sees the end and closes the connection, after answering whatever
+    // complete requests it still holds, since the writing side stays open.
+    for (Connection* c : connections_) {
+        char byte;
+        if (!c->read_shut && c->fd >= 0 && ::recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+            ::shutdown(c->fd, SHUT_RD);
+            c->read_shut = true;
+        }
+    }
+}
+
 void Server::on_connection(void* self, MHD_Connection* connection, void** socket_context,
                            MHD_ConnectionNotificationCode code) noexcept {
     auto* server = static_cast<Server*>(self);
@@ -971,7 +990,10 @@ HttpReply& HttpReply::operator=(HttpReply&& other) noexcept {
 
 HttpReply::~HttpReply() {
     if (pending()) {
-        spdlog::warn("HTTP reply dropped without an answer; answering 500");
+        // While an exception unwinds a handler the server logs the exception itself.
+        if (std::uncaught_exceptions() == 0) {
+            spdlog::warn("HTTP reply dropped without an answer; answering 500");
+        }
         send(http_status_response(500));
     }
 }

@@ -13,9 +13,15 @@
 //
 // Protection against broken or hostile clients is the library's (request-line and header limits,
 // per-connection timeouts, a connection limit) plus ours: a body beyond `max_body_bytes` gets 413,
-// a request with more than `max_headers` headers gets 431, a method the router does not know 405,
-// an unknown path 404. Every response carries Content-Length, Content-Type and
-// `Server: outbox-worker`.
+// a request with more than `max_headers` headers or a head beyond `max_head_bytes` gets 431, a
+// target that is not a path, a header name that is not a token or a body framed twice (two
+// Content-Lengths, or one beside Transfer-Encoding) gets 400, and each of these closes the
+// connection. A request must be complete within `idle_timeout_ms` of the connection's start or of
+// the previous response, however slowly its bytes trickle in. A method the router does not know
+// gets 405, an unknown path 404. Every response the handler or the server writes carries
+// Content-Length (except 204 and 304), Content-Type and `Server: outbox-worker`; the few that
+// libmicrohttpd writes itself (400 for a line it cannot parse, 414/431 for a head beyond its
+// memory, 505 for HTTP/2 and later) carry only Content-Length.
 #pragma once
 
 #include <uv.h>
@@ -86,16 +92,20 @@ class HttpReply {
 };
 
 struct HttpServerLimits {
-    // Request line plus headers (libmicrohttpd's connection memory limit is derived from it).
-    // Beyond it: 431 (or the library's 414/400).
+    // Request line plus headers (libmicrohttpd's per-connection memory is derived from it).
+    // Beyond it: 431 (or, far beyond it, the library's own 431 or 414).
     std::size_t max_head_bytes = 8 * 1024;
     // Request header lines. Beyond it: 431.
     std::size_t max_headers = 100;
     // The request body, which the console's actions use (a JSON list of ids). Beyond it: 413.
     std::size_t max_body_bytes = 64 * 1024;
-    // Connections open at once; beyond it the library refuses the connection.
+    // Connections open at once. At the limit the library stops accepting: further clients wait
+    // in the kernel's listen backlog until a connection closes.
     std::size_t max_connections = 64;
-    // A connection idle (no bytes either way) for this long is closed.
+    // A request must be complete within this time of the connection's start or of the previous
+    // response (slowloris), its response sent within this time of the reply (a client that does
+    // not read), and a connection idle this long is closed. The time the handler holds a reply
+    // does not count. libmicrohttpd's own idle timeout is this rounded up to whole seconds.
     std::uint64_t idle_timeout_ms = 10'000;
 };
 
@@ -158,8 +168,10 @@ class HttpServer {
     std::size_t connection_count() const;
 
     // Stops listening and closes every connection, abandoning unsent responses (pending
-    // HttpReplys become no-ops). Calls `on_closed` from the loop once every handle is closed, or
-    // at once when none is open. Calling it again adds a callback.
+    // HttpReplys become no-ops at once). Calls `on_closed` from the loop once the daemon has
+    // stopped and every handle has been closed (libuv frees them before uv_run() returns), or at
+    // once when the server never listened or has finished closing. Calling it again adds a
+    // callback.
     void close(std::function<void()> on_closed);
 
   private:

@@ -1453,3 +1453,47 @@ TEST_CASE("http server may be closed by its handler", "[http]") {
     server.reset();
     harness.close_loop();
 }
+
+TEST_CASE("http server answers a client that half-closes and then lets it go", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    // The end of the stream arrives with the requests, in one read; the server must still
+    // answer every request, the held one too, and then close well before its 10 s timeout.
+    std::string raw;
+    Clock::time_point start;
+    long closed_after_ms = 0;
+    harness.start([&] {
+        int fd = connect_to(port);
+        start = Clock::now();
+        send_all(fd, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi" + get("/later"));
+        shutdown(fd, SHUT_WR);
+        raw = read_until_close(fd);
+        closed_after_ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+        close(fd);
+    });
+    REQUIRE(harness.run_until([&] { return service.held.size() == 1; }, 5s));
+    Timer answer(&harness.loop, [&] {
+        service.held[0].send(HttpResponse{
+            .status = 200, .content_type = "text/plain", .body = "late", .headers = {}});
+    });
+    answer.start(100);
+    harness.join();
+
+    std::string buffer = raw;
+    auto first = take_response(-1, buffer);
+    auto second = take_response(-1, buffer);
+    REQUIRE((first && second));
+    CHECK(first->status == 200);
+    CHECK(second->body == "late");
+    CHECK(buffer.empty());
+    CHECK(closed_after_ms < 3000);
+    CHECK(harness.run_until([&] { return server.connection_count() == 0; }, 5s));
+    answer.close();
+    service.held.clear();
+    harness.close_server_and_loop(server);
+}
