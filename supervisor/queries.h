@@ -440,11 +440,23 @@ SELECT COALESCE(json_agg(json_build_object(
           FROM "DlqEventLog" GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 100) g
 )sql";
 
+// Whether "Outbox" has a valid index whose first column is "eventLogId" (any name, not partial):
+// the optional index that search by event key needs (migration 005's header). A catalogue lookup.
+inline constexpr const char* kConsoleEventLogIndexExists = R"sql(
+SELECT EXISTS (
+    SELECT 1 FROM pg_index i
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = '"Outbox"'::regclass AND i.indisvalid AND i.indpred IS NULL
+       AND a.attname = 'eventLogId')
+)sql";
+
 // GET /api/events: the select list and the source, then the filters that apply (each below, with
 // its parameter numbered by the builder, supervisor/console_query.h), then the order and limit.
 // Newest first by ("createdAt", id), paged by keyset. Each filter has an index: id the primary
-// key, eventKey EventLog's unique index and then "Outbox_worker_eventLogId_idx" (migration 005),
-// orderingKey "Outbox_worker_ordering_idx" (its predicate follows from the equality), tenant
+// key, eventKey EventLog's unique index and then an index on "Outbox" ("eventLogId") that the
+// operator creates (migration 005's header; without it the search is refused,
+// kConsoleEventLogIndexExists), orderingKey "Outbox_worker_ordering_idx" (its predicate follows
+// from the equality), tenant
 // ("tenantId", status), status ("status", "nextRetryAt"); the type (see kConsoleEventsByType) and
 // the time range walk the "createdAt" index backwards in the order wanted, stopping after one
 // page.
