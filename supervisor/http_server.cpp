@@ -430,6 +430,7 @@ class Server {
     Connection* connection_of(MHD_Connection* connection) const;
     void set_deadline(MHD_Connection* connection, std::uint64_t deadline);
     void notice_ends_of_stream();
+    static void discard_unread_input(int fd);
     std::uint64_t next_deadline() const { return uv_now(loop_) + limits_.idle_timeout_ms; }
 
     void run() noexcept;
@@ -917,6 +918,7 @@ void Server::on_connection(void* self, MHD_Connection* connection, void** socket
     auto* c = static_cast<Connection*>(*socket_context);
     *socket_context = nullptr;
     if (c != nullptr) {
+        discard_unread_input(c->fd);
         server->connections_.erase(c);
         delete c;
     }
@@ -924,6 +926,28 @@ void Server::on_connection(void* self, MHD_Connection* connection, void** socket
     // puts it back at the start of a later MHD_run(); without a run now, a client waiting in the
     // backlog would wait for the next timeout.
     server->request_run();
+}
+
+// libmicrohttpd reports a connection closed just before it closes the socket, having already
+// sent its last response and shut down the writing side. A socket closed with input still unread
+// makes the kernel send a reset instead of a FIN, and a reset can destroy responses that the
+// client has not read yet: the answers to the requests it pipelined before one the server
+// refused. Reading what has arrived (a bounded amount, without waiting) lets the close end the
+// connection gracefully in the usual case.
+void Server::discard_unread_input(int fd) {
+    constexpr std::size_t kMaximumDiscarded = 256 * 1024;
+    if (fd < 0) {
+        return;
+    }
+    char buffer[16 * 1024];
+    std::size_t discarded = 0;
+    while (discarded < kMaximumDiscarded) {
+        ssize_t n = ::recv(fd, buffer, sizeof buffer, MSG_DONTWAIT);
+        if (n <= 0) {
+            break;
+        }
+        discarded += static_cast<std::size_t>(n);
+    }
 }
 
 void Server::abandon_replies() {
