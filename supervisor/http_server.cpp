@@ -405,6 +405,7 @@ class Server {
         const char* target_in_line = nullptr;
         HttpRequest request;
         bool head_checked = false;
+        int refusal = 0; // the status of the server's refusal, once the head is checked
         bool body_too_large = false;
         std::shared_ptr<HttpReply::State> state; // once dispatched
     };
@@ -684,10 +685,11 @@ bool Server::handle_access(MHD_Connection* connection, Request& request, const c
     if (!request.head_checked) {
         request.head_checked = true;
         request.request.method = method == nullptr ? "" : method;
-        int status = check_head(connection, request, method);
+        request.refusal = check_head(connection, request, method);
         // A response queued now, before the body, also tells libmicrohttpd to skip the body and
         // close the connection after answering.
-        return status == 0 || queue(connection, http_status_response(status), true);
+        return request.refusal == 0 ||
+               queue(connection, http_status_response(request.refusal), true);
     }
     if (*upload_data_size != 0) {
         std::size_t size = *upload_data_size;
@@ -702,6 +704,9 @@ bool Server::handle_access(MHD_Connection* connection, Request& request, const c
         }
         request.request.body.append(upload_data, size);
         return true;
+    }
+    if (request.refusal != 0) {
+        return queue(connection, http_status_response(request.refusal), true);
     }
     if (request.body_too_large) {
         return queue(connection, http_status_response(413), true);
@@ -858,10 +863,20 @@ bool Server::queue(MHD_Connection* connection, const HttpResponse& response, boo
         }
         ok = ok && MHD_add_response_header(mhd_response, name.c_str(), value.c_str()) == MHD_YES;
     }
-    ok = ok && MHD_queue_response(connection, static_cast<unsigned int>(source->status),
-                                  mhd_response) == MHD_YES;
+    if (!ok) {
+        MHD_destroy_response(mhd_response);
+        return false;
+    }
+    // libmicrohttpd 0.9.75 sometimes calls the access handler with no upload data before the
+    // request is complete (a request with "Expect: 100-continue" and no body, followed by
+    // pipelined bytes), at a point where it refuses a response. The response is kept (in the
+    // reply or the request) and queued again on the next call, when the request is complete.
+    if (MHD_queue_response(connection, static_cast<unsigned int>(source->status), mhd_response) !=
+        MHD_YES) {
+        spdlog::debug("HTTP response refused by libmicrohttpd for now; queued again later");
+    }
     MHD_destroy_response(mhd_response);
-    return ok;
+    return true;
 }
 
 void Server::on_request_completed(void* self, MHD_Connection* connection, void** request_context,
