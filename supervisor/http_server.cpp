@@ -405,6 +405,7 @@ class Server {
         const char* target_in_line = nullptr;
         HttpRequest request;
         bool head_checked = false;
+        int refusal = 0; // the status of the server's refusal, once the head is checked
         bool body_too_large = false;
         std::shared_ptr<HttpReply::State> state; // once dispatched
     };
@@ -430,6 +431,7 @@ class Server {
     Connection* connection_of(MHD_Connection* connection) const;
     void set_deadline(MHD_Connection* connection, std::uint64_t deadline);
     void notice_ends_of_stream();
+    static void discard_unread_input(int fd);
     std::uint64_t next_deadline() const { return uv_now(loop_) + limits_.idle_timeout_ms; }
 
     void run() noexcept;
@@ -683,10 +685,11 @@ bool Server::handle_access(MHD_Connection* connection, Request& request, const c
     if (!request.head_checked) {
         request.head_checked = true;
         request.request.method = method == nullptr ? "" : method;
-        int status = check_head(connection, request, method);
+        request.refusal = check_head(connection, request, method);
         // A response queued now, before the body, also tells libmicrohttpd to skip the body and
         // close the connection after answering.
-        return status == 0 || queue(connection, http_status_response(status), true);
+        return request.refusal == 0 ||
+               queue(connection, http_status_response(request.refusal), true);
     }
     if (*upload_data_size != 0) {
         std::size_t size = *upload_data_size;
@@ -701,6 +704,9 @@ bool Server::handle_access(MHD_Connection* connection, Request& request, const c
         }
         request.request.body.append(upload_data, size);
         return true;
+    }
+    if (request.refusal != 0) {
+        return queue(connection, http_status_response(request.refusal), true);
     }
     if (request.body_too_large) {
         return queue(connection, http_status_response(413), true);
@@ -857,10 +863,20 @@ bool Server::queue(MHD_Connection* connection, const HttpResponse& response, boo
         }
         ok = ok && MHD_add_response_header(mhd_response, name.c_str(), value.c_str()) == MHD_YES;
     }
-    ok = ok && MHD_queue_response(connection, static_cast<unsigned int>(source->status),
-                                  mhd_response) == MHD_YES;
+    if (!ok) {
+        MHD_destroy_response(mhd_response);
+        return false;
+    }
+    // libmicrohttpd 0.9.75 sometimes calls the access handler with no upload data before the
+    // request is complete (a request with "Expect: 100-continue" and no body, followed by
+    // pipelined bytes), at a point where it refuses a response. The response is kept (in the
+    // reply or the request) and queued again on the next call, when the request is complete.
+    if (MHD_queue_response(connection, static_cast<unsigned int>(source->status), mhd_response) !=
+        MHD_YES) {
+        spdlog::debug("HTTP response refused by libmicrohttpd for now; queued again later");
+    }
     MHD_destroy_response(mhd_response);
-    return ok;
+    return true;
 }
 
 void Server::on_request_completed(void* self, MHD_Connection* connection, void** request_context,
@@ -917,6 +933,7 @@ void Server::on_connection(void* self, MHD_Connection* connection, void** socket
     auto* c = static_cast<Connection*>(*socket_context);
     *socket_context = nullptr;
     if (c != nullptr) {
+        discard_unread_input(c->fd);
         server->connections_.erase(c);
         delete c;
     }
@@ -924,6 +941,28 @@ void Server::on_connection(void* self, MHD_Connection* connection, void** socket
     // puts it back at the start of a later MHD_run(); without a run now, a client waiting in the
     // backlog would wait for the next timeout.
     server->request_run();
+}
+
+// libmicrohttpd reports a connection closed just before it closes the socket, having already
+// sent its last response and shut down the writing side. A socket closed with input still unread
+// makes the kernel send a reset instead of a FIN, and a reset can destroy responses that the
+// client has not read yet: the answers to the requests it pipelined before one the server
+// refused. Reading what has arrived (a bounded amount, without waiting) lets the close end the
+// connection gracefully in the usual case.
+void Server::discard_unread_input(int fd) {
+    constexpr std::size_t kMaximumDiscarded = 256 * 1024;
+    if (fd < 0) {
+        return;
+    }
+    char buffer[16 * 1024];
+    std::size_t discarded = 0;
+    while (discarded < kMaximumDiscarded) {
+        ssize_t n = ::recv(fd, buffer, sizeof buffer, MSG_DONTWAIT);
+        if (n <= 0) {
+            break;
+        }
+        discarded += static_cast<std::size_t>(n);
+    }
 }
 
 void Server::abandon_replies() {

@@ -1501,3 +1501,76 @@ TEST_CASE("http server answers a client that half-closes and then lets it go", "
     service.held.clear();
     harness.close_server_and_loop(server);
 }
+
+TEST_CASE("http server's earlier answers survive a refused pipelined request", "[http]") {
+    LoopHarness harness;
+    TestService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    // libmicrohttpd drops the connection at a request line it cannot parse, with the requests
+    // after it still unread, while the answers before it may still wait in the socket's send
+    // queue. A socket closed with unread input sends a reset, which throws that queue away; the
+    // server reads the input away first, so that the close sends a FIN after the answers.
+    std::string raw;
+    harness.run_client([&] {
+        int fd = connect_to(port);
+        std::string requests = get("/big") + get("/big") + "Gbig HTTP/1.1\r\n\r\n";
+        // Far more than libmicrohttpd reads into its buffer at once.
+        for (int i = 0; i < 2000; ++i) {
+            requests += get("/echo?n=after");
+        }
+        send_all(fd, requests);
+        raw = read_until_close(fd);
+        close(fd);
+    });
+
+    std::string buffer = raw;
+    for (int i = 1; i <= 2; ++i) {
+        auto response = take_response(-1, buffer);
+        REQUIRE(response);
+        CHECK(response->body.size() == kBigBodySize);
+    }
+    // libmicrohttpd's own answer to the request line.
+    auto refusal = take_response(-1, buffer);
+    REQUIRE(refusal);
+    CHECK(refusal->status == 400);
+    CHECK(buffer.empty());
+    CHECK(service.calls == 2);
+    harness.close_server_and_loop(server);
+}
+
+TEST_CASE("http server answers requests that expect 100-continue", "[http]") {
+    LoopHarness harness;
+    TestService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    // libmicrohttpd sends "100 Continue" even to a request without a body, and with pipelined
+    // bytes behind such a request it calls the server before the request is complete, when it
+    // refuses a response; the answer must still come, in order.
+    std::string raw;
+    std::string posted;
+    harness.run_client([&] {
+        int fd = connect_to(port);
+        send_all(fd, get("/echo?n=1", "Expect: 100-continue\r\n") + get("/echo?n=2") +
+                         get("/echo?n=3", "Connection: close\r\n"));
+        raw = read_until_close(fd);
+        close(fd);
+    });
+
+    std::string buffer = raw;
+    const std::string interim = "HTTP/1.1 100 Continue\r\n\r\n";
+    if (buffer.starts_with(interim)) {
+        buffer.erase(0, interim.size());
+    }
+    for (int i = 1; i <= 3; ++i) {
+        auto response = take_response(-1, buffer);
+        REQUIRE(response);
+        CHECK(response->body == "GET /echo n=" + std::to_string(i));
+    }
+    CHECK(buffer.empty());
+    harness.close_server_and_loop(server);
+}
