@@ -21,6 +21,8 @@
     dlq: { filter: {}, next: null, selected: new Set(), count: 0 },
     keys: { next: null, count: 0 },
     afterLogin: '#/',
+    pausedOverride: null, // {list, until}: this page's own pause/resume answer, see renderOverview
+    pausedRendered: null, // what the paused table shows now
   };
 
   // ---------------------------------------------------------------------------------------------
@@ -419,7 +421,23 @@
 
     renderWorkers(o.workers || []);
     renderInstances(o.instances || []);
-    renderPaused(o.paused || []);
+    // The overview's paused list is the janitor's, up to 5 s old: right after this page paused or
+    // resumed a type, it keeps showing the action's own answer until the janitor agrees (or for
+    // 15 s at most, in case another operator changed the list meanwhile).
+    let paused = Array.isArray(o.paused) ? o.paused : [];
+    const override = state.pausedOverride;
+    if (override) {
+      if (pausedTypes(paused) === pausedTypes(override.list) || Date.now() > override.until) {
+        state.pausedOverride = null;
+      } else {
+        paused = override.list;
+      }
+    }
+    renderPaused(paused);
+  }
+
+  function pausedTypes(list) {
+    return JSON.stringify(list.map((p) => p.eventType).sort());
   }
 
   function renderWorkers(workers) {
@@ -449,6 +467,11 @@
   }
 
   function renderPaused(paused) {
+    // Unchanged content is left as it is, so that a poll never replaces a button under the
+    // operator's pointer.
+    const key = JSON.stringify(paused) + '|' + canAct();
+    if (key === state.pausedRendered) return;
+    state.pausedRendered = key;
     const body = clear($('#paused-table tbody'));
     if (paused.length === 0) body.appendChild(emptyRow(4, 'no event type is paused'));
     for (const p of paused) {
@@ -470,7 +493,10 @@
       const answer = await api('/api/' + action, { method: 'POST', body: { eventType } });
       if (gen !== state.routeGen) return;
       clearError();
-      if (Array.isArray(answer.paused)) renderPaused(answer.paused);
+      if (Array.isArray(answer.paused)) {
+        state.pausedOverride = { list: answer.paused, until: Date.now() + 15000 };
+        renderPaused(answer.paused);
+      }
       if (action === 'pause') $('#pause-type').value = '';
     } catch (e) {
       reportError(e, gen);
@@ -711,7 +737,8 @@
 
   const DLQ_FILTERS = ['type', 'tenant', 'reason'];
 
-  async function loadDlq(gen, params) {
+  async function loadDlq(gen, params, keepResult) {
+    if (!keepResult) $('#dlq-result').hidden = true;
     fillForm($('#dlq-form'), params, DLQ_FILTERS);
     const filter = {};
     for (const name of DLQ_FILTERS) {
@@ -876,17 +903,10 @@
       // The list and the groups change; read both again with the same filter.
       const params = new URLSearchParams(state.dlq.filter);
       state.dlq.selected.clear();
-      await loadDlqAfterAction(gen, params);
+      await loadDlq(gen, params, true);
     } catch (e) {
       reportError(e, gen);
     }
-  }
-
-  async function loadDlqAfterAction(gen, params) {
-    const result = $('#dlq-result');
-    const keep = result.hidden ? null : result;
-    await loadDlq(gen, params);
-    if (keep) keep.hidden = false;
   }
 
   // The confirm step of bulk actions: a small dialog of the page's own (window.confirm would
