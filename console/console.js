@@ -760,6 +760,8 @@
       const overview = await api('/api/overview');
       if (gen !== state.routeGen) return;
       const groups = Array.isArray(overview.dlqGroups) ? overview.dlqGroups : [];
+      const readAt = overview.counts && overview.counts.readAt;
+      setText('#dlq-groups-read-at', readAt ? '(read at ' + fmtTime(readAt) + ' UTC)' : '');
       const body = clear($('#dlq-groups tbody'));
       if (groups.length === 0) body.appendChild(emptyRow(4, 'no dead letters'));
       for (const g of groups) {

@@ -49,12 +49,6 @@ std::string string_field(const cJSON* object, const char* name) {
     return cJSON_IsString(item) && item->valuestring ? item->valuestring : "";
 }
 
-// A JavaScript string literal holding `text` exactly (JSON strings are valid JavaScript).
-std::string js_string(const std::string& text) {
-    JsonPtr s(cJSON_CreateString(text.c_str()));
-    return print_json(s.get());
-}
-
 // Writes everything, or returns false (errno set). A browser that died must not kill the test
 // with SIGPIPE: the signal is blocked on this thread while writing, and one raised by the write
 // is consumed before it is unblocked (changing the process-wide disposition would affect every
@@ -137,6 +131,13 @@ std::string describe_arguments(const cJSON* args) {
 }
 
 } // namespace
+
+// A JSON string is a valid JavaScript string literal (since ES2019 even with U+2028 and U+2029
+// unescaped, which cJSON leaves as they are).
+std::string js_string(const std::string& text) {
+    JsonPtr s(cJSON_CreateString(text.c_str()));
+    return print_json(s.get());
+}
 
 struct Browser::Reply {
     JsonPtr result; // the "result" object of the answer
@@ -577,7 +578,8 @@ double Browser::evaluate_number(const std::string& expression) {
 
 bool Browser::wait_for(const std::string& condition, std::chrono::milliseconds timeout) {
     auto deadline = Clock::now() + timeout;
-    std::string expression = "(() => { return !!(" + condition + "); })()";
+    // A condition may be a promise (a fetch): it is awaited.
+    std::string expression = "(async () => { return !!(await (" + condition + ")); })()";
     while (true) {
         std::string error;
         auto value = try_evaluate(expression, error);

@@ -38,6 +38,10 @@ struct cJSON;
 
 namespace outbox::test {
 
+// A JavaScript string literal that evaluates to `text` exactly, for building expressions from
+// values: "document.querySelector(" + js_string(selector) + ")".
+std::string js_string(const std::string& text);
+
 // The Chromium binary the tests use: $OUTBOX_TEST_CHROMIUM when set, else /usr/bin/chromium;
 // nullopt when it is not an executable file.
 std::optional<std::string> find_chromium();
@@ -73,9 +77,9 @@ class Browser {
     bool evaluate_bool(const std::string& expression);          // the value must be a boolean
     double evaluate_number(const std::string& expression);      // the value must be a number
 
-    // Evaluates `condition` until it is true or `timeout` has passed; an exception while
-    // evaluating counts as false (the element may not exist yet). The last exception or value is
-    // kept in last_wait_detail() for the failure message.
+    // Evaluates `condition` (awaited when it is a promise) until it is true or `timeout` has
+    // passed; an exception while evaluating counts as false (the element may not exist yet). The
+    // last exception or value is kept in last_wait_detail() for the failure message.
     [[nodiscard]] bool wait_for(const std::string& condition, std::chrono::milliseconds timeout);
     const std::string& last_wait_detail() const { return last_wait_detail_; }
 
