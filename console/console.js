@@ -413,6 +413,8 @@
       title: 'End-to-end latency',
       unit: 'latency',
       format: fmtLatency,
+      // The service reports 0 for an interval in which no event completed: a gap, not a value.
+      skip: (p) => !(Number(p.completedPerSecond) > 0),
       lines: [
         { key: 'latencyP50Seconds', label: 'p50', cls: 'series-p50', id: 'p50' },
         { key: 'latencyP95Seconds', label: 'p95', cls: 'series-p95', id: 'p95' },
@@ -590,21 +592,33 @@
       }));
     }
     for (const line of spec.lines) {
-      const coords = [];
+      // Runs of consecutive samples; a sample the spec skips (a latency of an interval in which
+      // nothing completed is no measurement) breaks the line into separate runs.
+      const runs = [];
+      let run = [];
+      let count = 0;
       for (const s of samples) {
         const v = Number(s.p[line.key]);
-        if (isFinite(v)) coords.push(r(xOf(s.t)) + ',' + r(yOf(v)));
+        if (!isFinite(v) || (spec.skip && spec.skip(s.p))) {
+          if (run.length) runs.push(run);
+          run = [];
+          continue;
+        }
+        run.push(r(xOf(s.t)) + ',' + r(yOf(v)));
+        count++;
       }
-      if (coords.length === 0) continue;
-      // A single sample is drawn as a short tick so that it is visible.
-      const d = coords.length === 1 ? 'M' + coords[0] + ' h-3 h6' : 'M' + coords.join(' L');
-      root.appendChild(svg('path', { class: 'series ' + line.cls, d, 'data-series': line.id, 'data-points': coords.length },
+      if (run.length) runs.push(run);
+      if (count === 0) continue;
+      // A run of a single sample is drawn as a short tick so that it is visible.
+      const d = runs.map((c) => (c.length === 1 ? 'M' + c[0] + ' h-3 h6' : 'M' + c.join(' L'))).join(' ');
+      root.appendChild(svg('path', { class: 'series ' + line.cls, d, 'data-series': line.id, 'data-points': count },
         svg('title', { text: line.label })));
     }
     clear(host).appendChild(root);
 
     clear(legend);
-    const last = samples.length ? samples[samples.length - 1].p : null;
+    const measured = samples.filter((s) => !(spec.skip && spec.skip(s.p)));
+    const last = measured.length ? measured[measured.length - 1].p : null;
     for (const line of spec.lines) {
       const value = last && isFinite(Number(last[line.key])) ? spec.format(Number(last[line.key])) : '–';
       legend.appendChild(el('span', null, el('span', { class: 'swatch ' + line.cls }), line.label + ' ', el('b', { text: value })));
