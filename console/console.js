@@ -330,6 +330,9 @@
     clearError();
     hideConfirm(false);
     const gen = ++state.routeGen;
+    // The route this document shows now, for tests: the hashchange event that leads here runs
+    // after the navigation itself, so the address alone does not say that the view has switched.
+    document.body.setAttribute('data-route', location.hash || '#/');
     const { parts, params } = parseHash();
     const [first, second] = parts;
     if (first === undefined) {
@@ -679,7 +682,7 @@
 
   function eventRow(e) {
     return el('tr', { 'data-id': e.id },
-      el('td', null, eventLink(e.id)),
+      el('td', { class: 'id', title: e.id }, eventLink(e.id)),
       el('td', { class: 'mono', text: e.eventType }),
       el('td', { text: e.tenantId || '—' }),
       el('td', null, statusBadge(e.status)),
@@ -822,8 +825,8 @@
     const detailToggle = el('a', { href: '#', class: 'mono', title: 'show the payload', text: entry.id });
     const row = el('tr', { 'data-id': entry.id },
       el('td', { class: 'check' }, box),
-      el('td', null, detailToggle),
-      el('td', null, entry.originalId ? eventLink(entry.originalId) : '—'),
+      el('td', { class: 'id', title: entry.id }, detailToggle),
+      el('td', { class: 'id', title: entry.originalId || null }, entry.originalId ? eventLink(entry.originalId) : '—'),
       el('td', { class: 'mono', text: entry.eventType }),
       el('td', { text: entry.tenantId || '—' }),
       el('td', { class: 'mono', text: entry.eventKey || '—' }),
@@ -831,7 +834,7 @@
       el('td', { class: 'num', text: entry.retryCount }),
       timeCell(entry.failedAt),
       el('td', { class: 'bad reason', title: entry.failureReason || null, text: entry.failureReason || '' }),
-      el('td', null, el('div', { class: 'row-actions' },
+      el('td', { class: 'actions' }, el('div', { class: 'row-actions' },
         el('button', { type: 'button', class: 'small', 'data-act': true, 'data-action': 'retry',
           onclick: () => dlqAction('retry', { ids: [entry.id] }, null) }, 'Retry'),
         el('button', { type: 'button', class: 'small secondary', 'data-act': true, 'data-action': 'skip',
@@ -966,7 +969,7 @@
       for (const k of keys) {
         body.appendChild(el('tr', { 'data-key': k.orderingKey },
           el('td', { class: 'mono', text: k.orderingKey }),
-          el('td', null, k.headId ? eventLink(k.headId) : '—'),
+          el('td', { class: 'id', title: k.headId || null }, k.headId ? eventLink(k.headId) : '—'),
           el('td', null, statusBadge(k.headStatus)),
           el('td', { class: 'bad', title: k.reason || null, text: k.reason || '' }),
           timeCell(k.blockedSince),
