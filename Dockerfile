@@ -33,7 +33,7 @@ FROM debian:12-slim
 # and to http handlers.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        libpq5 libuv1 libcjson1 libspdlog1.10 libcurl4 libhttp-parser2.9 ca-certificates \
+        libpq5 libuv1 libcjson1 libspdlog1.10 libcurl4 libmicrohttpd12 ca-certificates \
         librdkafka1 libnats3.4 librabbitmq4 libhiredis0.14 \
     && rm -rf /var/lib/apt/lists/*
 # A fixed numeric uid, so that Kubernetes' runAsNonRoot can verify it without resolving a name.

@@ -37,7 +37,7 @@ DESTDIR ?=
 # to check the unit files; util-linux provides runuser, with which tests/run_with_postgres.sh
 # starts PostgreSQL as the postgres user when run as root.
 DEB_PACKAGES := build-essential cmake pkg-config libpq-dev libuv1-dev libcjson-dev libspdlog-dev \
-	catch2 libcurl4-openssl-dev libhttp-parser-dev postgresql postgresql-contrib clang-format \
+	catch2 libcurl4-openssl-dev libmicrohttpd-dev postgresql postgresql-contrib clang-format \
 	python3 python3-prometheus-client curl procps util-linux systemd \
 	librdkafka-dev libnats-dev librabbitmq-dev libhiredis-dev nats-server rabbitmq-server \
 	redis-server kcat chromium

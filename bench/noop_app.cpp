@@ -2,7 +2,7 @@
 // with one no-op C++ subscriber for "bench.*". Built by bench/run.sh against the static library:
 //
 //   g++ -std=c++20 -O2 -I include bench/noop_app.cpp BUILD_DIR/liboutbox.a
-//       -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lrdkafka -lnats -lrabbitmq -lhiredis
+//       -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lmicrohttpd -lrdkafka -lnats -lrabbitmq -lhiredis
 //       -lpthread
 //
 // When BENCH_START_FILE is set, the handler appends "<outbox id> <wall clock in µs>" for every

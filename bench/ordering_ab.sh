@@ -28,7 +28,7 @@ bin=$(mktemp -d)
 trap 'rm -rf "$bin"' EXIT
 pg_inc=$(pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 g++ -std=c++20 -O2 -I include -I "$pg_inc" bench/noop_app.cpp "$build_dir/liboutbox.a" \
-    -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lrdkafka -lnats -lrabbitmq -lhiredis -lpthread -o "$bin/noop_app"
+    -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lmicrohttpd -lrdkafka -lnats -lrabbitmq -lhiredis -lpthread -o "$bin/noop_app"
 g++ -std=c++20 -O2 -I "$pg_inc" bench/latency_driver.cpp -lpq -lpthread -o "$bin/latency_driver"
 
 q postgres "CREATE DATABASE ab_empty"

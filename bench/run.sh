@@ -253,7 +253,7 @@ lib="$build_dir/liboutbox.a"
 log "building bench/noop_app.cpp, bench/latency_driver.cpp and bench/print_sql.cpp against $lib"
 pg_inc=$(pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 g++ -std=c++20 -O2 -g -I include -I "$pg_inc" bench/noop_app.cpp "$lib" \
-    -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lrdkafka -lnats -lrabbitmq -lhiredis -lpthread -o "$bin/noop_app"
+    -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lmicrohttpd -lrdkafka -lnats -lrabbitmq -lhiredis -lpthread -o "$bin/noop_app"
 g++ -std=c++20 -O2 -g -I "$pg_inc" bench/latency_driver.cpp -lpq -lpthread -o "$bin/latency_driver"
 g++ -std=c++20 -O1 -I . bench/print_sql.cpp -o "$bin/print_sql"
 app="$bin/noop_app"

@@ -32,7 +32,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pg_inc=$(pg_config --includedir 2>/dev/null || echo /usr/include/postgresql)
 g++ -std=c++20 -O2 -I include -I "$pg_inc" bench/noop_app.cpp "$build_dir/liboutbox.a" \
-    -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lhttp_parser -lrdkafka -lnats -lrabbitmq -lhiredis -lpthread -o "$work/noop_app"
+    -lpq -luv -lcjson -lspdlog -lfmt -lcurl -lmicrohttpd -lrdkafka -lnats -lrabbitmq -lhiredis -lpthread -o "$work/noop_app"
 g++ -std=c++20 -O2 -I "$pg_inc" bench/latency_driver.cpp -lpq -lpthread -o "$work/latency_driver"
 q() { psql "$base_url/$1" -X -q -At -v ON_ERROR_STOP=1 -c "$2"; }
 hz=$(getconf CLK_TCK)

@@ -119,6 +119,10 @@ int check_config_command(const std::vector<std::string>& args) {
     std::printf("LOG_FORMAT=%s\n", c.log_format == LogFormat::json ? "json" : "text");
     std::printf("SERVICE_NAME=%s\n", c.service_name.c_str());
     std::printf("OUTBOX_ORDERING_ON_DEAD_LETTER=%s\n", to_string(c.ordering_on_dead_letter));
+    // The token itself is a secret: only whether it is set.
+    std::printf("OUTBOX_ADMIN_TOKEN=%s\n",
+                c.admin_token.empty() ? "unset (the console is read-only)"
+                                      : "set, not shown (the console's actions are enabled)");
     if (parsed.args.has("connect")) {
         std::fflush(stdout);
         return check_broker_connections(subscribers) ? kExitOk : kExitFailure;

@@ -6,6 +6,7 @@
 #include <libpq-fe.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <thread>
@@ -324,6 +325,19 @@ ConfigResult load_config(const EnvLookup& env, bool require_database) {
     p.word("OUTBOX_ORDERING_ON_DEAD_LETTER", c.ordering_on_dead_letter,
            {{"block", OrderingOnDeadLetter::block}, {"skip", OrderingOnDeadLetter::skip}},
            "block, skip");
+
+    // Checked here rather than with text(), whose errors repeat the value: this one is a secret.
+    if (auto token = p.raw("OUTBOX_ADMIN_TOKEN"); token && !p.failed()) {
+        bool printable = std::all_of(token->begin(), token->end(),
+                                     [](unsigned char ch) { return ch > 0x20 && ch < 0x7f; });
+        if (!printable || token->size() > 1024) {
+            p.fail("OUTBOX_ADMIN_TOKEN", "****",
+                   "allowed: 1 to 1024 printable ASCII characters without spaces (it travels "
+                   "in an HTTP header)");
+        } else {
+            c.admin_token = *token;
+        }
+    }
 
     if (!p.failed() && c.max_delay_ms < c.initial_delay_ms) {
         p.fail("OUTBOX_MAX_DELAY_MS", std::to_string(c.max_delay_ms),

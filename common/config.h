@@ -58,6 +58,9 @@ struct Config {
     // database crash for fewer flushes; it never loses an event (README, "Durability").
     bool synchronous_commit = true;
     OrderingOnDeadLetter ordering_on_dead_letter = OrderingOnDeadLetter::block;
+    // OUTBOX_ADMIN_TOKEN: enables the console's actions (SPEC 6); empty: the console is read-only.
+    // A secret: never logged, printed or sent, and compared in constant time.
+    std::string admin_token;
 };
 
 struct ConfigResult {

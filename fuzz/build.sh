@@ -38,17 +38,17 @@ fi
 # shellcheck disable=SC2054 # the commas belong to the flag's value
 SANITIZE=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
 # shellcheck disable=SC2207
-PKG_CFLAGS=($(pkg-config --cflags libpq libuv libcurl libcjson spdlog rdkafka libnats librabbitmq hiredis))
+PKG_CFLAGS=($(pkg-config --cflags libpq libuv libcurl libcjson spdlog rdkafka libnats librabbitmq hiredis libmicrohttpd))
 # shellcheck disable=SC2207
-PKG_LIBS=($(pkg-config --libs libpq libuv libcurl libcjson spdlog rdkafka libnats librabbitmq hiredis))
+PKG_LIBS=($(pkg-config --libs libpq libuv libcurl libcjson spdlog rdkafka libnats librabbitmq hiredis libmicrohttpd))
 CXXFLAGS=(-std=c++20 -g -O1 -Wall -Wextra -I"$ROOT" -I"$ROOT/include" "${PKG_CFLAGS[@]}"
           -DOUTBOX_VERSION='"fuzz"' "${SANITIZE[@]}")
-LIBS=("${PKG_LIBS[@]}" -lhttp_parser -lfmt -lpthread)
+LIBS=("${PKG_LIBS[@]}" -lfmt -lpthread)
 
 # Everything the targets can reach. common/migrations.cpp is left out: it needs the file CMake
 # generates from sql/migrations, and nothing fuzzed here runs migrations.
 SOURCES=()
-for source in common/*.cpp worker/*.cpp supervisor/http_server.cpp; do
+for source in common/*.cpp worker/*.cpp supervisor/http_server.cpp supervisor/uv_handle.cpp; do
     [ "$source" = common/migrations.cpp ] || SOURCES+=("$source")
 done
 

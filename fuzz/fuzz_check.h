@@ -7,7 +7,7 @@
 // replay test defines OUTBOX_FUZZ_CHECK_THROWS before including the targets, so that a broken
 // promise is a failed test case instead of the end of the whole test binary.
 //
-// A check must not run inside a C library's callback (an http_parser callback, a libuv callback):
+// A check must not run inside a C library's callback (a libmicrohttpd or libuv callback):
 // an exception cannot cross C frames. Such callbacks record what they saw and are checked after.
 #pragma once
 

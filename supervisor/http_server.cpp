@@ -1,26 +1,35 @@
 #include "supervisor/http_server.h"
 
-#include <http_parser.h>
+#include "supervisor/uv_handle.h"
+
+#include <microhttpd.h>
 #include <spdlog/spdlog.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
-#include <climits>
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <exception>
-#include <utility>
+#include <unordered_set>
 
 namespace outbox {
 
 namespace {
 
-constexpr std::size_t kReadBufferSize = 64 * 1024;
 constexpr int kListenBacklog = 128;
-// Each header line costs its name and value plus ": " and CRLF, which the parser's callbacks do
-// not report; counting them keeps the head limit close to the bytes actually received.
-constexpr std::size_t kHeaderLineOverhead = 4;
+// libmicrohttpd keeps a connection's request head, its read buffer and the response's headers in
+// one memory pool per connection; a head that does not fit is refused by the library itself
+// (431 or 414). The pool is sized so that every head within max_head_bytes fits with room for the
+// read buffer that carries the body through to us, and the exact head limit is ours (431).
+constexpr std::size_t kMinimumConnectionMemory = 32 * 1024;
+constexpr std::size_t kConnectionMemoryReserve = 16 * 1024;
 
 bool is_token_char(char c) {
     if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) {
@@ -30,102 +39,108 @@ bool is_token_char(char c) {
 }
 
 bool is_valid_header_name(std::string_view name) {
-    if (name.empty()) {
-        return false;
-    }
-    for (char c : name) {
-        if (!is_token_char(c)) {
-            return false;
-        }
-    }
-    return true;
+    return !name.empty() && std::all_of(name.begin(), name.end(), is_token_char);
 }
 
 bool has_line_break(std::string_view text) {
     return text.find_first_of("\r\n") != std::string_view::npos;
 }
 
-bool equals_ignore_case(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) {
-        return false;
-    }
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        char x = a[i];
-        char y = b[i];
-        if (x >= 'A' && x <= 'Z') {
-            x = static_cast<char>(x - 'A' + 'a');
-        }
-        if (y >= 'A' && y <= 'Z') {
-            y = static_cast<char>(y - 'A' + 'a');
-        }
-        if (x != y) {
-            return false;
-        }
-    }
-    return true;
+char to_lower(char c) {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
 }
 
-// Headers whose value the server owns because it depends on framing or on the connection.
+std::string lower_case(std::string_view text) {
+    std::string out(text);
+    std::transform(out.begin(), out.end(), out.begin(), to_lower);
+    return out;
+}
+
+bool equals_ignore_case(std::string_view a, std::string_view b) {
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return to_lower(x) == to_lower(y);
+           });
+}
+
+// Headers whose value the server (or libmicrohttpd) owns because it depends on framing or on
+// the connection; Content-Type has a field of its own in HttpResponse.
 bool is_reserved_header(std::string_view name) {
     return equals_ignore_case(name, "content-length") || equals_ignore_case(name, "connection") ||
            equals_ignore_case(name, "server") || equals_ignore_case(name, "content-type") ||
-           equals_ignore_case(name, "transfer-encoding");
+           equals_ignore_case(name, "transfer-encoding") || equals_ignore_case(name, "date");
 }
 
-// Serialises a response. `omit_body` is for HEAD: the headers describe the body that a GET would
-// have received, as RFC 9110 section 9.3.2 asks, but the body itself is not sent.
-std::string serialize_response(const HttpResponse& response, bool omit_body, bool keep_alive,
-                               bool http_1_0) {
-    int status = response.status;
-    const HttpResponse* source = &response;
-    HttpResponse replacement;
-    // A status outside 200..599 would be either meaningless or an interim response, which cannot
-    // carry the body that follows; the handler is broken, so the client gets a 500 instead.
-    if (status < 200 || status > 599) {
-        spdlog::error("HTTP handler returned invalid status {}; answering 500", status);
-        replacement = http_status_response(500);
-        source = &replacement;
-        status = 500;
+int hex_value(char c) {
+    if (c >= '0' && c <= '9') {
+        return c - '0';
     }
-    std::string content_type = source->content_type;
-    if (content_type.empty() || has_line_break(content_type)) {
-        content_type = "application/octet-stream";
+    c = to_lower(c);
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
     }
+    return -1;
+}
 
+// Form decoding: '+' is a space and "%XY" a byte; a '%' not followed by two hex digits is kept
+// as it is, since a query string is not ours to reject.
+std::string form_decode(std::string_view text) {
     std::string out;
-    out.reserve(160 + (omit_body ? 0 : source->body.size()));
-    out += "HTTP/1.1 ";
-    out += std::to_string(status);
-    out += ' ';
-    out += http_reason_phrase(status);
-    out += "\r\nServer: outbox-worker\r\nContent-Type: ";
-    out += content_type;
-    out += "\r\nContent-Length: ";
-    out += std::to_string(source->body.size());
-    out += "\r\n";
-    for (const auto& [name, value] : source->headers) {
-        if (!is_valid_header_name(name) || has_line_break(value) || is_reserved_header(name)) {
-            spdlog::debug("HTTP response header '{}' dropped: invalid or owned by the server",
-                          name);
-            continue;
+    out.reserve(text.size());
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        char c = text[i];
+        if (c == '+') {
+            out += ' ';
+        } else if (c == '%' && i + 2 < text.size() && hex_value(text[i + 1]) >= 0 &&
+                   hex_value(text[i + 2]) >= 0) {
+            out += static_cast<char>(hex_value(text[i + 1]) * 16 + hex_value(text[i + 2]));
+            i += 2;
+        } else {
+            out += c;
         }
-        out += name;
-        out += ": ";
-        out += value;
-        out += "\r\n";
-    }
-    if (!keep_alive) {
-        out += "Connection: close\r\n";
-    } else if (http_1_0) {
-        // HTTP/1.0 connections close by default; a client that asked for keep-alive must be told
-        // that it got it, or it will wait for the end of the connection to find the body's end.
-        out += "Connection: keep-alive\r\n";
-    }
-    out += "\r\n";
-    if (!omit_body) {
-        out += source->body;
     }
     return out;
+}
+
+// Splits a request target into path and query (RFC 9112 3.2): origin form ("/a?b"), absolute
+// form ("http://host/a?b", which a client must send to a proxy and a server must accept) and the
+// asterisk form of OPTIONS. False for anything else (the authority form of CONNECT, garbage) and
+// for bytes that a target cannot contain.
+bool split_target(std::string_view target, std::string& path, std::string& query) {
+    for (char c : target) {
+        auto byte = static_cast<unsigned char>(c);
+        if (byte <= 0x20 || byte >= 0x7f) {
+            return false;
+        }
+    }
+    if (target == "*") {
+        path = "*";
+        return true;
+    }
+    std::size_t fragment = target.find('#');
+    if (fragment != std::string_view::npos) {
+        target = target.substr(0, fragment);
+    }
+    if (target.size() >= 7 &&
+        (equals_ignore_case(target.substr(0, 7), "http://") ||
+         (target.size() >= 8 && equals_ignore_case(target.substr(0, 8), "https://")))) {
+        target.remove_prefix(target.find("://") + 3);
+        std::size_t authority_end = target.find_first_of("/?");
+        target = authority_end == std::string_view::npos ? std::string_view()
+                                                         : target.substr(authority_end);
+        if (target.empty() || target.front() == '?') {
+            path = "/";
+            query = target.empty() ? std::string() : std::string(target.substr(1));
+            return true;
+        }
+    }
+    if (target.empty() || target.front() != '/') {
+        return false;
+    }
+    std::size_t question = target.find('?');
+    path = std::string(target.substr(0, question));
+    query = question == std::string_view::npos ? std::string()
+                                               : std::string(target.substr(question + 1));
+    return true;
 }
 
 // Fills `address` from a host literal; false when the host is not one this server accepts.
@@ -143,6 +158,38 @@ bool resolve_listen_address(const std::string& host, int port, sockaddr_storage&
     }
     return uv_ip6_addr(literal.c_str(), port, reinterpret_cast<sockaddr_in6*>(&address)) == 0;
 }
+
+std::string address_text(const sockaddr* address) {
+    char text[INET6_ADDRSTRLEN] = {0};
+    if (address == nullptr) {
+        return {};
+    }
+    if (address->sa_family == AF_INET) {
+        uv_ip4_name(reinterpret_cast<const sockaddr_in*>(address), text, sizeof text);
+    } else if (address->sa_family == AF_INET6) {
+        uv_ip6_name(reinterpret_cast<const sockaddr_in6*>(address), text, sizeof text);
+    }
+    return text;
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wformat-nonliteral"
+// libmicrohttpd's messages: refused requests, failed sends, resource shortages. Each concerns one
+// client, so they are debug-level news.
+void log_from_library(void*, const char* format, va_list arguments) {
+    char message[512];
+    int length = std::vsnprintf(message, sizeof message, format, arguments);
+    if (length < 0) {
+        return;
+    }
+    std::string_view text(
+        message, std::min<std::size_t>(static_cast<std::size_t>(length), sizeof message - 1));
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) {
+        text.remove_suffix(1);
+    }
+    spdlog::debug("HTTP (libmicrohttpd): {}", text);
+}
+#pragma GCC diagnostic pop
 
 } // namespace
 
@@ -174,6 +221,8 @@ std::string_view http_reason_phrase(int status) {
         return "Method Not Allowed";
     case 408:
         return "Request Timeout";
+    case 409:
+        return "Conflict";
     case 411:
         return "Length Required";
     case 413:
@@ -182,6 +231,8 @@ std::string_view http_reason_phrase(int status) {
         return "URI Too Long";
     case 415:
         return "Unsupported Media Type";
+    case 422:
+        return "Unprocessable Content";
     case 429:
         return "Too Many Requests";
     case 431:
@@ -211,752 +262,733 @@ HttpResponse http_status_response(int status) {
     return response;
 }
 
-void HttpRouter::get(std::string path, Route route) {
-    routes_.emplace_back(std::move(path), std::move(route));
+const std::string* HttpRequest::header(std::string_view lower_name) const {
+    for (const auto& [name, value] : headers) {
+        if (name == lower_name) {
+            return &value;
+        }
+    }
+    return nullptr;
 }
 
-HttpResponse HttpRouter::dispatch(const HttpRequest& request) const {
-    for (const auto& [path, route] : routes_) {
-        if (path != request.path) {
+std::optional<std::string> HttpRequest::query_param(std::string_view name) const {
+    std::string_view rest = query;
+    while (!rest.empty()) {
+        std::size_t end = rest.find('&');
+        std::string_view pair = rest.substr(0, end);
+        rest = end == std::string_view::npos ? std::string_view() : rest.substr(end + 1);
+        std::size_t equals = pair.find('=');
+        std::string key = form_decode(pair.substr(0, equals));
+        if (key == name) {
+            return equals == std::string_view::npos ? std::string()
+                                                    : form_decode(pair.substr(equals + 1));
+        }
+    }
+    return std::nullopt;
+}
+
+void HttpRouter::get(std::string path, Route route) {
+    handle("GET", std::move(path),
+           [route = std::move(route)](const HttpRequest& request, HttpReply reply) {
+               reply.send(route(request));
+           });
+}
+
+void HttpRouter::handle(std::string method, std::string path, AsyncRoute route) {
+    routes_.push_back(Entry{std::move(method), std::move(path), std::move(route)});
+}
+
+void HttpRouter::dispatch(const HttpRequest& request, HttpReply reply) const {
+    auto matches = [&request](const std::string& pattern) {
+        if (!pattern.empty() && pattern.back() == '*') {
+            return std::string_view(request.path)
+                .starts_with(std::string_view(pattern).substr(0, pattern.size() - 1));
+        }
+        return pattern == request.path;
+    };
+    std::vector<std::string> allowed;
+    for (const Entry& entry : routes_) {
+        if (!matches(entry.path)) {
             continue;
         }
-        if (request.method != "GET" && request.method != "HEAD") {
-            HttpResponse response = http_status_response(405);
-            response.headers.emplace_back("Allow", "GET, HEAD");
-            return response;
+        if (entry.method == request.method || (request.method == "HEAD" && entry.method == "GET")) {
+            entry.route(request, std::move(reply));
+            return;
         }
-        return route(request);
+        auto allow = [&allowed](const std::string& method) {
+            if (std::find(allowed.begin(), allowed.end(), method) == allowed.end()) {
+                allowed.push_back(method);
+            }
+        };
+        allow(entry.method);
+        if (entry.method == "GET") {
+            allow("HEAD");
+        }
     }
-    return http_status_response(404);
+    if (allowed.empty()) {
+        reply.send(http_status_response(404));
+        return;
+    }
+    HttpResponse response = http_status_response(405);
+    std::string allow_header;
+    for (const std::string& method : allowed) {
+        allow_header += allow_header.empty() ? method : ", " + method;
+    }
+    response.headers.emplace_back("Allow", std::move(allow_header));
+    reply.send(std::move(response));
 }
 
-// What every handle wrapper shares with the server: a pointer that the server's destructor
-// clears, so that close callbacks running after it know not to report back.
-struct HttpServer::Link {
-    HttpServer* server;
+namespace http_server_detail {
+
+class Server;
+
+} // namespace http_server_detail
+
+// What a dispatched request and its HttpReply share. `server` is cleared when the reply can no
+// longer reach a client: the request completed (answered, or the client went away) or the server
+// closed.
+struct HttpReply::State {
+    http_server_detail::Server* server = nullptr;
+    MHD_Connection* connection = nullptr;
+    bool suspended = false; // the connection waits in MHD_suspend_connection() for send()
+    bool sent = false;
+    HttpResponse response;
 };
 
-struct HttpServer::Listener {
-    uv_tcp_t handle{};
-    std::shared_ptr<Link> link;
+namespace http_server_detail {
 
-    explicit Listener(std::shared_ptr<Link> shared) : link(std::move(shared)) {}
-    Listener(const Listener&) = delete;
-    Listener& operator=(const Listener&) = delete;
+class Server {
+  public:
+    Server(uv_loop_t* loop, HttpServerLimits limits, HttpServer::Handler handler)
+        : loop_(loop), limits_(limits), handler_(std::move(handler)) {}
 
-    static void on_closed(uv_handle_t* handle) noexcept {
-        auto* listener = static_cast<Listener*>(handle->data);
-        std::shared_ptr<Link> link = std::move(listener->link);
-        delete listener;
-        if (link->server != nullptr) {
-            link->server->handle_closed();
+    Server(const Server&) = delete;
+    Server& operator=(const Server&) = delete;
+
+    ~Server() {
+        if (!closing_) {
+            closing_ = true;
+            abandon_replies();
+            poll_.close();
         }
+        stop_daemon();
+        // The handle wrappers close themselves; their memory is freed by the loop.
     }
-};
 
-// A connection accepted only to be closed because the server is at its connection limit.
-struct HttpServer::RefusedSocket {
-    uv_tcp_t handle{};
-    std::shared_ptr<Link> link;
+    int listen(const std::string& host, int port);
+    int bound_port() const { return daemon_ != nullptr && !closing_ ? port_ : 0; }
+    std::size_t connection_count() const { return connections_.size(); }
+    void close(std::function<void()> on_closed);
+    void send(HttpReply::State& state, HttpResponse response);
 
-    explicit RefusedSocket(std::shared_ptr<Link> shared) : link(std::move(shared)) {}
-    RefusedSocket(const RefusedSocket&) = delete;
-    RefusedSocket& operator=(const RefusedSocket&) = delete;
-
-    static void on_closed(uv_handle_t* handle) noexcept {
-        auto* socket = static_cast<RefusedSocket*>(handle->data);
-        std::shared_ptr<Link> link = std::move(socket->link);
-        delete socket;
-        if (link->server != nullptr) {
-            link->server->handle_closed();
-        }
-    }
-};
-
-// One client connection: its socket, its deadline timer and the parser state. Allocated on
-// accept and deleted by the close callback of whichever of its two handles closes last.
-struct HttpServer::Connection {
-    enum class State {
-        reading,       // parsing requests and answering them
-        flushing,      // the last response is queued; input is discarded until it is sent
-        shutting_down, // the write side is being shut down after the last response
-        lingering,     // discarding input until the client closes, or the linger timeout
+  private:
+    // One per open connection (libmicrohttpd's socket context), for connection_count() and for
+    // the request deadline.
+    struct Connection {
+        MHD_Connection* connection = nullptr;
+        int fd = -1;
+        // When the current request must have arrived, or its response have been sent (loop
+        // time, ms); 0 while the handler holds the request. libmicrohttpd's own timeout only
+        // measures inactivity, which a client trickling a byte at a time (slowloris) or reading
+        // its response a byte at a time never reaches.
+        std::uint64_t deadline = 0;
+        bool cut = false;
+        bool read_shut = false; // see notice_ends_of_stream()
     };
 
-    struct WriteRequest {
-        uv_write_t request{};
-        std::string data;
-        Connection* connection = nullptr;
-    };
-
-    uv_tcp_t tcp{};
-    uv_timer_t timer{};
-    uv_shutdown_t shutdown_request{};
-    std::shared_ptr<Link> link;
-    HttpServer* server; // valid while !closing: the server closes its connections before it dies
-    int handles_open = 0;
-    bool closing = false;
-    bool reading_started = false;
-    bool paused = false;
-    bool peer_finished = false;
-    State state = State::reading;
-    std::size_t writes_in_flight = 0;
-    std::size_t requests_served = 0;
-
-    http_parser parser{};
-    // Input received while parsing was paused for backpressure; parsed when the client has read
-    // enough of its responses. At most one read buffer's worth.
-    std::string unparsed;
-
-    // The request being parsed.
-    std::string url;
-    std::size_t head_bytes = 0;
-    std::size_t header_count = 0;
-    std::size_t body_bytes = 0;
-    bool in_header_field = false;
-    bool in_message = false;
-    // Set by a parser callback that rejects the request, so that the error response can say why.
-    int error_status = 0;
-    // Set when the message just completed is the last one this connection will serve; parsing
-    // then stops through a callback error that is not a protocol error.
-    bool last_message_done = false;
-
-    Connection(HttpServer* owner, std::shared_ptr<Link> shared)
-        : link(std::move(shared)), server(owner) {
-        http_parser_init(&parser, HTTP_REQUEST);
-        parser.data = this;
-    }
-    Connection(const Connection&) = delete;
-    Connection& operator=(const Connection&) = delete;
-
-    const HttpServerLimits& limits() const { return server->limits_; }
-
-    // Closes both handles now, abandoning queued writes (their callbacks report UV_ECANCELED).
-    void close_now() noexcept {
-        if (closing) {
-            return;
-        }
-        closing = true;
-        server->forget(this);
-        uv_close(reinterpret_cast<uv_handle_t*>(&tcp), on_handle_closed);
-        uv_close(reinterpret_cast<uv_handle_t*>(&timer), on_handle_closed);
-    }
-
-    static void on_handle_closed(uv_handle_t* handle) noexcept {
-        auto* connection = static_cast<Connection*>(handle->data);
-        std::shared_ptr<Link> shared = connection->link;
-        if (--connection->handles_open == 0) {
-            delete connection;
-        }
-        if (shared->server != nullptr) {
-            shared->server->handle_closed();
-        }
-    }
-
-    void arm_timer(std::uint64_t timeout_ms) { uv_timer_start(&timer, on_timer, timeout_ms, 0); }
-
-    static void on_timer(uv_timer_t* handle) noexcept {
-        auto* connection = static_cast<Connection*>(handle->data);
-        if (connection->state == State::lingering) {
-            spdlog::debug("HTTP connection closed after lingering");
-        } else {
-            spdlog::debug("HTTP connection closed: no complete request within {} ms",
-                          connection->limits().idle_timeout_ms);
-        }
-        connection->close_now();
-    }
-
-    void start_reading() {
-        if (reading_started || closing) {
-            return;
-        }
-        int rc = uv_read_start(reinterpret_cast<uv_stream_t*>(&tcp), on_alloc, on_read);
-        if (rc < 0) {
-            spdlog::debug("HTTP uv_read_start failed: {}", uv_strerror(rc));
-            close_now();
-            return;
-        }
-        reading_started = true;
-    }
-
-    void stop_reading() {
-        if (!reading_started) {
-            return;
-        }
-        uv_read_stop(reinterpret_cast<uv_stream_t*>(&tcp));
-        reading_started = false;
-    }
-
-    static void on_alloc(uv_handle_t* handle, std::size_t, uv_buf_t* buffer) noexcept {
-        auto* connection = static_cast<Connection*>(handle->data);
-        if (connection->closing) {
-            *buffer = uv_buf_init(nullptr, 0);
-            return;
-        }
-        *buffer = uv_buf_init(connection->server->read_buffer_.get(),
-                              static_cast<unsigned int>(kReadBufferSize));
-    }
-
-    static void on_read(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buffer) noexcept {
-        auto* connection = static_cast<Connection*>(stream->data);
-        if (connection->closing) {
-            return;
-        }
-        try {
-            connection->handle_read(nread, buffer);
-        } catch (const std::exception& e) {
-            spdlog::error("HTTP connection failed: {}", e.what());
-            connection->close_now();
-        } catch (...) {
-            spdlog::error("HTTP connection failed with an unknown exception");
-            connection->close_now();
-        }
-    }
-
-    void handle_read(ssize_t nread, const uv_buf_t* buffer) {
-        if (nread == 0) {
-            return;
-        }
-        if (nread == UV_EOF) {
-            on_peer_finished();
-            return;
-        }
-        if (nread < 0) {
-            spdlog::debug("HTTP read failed: {}", uv_strerror(static_cast<int>(nread)));
-            close_now();
-            return;
-        }
-        if (state != State::reading) {
-            // After the last response, input is only drained so that closing does not reset
-            // the connection under the response.
-            return;
-        }
-        if (paused) {
-            // Reading stops when parsing pauses, but keep anything that still arrives in order.
-            unparsed.append(buffer->base, static_cast<std::size_t>(nread));
-            return;
-        }
-        feed(buffer->base, static_cast<std::size_t>(nread));
-    }
-
-    void on_peer_finished() {
-        stop_reading();
-        peer_finished = true;
-        switch (state) {
-        case State::reading:
-            if (in_message) {
-                spdlog::debug("HTTP client closed in the middle of a request");
-            }
-            // The client has sent everything it will send; answer what it asked, then close.
-            state = State::flushing;
-            flush_then_close();
-            break;
-        case State::flushing:
-        case State::shutting_down:
-            break; // flush_then_close() or on_shutdown() sees peer_finished
-        case State::lingering:
-            close_now();
-            break;
-        }
-    }
-
-    void feed(const char* data, std::size_t length) {
-        std::size_t consumed = http_parser_execute(&parser, &settings(), data, length);
-        if (closing) {
-            return; // the handler closed the server, and with it this connection
-        }
-        http_errno error = HTTP_PARSER_ERRNO(&parser);
-        if (error == HPE_OK) {
-            return;
-        }
-        if (error == HPE_PAUSED) {
-            unparsed.assign(data + consumed, length - consumed);
-            stop_reading();
-            return;
-        }
-        if (last_message_done) {
-            finish();
-            return;
-        }
-        int status = error_status;
-        if (status == 0) {
-            status = error == HPE_HEADER_OVERFLOW ? 431 : 400;
-        }
-        spdlog::debug("HTTP request rejected with {}: {}", status,
-                      status == 400 || error == HPE_HEADER_OVERFLOW ? http_errno_description(error)
-                                                                    : http_reason_phrase(status));
-        send(serialize_response(http_status_response(status), false, false, false));
-        finish();
-    }
-
-    // Stops serving requests: the responses already queued are sent, then the connection is
-    // shut down and closed.
-    void finish() {
-        if (closing) {
-            return;
-        }
-        state = State::flushing;
-        paused = false;
-        unparsed.clear();
-        if (!peer_finished) {
-            start_reading(); // to drain input and to notice a reset early
-        }
-        flush_then_close();
-    }
-
-    void flush_then_close() {
-        if (closing || state != State::flushing || writes_in_flight > 0) {
-            return;
-        }
-        if (peer_finished) {
-            close_now();
-            return;
-        }
-        state = State::shutting_down;
-        int rc = uv_shutdown(&shutdown_request, reinterpret_cast<uv_stream_t*>(&tcp), on_shutdown);
-        if (rc < 0) {
-            spdlog::debug("HTTP shutdown failed: {}", uv_strerror(rc));
-            close_now();
-        }
-    }
-
-    static void on_shutdown(uv_shutdown_t* request, int status) noexcept {
-        auto* connection = static_cast<Connection*>(request->handle->data);
-        if (connection->closing) {
-            return;
-        }
-        if (status < 0 || connection->peer_finished) {
-            if (status < 0) {
-                spdlog::debug("HTTP shutdown failed: {}", uv_strerror(status));
-            }
-            connection->close_now();
-            return;
-        }
-        connection->state = State::lingering;
-        connection->arm_timer(connection->limits().linger_timeout_ms);
-    }
-
-    void send(std::string data) {
-        if (closing) {
-            return;
-        }
-        auto* write = new WriteRequest;
-        write->data = std::move(data);
-        write->connection = this;
-        uv_buf_t buffer =
-            uv_buf_init(write->data.data(), static_cast<unsigned int>(write->data.size()));
-        int rc =
-            uv_write(&write->request, reinterpret_cast<uv_stream_t*>(&tcp), &buffer, 1, on_write);
-        if (rc < 0) {
-            delete write;
-            spdlog::debug("HTTP write failed: {}", uv_strerror(rc));
-            close_now();
-            return;
-        }
-        ++writes_in_flight;
-    }
-
-    static void on_write(uv_write_t* request, int status) noexcept {
-        auto* write = reinterpret_cast<WriteRequest*>(request);
-        Connection* connection = write->connection;
-        delete write;
-        --connection->writes_in_flight;
-        if (connection->closing) {
-            return;
-        }
-        if (status < 0) {
-            spdlog::debug("HTTP write failed: {}", uv_strerror(status));
-            connection->close_now();
-            return;
-        }
-        try {
-            connection->after_write();
-        } catch (const std::exception& e) {
-            spdlog::error("HTTP connection failed: {}", e.what());
-            connection->close_now();
-        } catch (...) {
-            spdlog::error("HTTP connection failed with an unknown exception");
-            connection->close_now();
-        }
-    }
-
-    void after_write() {
-        if (state == State::flushing) {
-            flush_then_close();
-            return;
-        }
-        if (state == State::reading && paused &&
-            tcp.write_queue_size <= limits().max_unsent_bytes / 2) {
-            resume();
-        }
-    }
-
-    // Parses what arrived while paused, then reads again unless that paused parsing anew.
-    void resume() {
-        paused = false;
-        http_parser_pause(&parser, 0);
-        std::string input = std::move(unparsed);
-        unparsed.clear();
-        if (!input.empty()) {
-            feed(input.data(), input.size());
-        }
-        if (!closing && state == State::reading && !paused) {
-            start_reading();
-        }
-    }
-
-    // Builds the request from what the parser delivered; false when the target is unusable.
-    bool build_request(HttpRequest& request) const {
-        auto method = static_cast<http_method>(parser.method);
-        request.method = http_method_str(method);
-        if (url == "*") {
-            request.path = "*"; // "OPTIONS *" addresses the server itself, not a resource
-            return true;
-        }
-        http_parser_url parts;
-        http_parser_url_init(&parts);
-        if (http_parser_parse_url(url.data(), url.size(), method == HTTP_CONNECT ? 1 : 0, &parts) !=
-            0) {
-            return false;
-        }
-        if ((parts.field_set & (1U << UF_PATH)) != 0) {
-            request.path = url.substr(parts.field_data[UF_PATH].off, parts.field_data[UF_PATH].len);
-        } else {
-            request.path = "/";
-        }
-        if ((parts.field_set & (1U << UF_QUERY)) != 0) {
-            request.query =
-                url.substr(parts.field_data[UF_QUERY].off, parts.field_data[UF_QUERY].len);
-        }
-        return true;
-    }
-
-    HttpResponse call_handler(const HttpRequest& request) {
-        try {
-            return server->handler_(request);
-        } catch (const std::exception& e) {
-            spdlog::error("HTTP handler for {} {} failed: {}", request.method, request.path,
-                          e.what());
-        } catch (...) {
-            spdlog::error("HTTP handler for {} {} failed with an unknown exception", request.method,
-                          request.path);
-        }
-        return http_status_response(500);
-    }
-
-    // --- http_parser callbacks (a non-zero return stops the parser with an error) ---
-
-    int on_message_begin() {
-        url.clear();
-        head_bytes = 0;
-        header_count = 0;
-        body_bytes = 0;
-        in_header_field = false;
-        in_message = true;
-        error_status = 0;
-        return 0;
-    }
-
-    int count_head_bytes(std::size_t length) {
-        head_bytes += length;
-        if (head_bytes > limits().max_head_bytes) {
-            error_status = 431;
-            return -1;
-        }
-        return 0;
-    }
-
-    int on_url(const char* data, std::size_t length) {
-        if (count_head_bytes(length) != 0) {
-            return -1;
-        }
-        url.append(data, length);
-        return 0;
-    }
-
-    int on_header_field(std::size_t length) {
-        // The parser may report one name in several pieces when it spans reads; a new header
-        // starts only after a value.
-        if (!in_header_field) {
-            in_header_field = true;
-            if (++header_count > limits().max_headers) {
-                error_status = 431;
-                return -1;
-            }
-            length += kHeaderLineOverhead;
-        }
-        return count_head_bytes(length);
-    }
-
-    int on_header_value(std::size_t length) {
-        in_header_field = false;
-        return count_head_bytes(length);
-    }
-
-    int on_headers_complete() {
-        // Only HTTP/1.x is spoken here; a later minor version is compatible (RFC 9110 2.5).
-        if (parser.http_major != 1) {
-            error_status = 505;
-            return -1;
-        }
-        // Refuse a declared oversized body before reading any of it. ULLONG_MAX means that no
-        // Content-Length was given (a chunked body is counted as it arrives).
-        if (parser.content_length != ULLONG_MAX &&
-            parser.content_length > limits().max_body_bytes) {
-            error_status = 413;
-            return -1;
-        }
-        return 0;
-    }
-
-    int on_body(std::size_t length) {
-        body_bytes += length;
-        if (body_bytes > limits().max_body_bytes) {
-            error_status = 413;
-            return -1;
-        }
-        return 0;
-    }
-
-    int on_message_complete() {
-        in_message = false;
-        ++requests_served;
+    // One per request, from its request line (libmicrohttpd's URI log callback) until
+    // libmicrohttpd reports the request finished.
+    struct Request {
+        std::string target;
+        // Where the target began in libmicrohttpd's copy of the request line, which it keeps in
+        // place for as long as the request lives (its method pointer points into it too).
+        const char* target_in_line = nullptr;
         HttpRequest request;
-        if (!build_request(request)) {
-            error_status = 400;
-            return -1;
-        }
-        HttpResponse response = call_handler(request);
-        if (closing) {
-            return -1;
-        }
-        // An upgrade (or CONNECT) hands the rest of the stream to another protocol, which this
-        // server does not speak, so the connection ends after answering.
-        bool keep_alive = http_should_keep_alive(&parser) != 0 && parser.upgrade == 0 &&
-                          requests_served < limits().max_requests_per_connection &&
-                          !server->closing_;
-        bool http_1_0 = parser.http_major == 1 && parser.http_minor == 0;
-        send(serialize_response(response, parser.method == HTTP_HEAD, keep_alive, http_1_0));
-        if (closing) {
-            return -1;
-        }
-        arm_timer(limits().idle_timeout_ms);
-        if (!keep_alive) {
-            last_message_done = true;
-            return -1;
-        }
-        if (tcp.write_queue_size > limits().max_unsent_bytes) {
-            paused = true;
-            http_parser_pause(&parser, 1);
-        }
-        return 0;
-    }
+        bool head_checked = false;
+        bool body_too_large = false;
+        std::shared_ptr<HttpReply::State> state; // once dispatched
+    };
 
-    template <typename F>
-    static int guarded(http_parser* parser, F&& callback) noexcept {
-        auto* connection = static_cast<Connection*>(parser->data);
-        try {
-            return callback(*connection);
-        } catch (const std::exception& e) {
-            spdlog::error("HTTP request handling failed: {}", e.what());
-        } catch (...) {
-            spdlog::error("HTTP request handling failed with an unknown exception");
-        }
-        connection->error_status = 500;
-        return -1;
-    }
+    static void* on_request_line(void* self, const char* uri, MHD_Connection*) noexcept;
+    static MHD_Result on_access(void* self, MHD_Connection* connection, const char* url,
+                                const char* method, const char* version, const char* upload_data,
+                                std::size_t* upload_data_size, void** request_context) noexcept;
+    static void on_request_completed(void* self, MHD_Connection* connection, void** request_context,
+                                     MHD_RequestTerminationCode reason) noexcept;
+    static void on_connection(void* self, MHD_Connection* connection, void** socket_context,
+                              MHD_ConnectionNotificationCode code) noexcept;
 
-    static const http_parser_settings& settings() {
-        static const http_parser_settings table = [] {
-            http_parser_settings s;
-            http_parser_settings_init(&s);
-            s.on_message_begin = [](http_parser* p) {
-                return guarded(p, [](Connection& c) { return c.on_message_begin(); });
-            };
-            s.on_url = [](http_parser* p, const char* data, std::size_t length) {
-                return guarded(p, [&](Connection& c) { return c.on_url(data, length); });
-            };
-            s.on_header_field = [](http_parser* p, const char*, std::size_t length) {
-                return guarded(p, [&](Connection& c) { return c.on_header_field(length); });
-            };
-            s.on_header_value = [](http_parser* p, const char*, std::size_t length) {
-                return guarded(p, [&](Connection& c) { return c.on_header_value(length); });
-            };
-            s.on_headers_complete = [](http_parser* p) {
-                return guarded(p, [](Connection& c) { return c.on_headers_complete(); });
-            };
-            s.on_body = [](http_parser* p, const char*, std::size_t length) {
-                return guarded(p, [&](Connection& c) { return c.on_body(length); });
-            };
-            s.on_message_complete = [](http_parser* p) {
-                return guarded(p, [](Connection& c) { return c.on_message_complete(); });
-            };
-            return s;
-        }();
-        return table;
-    }
+    bool handle_access(MHD_Connection* connection, Request& request, const char* method,
+                       const char* upload_data, std::size_t* upload_data_size);
+    int check_head(MHD_Connection* connection, Request& request, const char* method);
+    bool dispatch(MHD_Connection* connection, Request& request);
+    // `close`: the server refused the request, and the connection closes after the answer: a
+    // client that sent something unacceptable may be out of step with the framing.
+    bool queue(MHD_Connection* connection, const HttpResponse& response, bool close = false);
+
+    bool method_is_whole(const Request& request, const char* method) const;
+    Connection* connection_of(MHD_Connection* connection) const;
+    void set_deadline(MHD_Connection* connection, std::uint64_t deadline);
+    void notice_ends_of_stream();
+    std::uint64_t next_deadline() const { return uv_now(loop_) + limits_.idle_timeout_ms; }
+
+    void run() noexcept;
+    void request_run();
+    void arm_timers();
+    void cut_overdue_connections();
+    void abandon_replies();
+    void stop_daemon();
+    void run_closed_callbacks();
+
+    uv_loop_t* loop_;
+    HttpServerLimits limits_;
+    HttpServer::Handler handler_;
+    MHD_Daemon* daemon_ = nullptr;
+    int port_ = 0;
+    Poll poll_;            // libmicrohttpd's epoll descriptor
+    Timer timer_;          // MHD_get_timeout(), or "run soon" after a resume
+    Timer deadline_timer_; // the earliest request deadline
+    Timer closer_;         // calls the on_closed callbacks from the loop
+    std::unordered_set<Connection*> connections_;
+    // Replies of requests that are still attached to a connection.
+    std::unordered_set<HttpReply::State*> replies_;
+    bool listening_ = false; // listen() succeeded once
+    bool in_run_ = false;
+    bool run_requested_ = false;
+    bool closing_ = false;
+    bool closed_ = false; // every handle closed and the callbacks run
+    std::vector<std::function<void()>> on_closed_;
 };
 
-HttpServer::HttpServer(uv_loop_t* loop, HttpServerLimits limits, Handler handler)
-    : loop_(loop), limits_(limits), handler_(std::move(handler)),
-      link_(std::make_shared<Link>(Link{this})),
-      read_buffer_(std::make_unique<char[]>(kReadBufferSize)) {}
-
-HttpServer::~HttpServer() {
-    if (listener_ != nullptr) {
-        uv_close(reinterpret_cast<uv_handle_t*>(&listener_->handle), Listener::on_closed);
-        listener_ = nullptr;
-    }
-    std::vector<Connection*> open(connections_.begin(), connections_.end());
-    for (Connection* connection : open) {
-        connection->close_now();
-    }
-    link_->server = nullptr;
-}
-
-int HttpServer::listen(const std::string& host, int port) {
-    if (listener_ != nullptr || closing_ || port < 0 || port > 65535) {
+int Server::listen(const std::string& host, int port) {
+    if (listening_ || closing_ || port < 0 || port > 65535) {
         return UV_EINVAL;
     }
     sockaddr_storage address;
     if (!resolve_listen_address(host, port, address)) {
         return UV_EINVAL;
     }
-    auto* listener = new Listener(link_);
-    int rc = uv_tcp_init(loop_, &listener->handle);
-    if (rc < 0) {
-        delete listener;
-        return rc;
+    // The socket is bound here rather than by libmicrohttpd so that a bind error reaches the
+    // caller as an error code (libmicrohttpd only logs it) and host parsing stays what it was.
+    int fd = ::socket(address.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return -errno;
     }
-    listener->handle.data = listener;
-    ++open_handles_;
-    rc = uv_tcp_bind(&listener->handle, reinterpret_cast<const sockaddr*>(&address), 0);
-    if (rc == 0) {
-        // libuv reports some bind errors (EADDRINUSE) only when listening starts.
-        rc = uv_listen(reinterpret_cast<uv_stream_t*>(&listener->handle), kListenBacklog,
-                       on_connection);
+    // As libuv does for TCP servers: a restarted service can bind while connections of its
+    // previous life linger in TIME_WAIT. Two listeners on one address still get EADDRINUSE.
+    int one = 1;
+    ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    socklen_t length = address.ss_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+    if (::bind(fd, reinterpret_cast<const sockaddr*>(&address), length) != 0 ||
+        ::listen(fd, kListenBacklog) != 0) {
+        int error = errno;
+        ::close(fd);
+        return -error;
     }
-    if (rc < 0) {
-        uv_close(reinterpret_cast<uv_handle_t*>(&listener->handle), Listener::on_closed);
-        return rc;
+    sockaddr_storage bound{};
+    socklen_t bound_length = sizeof bound;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&bound), &bound_length) != 0) {
+        int error = errno;
+        ::close(fd);
+        return -error;
     }
-    listener_ = listener;
-    return 0;
-}
+    port_ = bound.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port)
+                                        : ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
 
-int HttpServer::bound_port() const {
-    if (listener_ == nullptr) {
-        return 0;
-    }
-    sockaddr_storage address;
-    int length = sizeof address;
-    if (uv_tcp_getsockname(&listener_->handle, reinterpret_cast<sockaddr*>(&address), &length) <
-        0) {
-        return 0;
-    }
-    if (address.ss_family == AF_INET) {
-        return ntohs(reinterpret_cast<const sockaddr_in*>(&address)->sin_port);
-    }
+    unsigned int flags = MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (address.ss_family == AF_INET6) {
-        return ntohs(reinterpret_cast<const sockaddr_in6*>(&address)->sin6_port);
+        flags |= MHD_USE_IPv6;
     }
+    auto timeout_s = static_cast<unsigned int>(
+        std::max<std::uint64_t>(1, (limits_.idle_timeout_ms + 999) / 1000));
+    std::size_t memory =
+        std::max(kMinimumConnectionMemory, 2 * limits_.max_head_bytes + kConnectionMemoryReserve);
+    // No internal thread: libmicrohttpd runs only inside MHD_run(), which the loop calls.
+    // The logger comes first so that libmicrohttpd uses it for messages about the options too.
+    auto connection_limit = static_cast<unsigned int>(limits_.max_connections);
+    // clang-format off
+    daemon_ = MHD_start_daemon(
+        flags, 0, nullptr, nullptr, &Server::on_access, this,
+        MHD_OPTION_EXTERNAL_LOGGER, &log_from_library, nullptr,
+        MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_CONNECTION_LIMIT, connection_limit,
+        MHD_OPTION_CONNECTION_TIMEOUT, timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, memory,
+        MHD_OPTION_URI_LOG_CALLBACK, &Server::on_request_line, this,
+        MHD_OPTION_NOTIFY_COMPLETED, &Server::on_request_completed, this,
+        MHD_OPTION_NOTIFY_CONNECTION, &Server::on_connection, this,
+        MHD_OPTION_END);
+    // clang-format on
+    if (daemon_ == nullptr) {
+        // Whether libmicrohttpd closed the socket depends on where it failed; leaking one
+        // descriptor on this path is better than closing one that may have been reused.
+        spdlog::error("HTTP: libmicrohttpd failed to start");
+        return UV_EIO;
+    }
+    const MHD_DaemonInfo* info = MHD_get_daemon_info(daemon_, MHD_DAEMON_INFO_EPOLL_FD);
+    int rc = info == nullptr ? UV_EIO : poll_.open(loop_, info->epoll_fd, [this](int status, int) {
+        if (status < 0) {
+            spdlog::debug("HTTP poll failed: {}", uv_strerror(status));
+        }
+        run();
+    });
+    if (rc != 0) {
+        stop_daemon();
+        return rc;
+    }
+    poll_.start(UV_READABLE);
+    timer_ = Timer(loop_, [this] { run(); });
+    deadline_timer_ = Timer(loop_, [this] {
+        cut_overdue_connections();
+        run();
+    });
+    listening_ = true;
+    arm_timers();
     return 0;
 }
 
-void HttpServer::on_connection(uv_stream_t* stream, int status) {
-    auto* listener = static_cast<Listener*>(stream->data);
-    HttpServer* server = listener->link->server;
-    if (server == nullptr || server->closing_) {
+void Server::run() noexcept {
+    if (daemon_ == nullptr) {
         return;
     }
-    if (status < 0) {
-        spdlog::debug("HTTP accept failed: {}", uv_strerror(status));
+    in_run_ = true;
+    run_requested_ = false;
+    MHD_run(daemon_);
+    in_run_ = false;
+    if (closing_) {
+        // close() was called from a handler, inside MHD_run(), where the daemon cannot stop.
+        stop_daemon();
         return;
+    }
+    notice_ends_of_stream();
+    arm_timers();
+}
+
+void Server::request_run() {
+    run_requested_ = true;
+    if (!in_run_) {
+        timer_.start(0);
+    }
+}
+
+void Server::arm_timers() {
+    if (daemon_ == nullptr) {
+        return;
+    }
+    MHD_UNSIGNED_LONG_LONG timeout = 0;
+    if (run_requested_) {
+        timer_.start(0);
+    } else if (MHD_get_timeout(daemon_, &timeout) == MHD_YES) {
+        timer_.start(static_cast<std::uint64_t>(timeout));
+    } else {
+        timer_.stop();
+    }
+    std::uint64_t earliest = 0;
+    for (const Connection* c : connections_) {
+        if (c->deadline != 0 && !c->cut && (earliest == 0 || c->deadline < earliest)) {
+            earliest = c->deadline;
+        }
+    }
+    if (earliest == 0) {
+        deadline_timer_.stop();
+        return;
+    }
+    std::uint64_t now = uv_now(loop_);
+    deadline_timer_.start(earliest > now ? earliest - now : 0);
+}
+
+void Server::cut_overdue_connections() {
+    std::uint64_t now = uv_now(loop_);
+    for (Connection* c : connections_) {
+        if (c->deadline != 0 && !c->cut && c->deadline <= now) {
+            // libmicrohttpd owns the descriptor and cannot be asked to drop a connection from
+            // outside a callback; shutting the socket down makes its next read see the end of
+            // the stream, and it closes the connection itself.
+            spdlog::debug("HTTP connection closed: no complete request within {} ms",
+                          limits_.idle_timeout_ms);
+            ::shutdown(c->fd, SHUT_RDWR);
+            c->cut = true;
+        }
+    }
+}
+
+// libmicrohttpd hands the method over as a C string, but tells HEAD from other methods by the
+// whole token before the first space: a method with a NUL byte in it ("HEAD\0x") would reach the
+// handler as "HEAD" while the library sends the body as for an unknown method. In the request
+// line, the method's end is followed by the NUL that replaced the first space, then only spaces
+// up to the target; anything else there means the token held a NUL.
+bool Server::method_is_whole(const Request& request, const char* method) const {
+    if (method == nullptr || request.target_in_line == nullptr) {
+        return false;
+    }
+    const char* end = method + std::strlen(method);
+    if (request.target_in_line <= end ||
+        static_cast<std::size_t>(request.target_in_line - end) > limits_.max_head_bytes) {
+        return true; // not one buffer after all: nothing to tell
+    }
+    return std::all_of(end + 1, request.target_in_line, [](char c) { return c == ' '; });
+}
+
+Server::Connection* Server::connection_of(MHD_Connection* connection) const {
+    const MHD_ConnectionInfo* info =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return info == nullptr ? nullptr : static_cast<Connection*>(info->socket_context);
+}
+
+void Server::set_deadline(MHD_Connection* connection, std::uint64_t deadline) {
+    if (Connection* c = connection_of(connection)) {
+        c->deadline = deadline;
+    }
+}
+
+void* Server::on_request_line(void*, const char* uri, MHD_Connection*) noexcept {
+    try {
+        auto* request = new Request;
+        request->target = uri == nullptr ? "" : uri;
+        request->target_in_line = uri;
+        return request;
+    } catch (...) {
+        return nullptr; // on_access closes the connection
+    }
+}
+
+MHD_Result Server::on_access(void* self, MHD_Connection* connection, const char*,
+                             const char* method, const char*, const char* upload_data,
+                             std::size_t* upload_data_size, void** request_context) noexcept {
+    auto* server = static_cast<Server*>(self);
+    auto* request = static_cast<Request*>(*request_context);
+    if (request == nullptr) {
+        return MHD_NO;
     }
     try {
-        server->accept_one();
+        return server->handle_access(connection, *request, method, upload_data, upload_data_size)
+                   ? MHD_YES
+                   : MHD_NO;
     } catch (const std::exception& e) {
-        spdlog::error("HTTP accept failed: {}", e.what());
+        spdlog::error("HTTP request handling failed: {}", e.what());
     } catch (...) {
-        spdlog::error("HTTP accept failed with an unknown exception");
+        spdlog::error("HTTP request handling failed with an unknown exception");
     }
+    return MHD_NO;
 }
 
-void HttpServer::accept_one() {
-    auto* listen_stream = reinterpret_cast<uv_stream_t*>(&listener_->handle);
-    if (connections_.size() >= limits_.max_connections) {
-        // Accepting is the only way to take the connection out of the kernel's backlog;
-        // leaving it there would make libuv report it again and again.
-        auto* refused = new RefusedSocket(link_);
-        int rc = uv_tcp_init(loop_, &refused->handle);
-        if (rc < 0) {
-            delete refused;
-            spdlog::debug("HTTP accept failed: {}", uv_strerror(rc));
-            return;
+// libmicrohttpd calls this when the head is complete (first call), once per piece of body, when
+// the body is complete, and again after each MHD_resume_connection() until a response is queued.
+// False closes the connection without a response.
+bool Server::handle_access(MHD_Connection* connection, Request& request, const char* method,
+                           const char* upload_data, std::size_t* upload_data_size) {
+    if (closing_) {
+        return false;
+    }
+    if (!request.head_checked) {
+        request.head_checked = true;
+        request.request.method = method == nullptr ? "" : method;
+        int status = check_head(connection, request, method);
+        // A response queued now, before the body, also tells libmicrohttpd to skip the body and
+        // close the connection after answering.
+        return status == 0 || queue(connection, http_status_response(status), true);
+    }
+    if (*upload_data_size != 0) {
+        std::size_t size = *upload_data_size;
+        *upload_data_size = 0;
+        if (request.body_too_large) {
+            return true; // discarded; the request deadline bounds how long this may go on
         }
-        refused->handle.data = refused;
-        ++open_handles_;
-        rc = uv_accept(listen_stream, reinterpret_cast<uv_stream_t*>(&refused->handle));
-        spdlog::debug("HTTP connection refused: {} connections open", connections_.size());
-        if (rc < 0) {
-            spdlog::debug("HTTP accept failed: {}", uv_strerror(rc));
+        if (request.request.body.size() + size > limits_.max_body_bytes) {
+            request.body_too_large = true;
+            std::string().swap(request.request.body);
+            return true;
         }
-        uv_close(reinterpret_cast<uv_handle_t*>(&refused->handle), RefusedSocket::on_closed);
-        return;
+        request.request.body.append(upload_data, size);
+        return true;
     }
-
-    auto* connection = new Connection(this, link_);
-    int rc = uv_tcp_init(loop_, &connection->tcp);
-    if (rc < 0) {
-        delete connection;
-        spdlog::debug("HTTP accept failed: {}", uv_strerror(rc));
-        return;
+    if (request.body_too_large) {
+        return queue(connection, http_status_response(413), true);
     }
-    connection->tcp.data = connection;
-    connection->handles_open = 1;
-    ++open_handles_;
-    rc = uv_timer_init(loop_, &connection->timer);
-    if (rc < 0) {
-        // The timer is not a handle yet, so only the socket needs closing.
-        connection->closing = true;
-        uv_close(reinterpret_cast<uv_handle_t*>(&connection->tcp), Connection::on_handle_closed);
-        spdlog::debug("HTTP accept failed: {}", uv_strerror(rc));
-        return;
+    if (!request.state) {
+        return dispatch(connection, request);
     }
-    connection->timer.data = connection;
-    connection->handles_open = 2;
-    ++open_handles_;
-    connections_.insert(connection);
-
-    rc = uv_accept(listen_stream, reinterpret_cast<uv_stream_t*>(&connection->tcp));
-    if (rc < 0) {
-        spdlog::debug("HTTP accept failed: {}", uv_strerror(rc));
-        connection->close_now();
-        return;
+    // Resumed by send(), or by close() with the reply abandoned.
+    HttpReply::State& state = *request.state;
+    if (state.server == nullptr) {
+        return false;
     }
-    // Responses are written whole; Nagle's algorithm would only delay the last segment of each.
-    uv_tcp_nodelay(&connection->tcp, 1);
-    connection->arm_timer(limits_.idle_timeout_ms);
-    connection->start_reading();
+    if (!state.sent) {
+        MHD_suspend_connection(connection);
+        state.suspended = true;
+        return true;
+    }
+    return queue(connection, state.response);
 }
 
-void HttpServer::forget(Connection* connection) {
-    connections_.erase(connection);
+int Server::check_head(MHD_Connection* connection, Request& request, const char* method) {
+    HttpRequest& r = request.request;
+    if (!split_target(request.target, r.path, r.query) || !method_is_whole(request, method)) {
+        return 400;
+    }
+    MHD_get_connection_values_n(
+        connection, MHD_HEADER_KIND,
+        [](void* out, MHD_ValueKind, const char* key, std::size_t key_size, const char* value,
+           std::size_t value_size) noexcept {
+            try {
+                static_cast<HttpRequest*>(out)->headers.emplace_back(
+                    lower_case(std::string_view(key, key_size)),
+                    value == nullptr ? std::string() : std::string(value, value_size));
+                return MHD_YES;
+            } catch (...) {
+                return MHD_NO;
+            }
+        },
+        &r);
+    const MHD_ConnectionInfo* address =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (address != nullptr) {
+        r.client_address = address_text(address->client_addr);
+    }
+    std::size_t content_lengths = 0;
+    bool chunked = false;
+    for (const auto& [name, value] : r.headers) {
+        if (!is_valid_header_name(name)) {
+            return 400;
+        }
+        content_lengths += name == "content-length" ? 1 : 0;
+        chunked = chunked || name == "transfer-encoding";
+    }
+    // Two framings for one body (RFC 9112 6.3) are how requests are smuggled past a proxy that
+    // picks the other one; libmicrohttpd picks one silently, so refuse them here.
+    if (content_lengths > 1 || (content_lengths == 1 && chunked)) {
+        return 400;
+    }
+    const MHD_ConnectionInfo* head_size =
+        MHD_get_connection_info(connection, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (r.headers.size() > limits_.max_headers ||
+        (head_size != nullptr && head_size->header_size > limits_.max_head_bytes)) {
+        return 431;
+    }
+    // libmicrohttpd has checked the value's syntax; refuse a declared oversized body before
+    // reading any of it. A chunked body is counted as it arrives.
+    if (const std::string* length = r.header("content-length")) {
+        std::uint64_t declared = 0;
+        auto [end, error] =
+            std::from_chars(length->data(), length->data() + length->size(), declared);
+        if (error != std::errc() || declared > limits_.max_body_bytes) {
+            return 413;
+        }
+    }
+    return 0;
 }
 
-void HttpServer::handle_closed() {
-    --open_handles_;
-    if (closing_ && open_handles_ == 0) {
+bool Server::dispatch(MHD_Connection* connection, Request& request) {
+    auto state = std::make_shared<HttpReply::State>();
+    state->server = this;
+    state->connection = connection;
+    request.state = state;
+    replies_.insert(state.get());
+    // The handler may take its time (a database query); the deadline is for the client.
+    set_deadline(connection, 0);
+    try {
+        handler_(request.request, HttpReply(state));
+    } catch (const std::exception& e) {
+        spdlog::error("HTTP handler for {} {} failed: {}", request.request.method,
+                      request.request.path, e.what());
+        HttpReply(state).send(http_status_response(500));
+    } catch (...) {
+        spdlog::error("HTTP handler for {} {} failed with an unknown exception",
+                      request.request.method, request.request.path);
+        HttpReply(state).send(http_status_response(500));
+    }
+    if (closing_ || state->server == nullptr) {
+        return false; // the handler closed the server
+    }
+    if (state->sent) {
+        set_deadline(connection, next_deadline());
+        return queue(connection, state->response);
+    }
+    MHD_suspend_connection(connection);
+    state->suspended = true;
+    return true;
+}
+
+void Server::send(HttpReply::State& state, HttpResponse response) {
+    state.sent = true;
+    state.response = std::move(response);
+    if (!state.suspended) {
+        return; // still inside the handler: dispatch() queues it
+    }
+    state.suspended = false;
+    set_deadline(state.connection, next_deadline());
+    MHD_resume_connection(state.connection);
+    // libmicrohttpd wakes its epoll set on a resume, but only MHD_run() acts on it: make sure
+    // it runs soon, whatever the loop is doing now.
+    request_run();
+}
+
+bool Server::queue(MHD_Connection* connection, const HttpResponse& response, bool close) {
+    const HttpResponse* source = &response;
+    HttpResponse replacement;
+    // A status outside 200..599 would be either meaningless or an interim response, which cannot
+    // carry the body that follows; the handler is broken, so the client gets a 500 instead.
+    if (response.status < 200 || response.status > 599) {
+        spdlog::error("HTTP handler returned invalid status {}; answering 500", response.status);
+        replacement = http_status_response(500);
+        source = &replacement;
+    }
+    std::string content_type = source->content_type;
+    if (content_type.empty() || has_line_break(content_type)) {
+        content_type = "application/octet-stream";
+    }
+    MHD_Response* mhd_response = MHD_create_response_from_buffer(
+        source->body.size(), const_cast<char*>(source->body.data()), MHD_RESPMEM_MUST_COPY);
+    if (mhd_response == nullptr) {
+        return false;
+    }
+    bool ok =
+        MHD_add_response_header(mhd_response, "Server", "outbox-worker") == MHD_YES &&
+        MHD_add_response_header(mhd_response, "Content-Type", content_type.c_str()) == MHD_YES;
+    if (close) {
+        ok = ok && MHD_add_response_header(mhd_response, "Connection", "close") == MHD_YES;
+    }
+    for (const auto& [name, value] : source->headers) {
+        if (!is_valid_header_name(name) || has_line_break(value) || is_reserved_header(name) ||
+            value.find('\0') != std::string::npos) {
+            spdlog::debug("HTTP response header '{}' dropped: invalid or owned by the server",
+                          name);
+            continue;
+        }
+        ok = ok && MHD_add_response_header(mhd_response, name.c_str(), value.c_str()) == MHD_YES;
+    }
+    ok = ok && MHD_queue_response(connection, static_cast<unsigned int>(source->status),
+                                  mhd_response) == MHD_YES;
+    MHD_destroy_response(mhd_response);
+    return ok;
+}
+
+void Server::on_request_completed(void* self, MHD_Connection* connection, void** request_context,
+                                  MHD_RequestTerminationCode) noexcept {
+    auto* server = static_cast<Server*>(self);
+    auto* request = static_cast<Request*>(*request_context);
+    *request_context = nullptr;
+    if (request != nullptr) {
+        if (request->state) {
+            request->state->server = nullptr;
+            request->state->suspended = false;
+            server->replies_.erase(request->state.get());
+        }
+        delete request;
+    }
+    // A kept-alive connection must complete its next request in time as well.
+    server->set_deadline(connection, server->next_deadline());
+}
+
+void Server::notice_ends_of_stream() {
+    // libmicrohttpd 0.9.75 takes a short read to mean that the socket is drained, so an end of
+    // stream that arrives together with data (a client that half-closes after sending) goes
+    // unnoticed, and the connection stays open until its timeout. Where only the end of the
+    // stream is left in the socket, shutting down our reading side wakes libmicrohttpd's epoll
+    // set again: its next read sees the end and closes the connection, after answering whatever
+    // complete requests it still holds, since the writing side stays open.
+    for (Connection* c : connections_) {
+        char byte;
+        if (!c->read_shut && c->fd >= 0 && ::recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+            ::shutdown(c->fd, SHUT_RD);
+            c->read_shut = true;
+        }
+    }
+}
+
+void Server::on_connection(void* self, MHD_Connection* connection, void** socket_context,
+                           MHD_ConnectionNotificationCode code) noexcept {
+    auto* server = static_cast<Server*>(self);
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        try {
+            auto* c = new Connection;
+            c->connection = connection;
+            const MHD_ConnectionInfo* info =
+                MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+            c->fd = info == nullptr ? -1 : info->connect_fd;
+            c->deadline = server->next_deadline();
+            server->connections_.insert(c);
+            *socket_context = c;
+        } catch (...) {
+            *socket_context = nullptr;
+        }
+        return;
+    }
+    auto* c = static_cast<Connection*>(*socket_context);
+    *socket_context = nullptr;
+    if (c != nullptr) {
+        server->connections_.erase(c);
+        delete c;
+    }
+    // At its connection limit libmicrohttpd takes the listening socket out of its epoll set and
+    // puts it back at the start of a later MHD_run(); without a run now, a client waiting in the
+    // backlog would wait for the next timeout.
+    server->request_run();
+}
+
+void Server::abandon_replies() {
+    // libmicrohttpd must not stop with suspended connections (MHD_suspend_connection's docs):
+    // resume them, and since their replies are now dead, on_access closes them if it runs first.
+    for (HttpReply::State* state : replies_) {
+        state->server = nullptr;
+        if (state->suspended) {
+            state->suspended = false;
+            MHD_resume_connection(state->connection);
+        }
+    }
+    replies_.clear();
+}
+
+void Server::stop_daemon() {
+    MHD_Daemon* daemon = std::exchange(daemon_, nullptr);
+    if (daemon == nullptr) {
+        return;
+    }
+    // The loop must stop watching the epoll descriptor before libmicrohttpd closes it.
+    poll_.close();
+    timer_.close();
+    deadline_timer_.close();
+    // Closes every connection (reporting each as completed and closed) and both descriptors.
+    MHD_stop_daemon(daemon);
+    for (Connection* c : connections_) {
+        delete c;
+    }
+    connections_.clear();
+}
+
+void Server::close(std::function<void()> on_closed) {
+    if (on_closed) {
+        on_closed_.push_back(std::move(on_closed));
+    }
+    if (!closing_) {
+        closing_ = true;
+        abandon_replies();
+        poll_.close();
+        if (!in_run_) {
+            stop_daemon();
+        } // else run() stops the daemon once MHD_run() has returned
+        if (listening_) {
+            closer_ = Timer(loop_, [this] {
+                closer_.close();
+                closed_ = true;
+                run_closed_callbacks();
+            });
+            closer_.start(0);
+        } else {
+            closed_ = true;
+        }
+    }
+    if (closed_) {
         run_closed_callbacks();
     }
 }
 
-void HttpServer::run_closed_callbacks() {
+void Server::run_closed_callbacks() {
     // A callback may close() again and so add to the list; each runs once.
     std::vector<std::function<void()>> callbacks = std::move(on_closed_);
     on_closed_.clear();
     for (auto& callback : callbacks) {
-        // This usually runs inside a libuv close callback, which an exception must not cross.
+        // This runs inside a libuv callback, which an exception must not cross.
         try {
             callback();
         } catch (const std::exception& e) {
@@ -967,24 +999,62 @@ void HttpServer::run_closed_callbacks() {
     }
 }
 
+} // namespace http_server_detail
+
+HttpReply& HttpReply::operator=(HttpReply&& other) noexcept {
+    if (this != &other) {
+        if (pending()) {
+            send(http_status_response(500));
+        }
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+
+HttpReply::~HttpReply() {
+    if (pending()) {
+        // While an exception unwinds a handler the server logs the exception itself.
+        if (std::uncaught_exceptions() == 0) {
+            spdlog::warn("HTTP reply dropped without an answer; answering 500");
+        }
+        send(http_status_response(500));
+    }
+}
+
+void HttpReply::send(HttpResponse response) {
+    if (!pending()) {
+        return;
+    }
+    state_->server->send(*state_, std::move(response));
+}
+
+bool HttpReply::pending() const {
+    return state_ && state_->server != nullptr && !state_->sent;
+}
+
+struct HttpServer::Impl final : http_server_detail::Server {
+    using http_server_detail::Server::Server;
+};
+
+HttpServer::HttpServer(uv_loop_t* loop, HttpServerLimits limits, Handler handler)
+    : impl_(std::make_unique<Impl>(loop, limits, std::move(handler))) {}
+
+HttpServer::~HttpServer() = default;
+
+int HttpServer::listen(const std::string& host, int port) {
+    return impl_->listen(host, port);
+}
+
+int HttpServer::bound_port() const {
+    return impl_->bound_port();
+}
+
+std::size_t HttpServer::connection_count() const {
+    return impl_->connection_count();
+}
+
 void HttpServer::close(std::function<void()> on_closed) {
-    if (on_closed) {
-        on_closed_.push_back(std::move(on_closed));
-    }
-    if (!closing_) {
-        closing_ = true;
-        if (listener_ != nullptr) {
-            uv_close(reinterpret_cast<uv_handle_t*>(&listener_->handle), Listener::on_closed);
-            listener_ = nullptr;
-        }
-        std::vector<Connection*> open(connections_.begin(), connections_.end());
-        for (Connection* connection : open) {
-            connection->close_now();
-        }
-    }
-    if (open_handles_ == 0) {
-        run_closed_callbacks();
-    }
+    impl_->close(std::move(on_closed));
 }
 
 } // namespace outbox

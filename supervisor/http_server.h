@@ -1,26 +1,27 @@
-// A small HTTP/1.1 server for the supervisor's health, readiness and metrics endpoints.
+// The supervisor's HTTP endpoint: health, readiness, metrics and the operator's console (SPEC 6).
 //
-// It runs on the supervisor's libuv loop and must only be used from that loop's thread. Requests
-// are parsed by http_parser; the server itself only frames responses. It is built to face clients
-// that are broken or hostile without hurting the service: every buffer it keeps is bounded
-// (request head, body, headers, unsent responses, connections) and every connection has a
-// deadline, so a slow or silent client is closed instead of pinning memory or a descriptor.
+// libmicrohttpd parses HTTP and manages connections; this file drives it from the supervisor's
+// libuv loop, so that nothing here needs a thread of its own. The daemon runs in libmicrohttpd's
+// "external event loop" mode with its own epoll set: a uv_poll_t watches that epoll descriptor and
+// a uv_timer_t follows MHD_get_timeout(), and both call MHD_run(). Everything runs on the loop's
+// thread and must be used from it only.
 //
-// Protocol behaviour:
-// - HTTP/1.0 and HTTP/1.1, keep-alive (with a per-connection request cap), pipelining (responses
-//   in request order), `Connection: close` honoured.
-// - The handler sees every well-formed request, whatever its method; HttpRouter answers methods
-//   other than GET and HEAD with 405 and unknown paths with 404, so a handler built on it only
-//   ever serves GET. A HEAD response carries the headers and Content-Length of the GET response
-//   but no body; the server strips the body itself.
-// - A request body is read and discarded (no endpoint takes one); a body beyond
-//   `max_body_bytes` gets 413, a head beyond `max_head_bytes` or with more than `max_headers`
-//   headers gets 431, a version other than HTTP/1.x gets 505, anything http_parser rejects gets
-//   400. Each of these closes the connection.
-// - Every response carries Content-Length, Content-Type and `Server: outbox-worker`.
+// Requests reach the handler complete (head and body). A handler answers at once or later: it
+// receives an HttpReply that it may keep while it waits for the database; the connection is
+// suspended meanwhile (MHD_suspend_connection) and resumed when the reply is sent. A reply whose
+// client has gone away is dropped without harm; a reply destroyed without being sent answers 500.
 //
-// Errors (a reset peer, a refused write, a malformed request) are logged at debug level and
-// cost the connection concerned, never the server.
+// Protection against broken or hostile clients is the library's (request-line and header limits,
+// per-connection timeouts, a connection limit) plus ours: a body beyond `max_body_bytes` gets 413,
+// a request with more than `max_headers` headers or a head beyond `max_head_bytes` gets 431, a
+// target that is not a path, a header name that is not a token or a body framed twice (two
+// Content-Lengths, or one beside Transfer-Encoding) gets 400, and each of these closes the
+// connection. A request must be complete within `idle_timeout_ms` of the connection's start or of
+// the previous response, however slowly its bytes trickle in. A method the router does not know
+// gets 405, an unknown path 404. Every response the handler or the server writes carries
+// Content-Length (except 204 and 304), Content-Type and `Server: outbox-worker`; the few that
+// libmicrohttpd writes itself (400 for a line it cannot parse, 414/431 for a head beyond its
+// memory, 505 for HTTP/2 and later) carry only Content-Length.
 #pragma once
 
 #include <uv.h>
@@ -29,18 +30,27 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
 namespace outbox {
 
 struct HttpRequest {
-    std::string method; // "GET", "HEAD", "POST", ... as http_parser names it
+    std::string method; // "GET", "HEAD", "POST", ...
     std::string path;   // the path of the request target, without the query, not percent-decoded
     std::string query;  // what follows '?', without it; empty when there is none
+    // Header names lower-cased, in the order received; values as sent.
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string body;           // the whole request body (at most HttpServerLimits::max_body_bytes)
+    std::string client_address; // the peer's IP address ("127.0.0.1", "::1"), for logs
+
+    // The first header of that (lower-case) name, or nullptr.
+    const std::string* header(std::string_view lower_name) const;
+    // The value of a query parameter, percent-decoded ('+' is a space), or nullopt when absent.
+    std::optional<std::string> query_param(std::string_view name) const;
 };
 
 struct HttpResponse {
@@ -58,63 +68,84 @@ std::string_view http_reason_phrase(int status);
 // A plain-text response whose body is the reason phrase followed by a newline, for errors.
 HttpResponse http_status_response(int status);
 
+// The one answer to one request. Move-only. send() may be called once, from the loop thread, at
+// any time while the server exists; after the client has gone (or the server closed) it does
+// nothing. Destroying an HttpReply that was never sent answers 500, so a forgotten path cannot
+// leave a connection suspended forever.
+class HttpReply {
+  public:
+    struct State; // the server's record of the suspended request
+    HttpReply() = default;
+    explicit HttpReply(std::shared_ptr<State> state) : state_(std::move(state)) {}
+    HttpReply(HttpReply&&) noexcept = default;
+    HttpReply& operator=(HttpReply&& other) noexcept;
+    HttpReply(const HttpReply&) = delete;
+    HttpReply& operator=(const HttpReply&) = delete;
+    ~HttpReply();
+
+    void send(HttpResponse response);
+    // True while the reply can still reach a client (not sent, client connected, server open).
+    bool pending() const;
+
+  private:
+    std::shared_ptr<State> state_;
+};
+
 struct HttpServerLimits {
-    // Request line plus headers. Beyond it: 431.
+    // Request line plus headers (libmicrohttpd's per-connection memory is derived from it).
+    // Beyond it: 431 (or, far beyond it, the library's own 431 or 414).
     std::size_t max_head_bytes = 8 * 1024;
     // Request header lines. Beyond it: 431.
     std::size_t max_headers = 100;
-    // A request body is discarded, but reading an unbounded one would let a client hold the
-    // connection busy for as long as it likes. Beyond it: 413.
-    std::size_t max_body_bytes = 4 * 1024;
-    // Connections open at once. One more is accepted (so that it leaves the kernel's backlog)
-    // and closed at once without a response.
+    // The request body, which the console's actions use (a JSON list of ids). Beyond it: 413.
+    std::size_t max_body_bytes = 64 * 1024;
+    // Connections open at once. At the limit the library stops accepting: further clients wait
+    // in the kernel's listen backlog until a connection closes.
     std::size_t max_connections = 64;
-    // A connection must complete a request within this time of being accepted or of completing
-    // its previous request, or it is closed. Trickling bytes does not extend it (slowloris), and
-    // neither does a client that stops reading its responses.
+    // A request must be complete within this time of the connection's start or of the previous
+    // response (slowloris), its response sent within this time of the reply (a client that does
+    // not read), and a connection idle this long is closed. The time the handler holds a reply
+    // does not count. libmicrohttpd's own idle timeout is this rounded up to whole seconds.
     std::uint64_t idle_timeout_ms = 10'000;
-    // Requests served on one keep-alive connection; the last response carries
-    // `Connection: close`.
-    std::size_t max_requests_per_connection = 1000;
-    // While a connection has more than this many response bytes that the kernel has not taken
-    // yet, the server stops reading and parsing its requests; it resumes once the client has
-    // read enough. This bounds the memory a client that pipelines requests without reading the
-    // responses can make the server hold to about this much plus one response.
-    std::size_t max_unsent_bytes = 256 * 1024;
-    // After an error response the server stops sending and reads and discards what the client
-    // still sends, for at most this long, before closing. Closing a socket with unread input
-    // makes the kernel send a reset that can destroy the error response before the client reads
-    // it; lingering lets the client see why it was refused.
-    std::uint64_t linger_timeout_ms = 2'000;
 };
 
-// Dispatches GET and HEAD requests by exact path. Unknown paths get 404, known paths with
-// another method 405 with `Allow: GET, HEAD`. A HEAD request calls the GET route (the server
-// drops the body). The router is a plain value: build it, then move it into the server's handler.
+// Dispatches requests by method and path. A path ending in '*' matches every path that starts
+// with what precedes the '*' ("/api/events/*"); otherwise the match is exact. Routes are tried in
+// the order added. A HEAD request calls the GET route (the server drops the body). A known path
+// with another method gets 405 with `Allow`, an unknown path 404. The router is a plain value:
+// build it, then move it into the server's handler.
 class HttpRouter {
   public:
     using Route = std::function<HttpResponse(const HttpRequest&)>;
+    using AsyncRoute = std::function<void(const HttpRequest&, HttpReply)>;
 
+    // A GET (and HEAD) route that answers at once.
     void get(std::string path, Route route);
-    HttpResponse dispatch(const HttpRequest& request) const;
+    // A route for one method that may answer later.
+    void handle(std::string method, std::string path, AsyncRoute route);
+    void dispatch(const HttpRequest& request, HttpReply reply) const;
 
   private:
-    std::vector<std::pair<std::string, Route>> routes_;
+    struct Entry {
+        std::string method;
+        std::string path;
+        AsyncRoute route;
+    };
+    std::vector<Entry> routes_;
 };
 
-// The server. Owned by the supervisor; not copyable or movable, because its handles point back
-// at it.
+// The server. Owned by the supervisor; not copyable or movable, because libmicrohttpd and the
+// libuv handles point back at it.
 //
 // Lifetime: call close() and let the loop run until `on_closed` has been called before
-// destroying the server. A server destroyed earlier closes whatever it still has open and
-// detaches from it; the handles are then freed by the loop's next run, without a callback.
+// destroying the server. A server destroyed earlier stops the daemon and detaches its handles.
 // The handler must not destroy the server; it may call close().
 class HttpServer {
   public:
-    using Handler = std::function<HttpResponse(const HttpRequest&)>;
+    using Handler = std::function<void(const HttpRequest&, HttpReply)>;
 
-    // The handler runs on the loop thread, once per request, in request order per connection.
-    // An exception escaping it is logged and answered with 500.
+    // The handler runs on the loop thread, once per complete request. An exception escaping it is
+    // logged and answered with 500.
     HttpServer(uv_loop_t* loop, HttpServerLimits limits, Handler handler);
     ~HttpServer();
 
@@ -133,42 +164,19 @@ class HttpServer {
     // The port actually bound, or 0 when not listening.
     int bound_port() const;
 
-    // Connections currently open (not counting those refused over the limit).
-    std::size_t connection_count() const { return connections_.size(); }
+    // Connections currently open.
+    std::size_t connection_count() const;
 
-    // Stops listening and closes every connection at once, abandoning unsent responses. Calls
-    // `on_closed` from the loop once every handle the server opened has been closed, or at once
-    // when none is open. Calling it again adds a callback.
+    // Stops listening and closes every connection, abandoning unsent responses (pending
+    // HttpReplys become no-ops at once). Calls `on_closed` from the loop once the daemon has
+    // stopped and every handle has been closed (libuv frees them before uv_run() returns), or at
+    // once when the server never listened or has finished closing. Calling it again adds a
+    // callback.
     void close(std::function<void()> on_closed);
 
   private:
-    struct Link;
-    struct Listener;
-    struct RefusedSocket;
-    struct Connection;
-    friend struct Connection;
-
-    static void on_connection(uv_stream_t* listener, int status);
-    void accept_one();
-    void handle_closed();
-    void run_closed_callbacks();
-    void forget(Connection* connection);
-
-    uv_loop_t* loop_;
-    HttpServerLimits limits_;
-    Handler handler_;
-    // Shared with every handle wrapper, so that a close callback can tell whether the server
-    // still exists after a premature destruction.
-    std::shared_ptr<Link> link_;
-    Listener* listener_ = nullptr; // owned by its close callback once closing
-    std::unordered_set<Connection*> connections_;
-    std::size_t open_handles_ = 0;
-    bool closing_ = false;
-    std::vector<std::function<void()>> on_closed_;
-    // One read buffer for every connection: the loop is single-threaded and a read callback
-    // consumes its data before the next allocation, and what a paused connection has not parsed
-    // yet is copied into that connection.
-    std::unique_ptr<char[]> read_buffer_;
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
 };
 
 } // namespace outbox

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <chrono>
 #include <cstdio>
 
 namespace outbox {
@@ -28,6 +29,12 @@ long to_long(std::string_view text) {
     return v;
 }
 
+int64_t wall_clock_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
 double to_double(std::string_view text) {
     double v = 0;
     std::from_chars(text.data(), text.data() + text.size(), v);
@@ -45,7 +52,8 @@ Janitor::Janitor(uv_loop_t* loop, const Config& config, DbConnection& db, Teleme
       counts_timer_(loop, [this] { refresh_counts(); }),
       retention_timer_(loop, [this] { run_retention(); }),
       metrics_log_timer_(loop, [this] { log_metrics_line(); }),
-      status_timer_(loop, [this] { update_status(); }) {}
+      status_timer_(loop, [this] { update_status(); }),
+      history_timer_(loop, [this] { telemetry_.sample_history(uv_now(loop_), wall_clock_ms()); }) {}
 
 void Janitor::start() {
     if (config_.metrics_log_interval_ms > 0) {
@@ -53,6 +61,8 @@ void Janitor::start() {
         metrics_log_timer_.start(every, every);
     }
     status_timer_.start(kStatusIntervalMs, kStatusIntervalMs);
+    telemetry_.sample_history(uv_now(loop_), wall_clock_ms());
+    history_timer_.start(Telemetry::kHistoryIntervalMs, Telemetry::kHistoryIntervalMs);
 }
 
 void Janitor::start_serving() {
@@ -73,8 +83,8 @@ void Janitor::stop_for_drain() {
 
 void Janitor::close() {
     closed_ = true;
-    for (Timer* t :
-         {&sweep_timer_, &counts_timer_, &retention_timer_, &metrics_log_timer_, &status_timer_}) {
+    for (Timer* t : {&sweep_timer_, &counts_timer_, &retention_timer_, &metrics_log_timer_,
+                     &status_timer_, &history_timer_}) {
         t->close();
     }
 }
@@ -140,10 +150,45 @@ void Janitor::refresh_counts(std::function<void()> then) {
                           c.unsubscribed_json);
                   }
                   telemetry_.set_counts(c);
+                  read_console_figures(c);
                   if (then && !closed_) {
                       then();
                   }
               });
+}
+
+void Janitor::read_console_figures(const DatabaseCounts& counts) {
+    if (closed_ || !db_.connected()) {
+        return;
+    }
+    db_.query(sql::kConsoleLeasesAndPaused, {}, [this](QueryResult&& r) {
+        if (!r.ok()) {
+            if (!r.lost) {
+                spdlog::error("reading the console's leases and paused types failed: {}",
+                              r.error());
+            }
+            return;
+        }
+        telemetry_.set_console_reads(r.result.value(0, 0), r.result.value(0, 1));
+    });
+    uint64_t now = uv_now(loop_);
+    if (dlq_groups_in_flight_ ||
+        (counts.dlq == dlq_groups_count_ && now - dlq_groups_read_ms_ < kDlqGroupsMaxAgeMs)) {
+        return;
+    }
+    dlq_groups_in_flight_ = true;
+    db_.query(sql::kConsoleDlqGroups, {}, [this, count = counts.dlq, now](QueryResult&& r) {
+        dlq_groups_in_flight_ = false;
+        if (!r.ok()) {
+            if (!r.lost) {
+                spdlog::error("reading the dead-letter groups failed: {}", r.error());
+            }
+            return;
+        }
+        dlq_groups_count_ = count;
+        dlq_groups_read_ms_ = now;
+        telemetry_.set_dlq_groups(r.result.value(0, 0));
+    });
 }
 
 void Janitor::warn_blocked_keys(const DatabaseCounts& c) {

@@ -1,8 +1,10 @@
 // The janitor: the supervisor's periodic housekeeping, apart from delivery (PgBouncer's janitor.c
 // is the model). It sweeps expired leases back to due, reads the row counts that health, metrics
-// and the console show, deletes old completed rows (retention), writes the metrics log line and
-// systemd's STATUS= line. Its statements can be slow on a big table (a retention catch-up runs
-// batch after batch), so they run on a connection of their own and never hold up the relay.
+// and the console show (and, for the console's overview, the instances holding leases, the paused
+// types and the dead-letter groups), samples the console's charts, deletes old completed rows
+// (retention), writes the metrics log line and systemd's STATUS= line. Its statements can be slow
+// on a big table (a retention catch-up runs batch after batch), so they run on a connection of
+// their own and never hold up the relay.
 //
 // Everything runs on the supervisor's loop. Nothing here is needed for correctness of delivery
 // except the lease sweep, which any instance may run: it is what makes an event whose instance
@@ -54,6 +56,7 @@ class Janitor {
     void log_metrics_line();
     void write_metrics_line();
     void warn_blocked_keys(const DatabaseCounts& counts);
+    void read_console_figures(const DatabaseCounts& counts);
 
     uv_loop_t* loop_;
     const Config& config_;
@@ -66,6 +69,13 @@ class Janitor {
     bool closed_ = false;
 
     Timer sweep_timer_, counts_timer_, retention_timer_, metrics_log_timer_, status_timer_;
+    Timer history_timer_; // closes an interval of the console's charts (Telemetry::history)
+    // The dead-letter groups read the whole queue: again only when its size changed, or after
+    // kDlqGroupsMaxAgeMs.
+    static constexpr uint64_t kDlqGroupsMaxAgeMs = 60000;
+    long dlq_groups_count_ = -1;
+    uint64_t dlq_groups_read_ms_ = 0;
+    bool dlq_groups_in_flight_ = false;
     static constexpr uint64_t kBlockedWarningEveryMs = 60000;
     std::string blocked_warned_names_; // the long-blocked keys last warned about
     uint64_t blocked_warned_at_ms_ = 0;

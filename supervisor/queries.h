@@ -64,6 +64,8 @@ inline constexpr char kNotifyChannel[] = "outbox_worker";
 // second data-modifying part cost more planning time than it saved.
 // SKIP LOCKED lets any number of instances claim at once without waiting on each other; a row
 // another transaction is claiming is simply not ours this time.
+// Paused types (migration 005, POST /api/pause) are passed over: every instance reads the table at
+// each claim, so a pause holds from the next claim on, everywhere; events already claimed finish.
 // Ordering per key (SPEC 2a, migration 004): an event with a key is taken only when it is its
 // key's head: orderingSeq = done_seq + 1, or no event of the key still to deliver lies between
 // (a number drawn for a row that was never inserted is a hole, not a wait; the index probe runs
@@ -99,6 +101,7 @@ WITH cand AS (
      WHERE o."status" = 'PENDING' AND NOT o."orderingParked"
        AND (o."nextRetryAt" IS NULL OR o."nextRetryAt" <= now())
        AND ($3::text[] IS NULL OR o."eventType" LIKE ANY ($3::text[]))
+       AND NOT EXISTS (SELECT 1 FROM outbox_worker_paused p WHERE p."eventType" = o."eventType")
      ORDER BY o."createdAt"
      LIMIT $2::int
        FOR UPDATE OF o SKIP LOCKED
@@ -401,6 +404,225 @@ WITH old AS (
 )
 DELETE FROM "Outbox" o USING old WHERE o."id" = old."id"
 )sql";
+
+// ---- The console (docs/console.md) -----------------------------------------------------------
+// Times leave PostgreSQL as ISO 8601 UTC text with microseconds, the columns' own precision, so
+// that a cursor built from a row names that row exactly.
+
+// Read by the janitor with the counts (never per request): the instances holding leases (through
+// the ("status", "nextRetryAt") index, which holds the few PROCESSING rows together) and the
+// paused types, each as a JSON array the overview passes on as it is.
+inline constexpr const char* kConsoleLeasesAndPaused = R"sql(
+SELECT (SELECT COALESCE(json_agg(json_build_object(
+                   'instance', l.owner, 'leases', l.n,
+                   'latestLeaseExpiresAt',
+                   to_char(l.latest AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+                   ORDER BY l.owner), '[]')::text
+          FROM (SELECT "leaseOwner" AS owner, count(*) AS n, max("leaseExpiresAt") AS latest
+                  FROM "Outbox" WHERE "status" = 'PROCESSING' GROUP BY 1) l),
+       (SELECT COALESCE(json_agg(json_build_object(
+                   'eventType', p."eventType",
+                   'pausedAt', to_char(p."pausedAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                   'pausedBy', p."pausedBy") ORDER BY p."pausedAt", p."eventType"), '[]')::text
+          FROM outbox_worker_paused p)
+)sql";
+
+// The dead letters grouped by type and the first line of their reason (at most 200 characters),
+// the 100 largest groups. It reads the whole queue, so the janitor runs it only when the queue's
+// size changed or a minute has passed.
+inline constexpr const char* kConsoleDlqGroups = R"sql(
+SELECT COALESCE(json_agg(json_build_object(
+           'eventType', g.t, 'reason', g.r, 'count', g.n,
+           'newest', to_char(g.newest AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+           ORDER BY g.n DESC, g.t, g.r), '[]')::text
+  FROM (SELECT "eventType" AS t, left(split_part("failureReason", E'\n', 1), 200) AS r,
+               count(*) AS n, max("failedAt") AS newest
+          FROM "DlqEventLog" GROUP BY 1, 2 ORDER BY count(*) DESC, 1, 2 LIMIT 100) g
+)sql";
+
+// Whether "Outbox" has a valid index whose first column is "eventLogId" (any name, not partial):
+// the optional index that search by event key needs (migration 005's header). A catalogue lookup.
+inline constexpr const char* kConsoleEventLogIndexExists = R"sql(
+SELECT EXISTS (
+    SELECT 1 FROM pg_index i
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+     WHERE i.indrelid = '"Outbox"'::regclass AND i.indisvalid AND i.indpred IS NULL
+       AND a.attname = 'eventLogId')
+)sql";
+
+// GET /api/events: the select list and the source, then the filters that apply (each below, with
+// its parameter numbered by the builder, supervisor/console_query.h), then the order and limit.
+// Newest first by ("createdAt", id), paged by keyset. Each filter has an index: id the primary
+// key, eventKey EventLog's unique index and then an index on "Outbox" ("eventLogId") that the
+// operator creates (migration 005's header; without it the search is refused,
+// kConsoleEventLogIndexExists), orderingKey "Outbox_worker_ordering_idx" (its predicate follows
+// from the equality), tenant
+// ("tenantId", status), status ("status", "nextRetryAt"); the type (see kConsoleEventsByType) and
+// the time range walk the "createdAt" index backwards in the order wanted, stopping after one
+// page.
+inline constexpr const char* kConsoleEventsSelect = R"sql(
+SELECT o."id", o."eventType", o."tenantId", o."status"::text,
+       to_char(o."createdAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       o."retryCount", o."maxRetries",
+       to_char(o."nextRetryAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       o."orderingKey", e."eventKey", left(o."lastError", 200)
+  FROM "Outbox" o LEFT JOIN "EventLog" e ON e."id" = o."eventLogId"
+ WHERE true)sql";
+inline constexpr const char* kConsoleEventsById = R"sql( AND o."id" = $%)sql";
+inline constexpr const char* kConsoleEventsByStatus =
+    R"sql( AND o."status" = $%::"OutboxStatus")sql";
+// The type is compared with an InitPlan's value rather than the parameter itself, so that the
+// planner estimates it as an average type (1 / the number of types) instead of looking it up in the
+// statistics: a type the statistics call rare (or one that does not exist) would otherwise be
+// searched by reading the whole table and sorting it. Walking the "createdAt" index instead stops
+// after one page for any common type; for a rare one it reads far, in the order wanted, bounded by
+// the console connection's statement timeout. (An index on "eventType" would make every type
+// cheap, at the price of another index entry per status change of every event, which delivery
+// would pay for a search the console makes now and then.)
+inline constexpr const char* kConsoleEventsByType =
+    R"sql( AND o."eventType" = (SELECT $%::text))sql";
+inline constexpr const char* kConsoleEventsByTenant = R"sql( AND o."tenantId" = $%)sql";
+inline constexpr const char* kConsoleEventsByEventKey =
+    R"sql( AND o."eventLogId" IN (SELECT x."id" FROM "EventLog" x WHERE x."eventKey" = $%))sql";
+inline constexpr const char* kConsoleEventsByOrderingKey = R"sql( AND o."orderingKey" = $%)sql";
+inline constexpr const char* kConsoleEventsFrom = R"sql( AND o."createdAt" >= $%::timestamptz)sql";
+inline constexpr const char* kConsoleEventsTo = R"sql( AND o."createdAt" <= $%::timestamptz)sql";
+// After the cursor's row: written out rather than as a row comparison, so that the "createdAt"
+// index bounds the scan whatever the planner makes of row comparisons. Two parameters: the
+// cursor's time and id.
+inline constexpr const char* kConsoleEventsAfter =
+    R"sql( AND o."createdAt" <= $%::timestamptz AND (o."createdAt" < $%::timestamptz OR o."id" < $%))sql";
+inline constexpr const char* kConsoleEventsOrder =
+    R"sql( ORDER BY o."createdAt" DESC, o."id" DESC LIMIT $%::int)sql";
+
+// GET /api/events/{id}: one row or none. The event's fields as a handler receives them (EventLog's
+// when the row exists). jsonb's text output is valid JSON and is passed on verbatim.
+//   $1 the Outbox id
+inline constexpr const char* kConsoleEventDetail = R"sql(
+SELECT o."id", o."eventType", o."tenantId", o."status"::text,
+       to_char(o."createdAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       o."retryCount", o."maxRetries",
+       to_char(o."nextRetryAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       o."orderingKey", e."eventKey", o."lastError",
+       COALESCE(e."payload", o."payload")::text, e."metadata"::text, e."correlationId",
+       o."eventLogId",
+       to_char(o."processedAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       to_char(o."updatedAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       o."leaseOwner",
+       to_char(o."leaseExpiresAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       o."orderingSeq", to_json(COALESCE(o."subscribersDone", '{}'))::text
+  FROM "Outbox" o LEFT JOIN "EventLog" e ON e."id" = o."eventLogId"
+ WHERE o."id" = $1
+)sql";
+
+// GET /api/dlq, built like the events list: newest failure first by ("failedAt", id) through the
+// "failedAt" index; type and tenant through ("tenantId", "eventType") when the tenant is given.
+// `reason` matches the start of the failure reason, as the groups of the overview show it.
+inline constexpr const char* kConsoleDlqSelect = R"sql(
+SELECT d."id", d."originalId", d."eventType", d."tenantId", d."eventKey", d."failureReason",
+       d."retryCount",
+       to_char(d."failedAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       d."orderingKey"
+  FROM "DlqEventLog" d
+ WHERE true)sql";
+// As kConsoleEventsByType, and through the "failedAt" index; the reason too.
+inline constexpr const char* kConsoleDlqByType = R"sql( AND d."eventType" = (SELECT $%::text))sql";
+inline constexpr const char* kConsoleDlqByTenant = R"sql( AND d."tenantId" = $%)sql";
+inline constexpr const char* kConsoleDlqByReason =
+    R"sql( AND starts_with(d."failureReason", (SELECT $%::text)))sql";
+inline constexpr const char* kConsoleDlqAfter =
+    R"sql( AND d."failedAt" <= $%::timestamptz AND (d."failedAt" < $%::timestamptz OR d."id" < $%))sql";
+inline constexpr const char* kConsoleDlqOrder =
+    R"sql( ORDER BY d."failedAt" DESC, d."id" DESC LIMIT $%::int)sql";
+
+// GET /api/dlq/{id}.   $1 the DLQ id
+inline constexpr const char* kConsoleDlqDetail = R"sql(
+SELECT d."id", d."originalId", d."eventType", d."tenantId", d."eventKey", d."failureReason",
+       d."retryCount",
+       to_char(d."failedAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       d."orderingKey", d."payload"::text, d."metadata"::text
+  FROM "DlqEventLog" d
+ WHERE d."id" = $1
+)sql";
+
+// The dead-letter actions on given ids (at most 1000), each id in a subtransaction of its own
+// (migration 005's outbox_worker_dlq_apply). One row per id: id, outcome, detail.
+//   $1 retry, skip or purge, $2 the ids
+inline constexpr const char* kConsoleDlqApply = R"sql(
+SELECT a.dlq_id, a.outcome, a.detail FROM outbox_worker_dlq_apply($1, $2::text[]) a
+)sql";
+
+// The same on every entry that matches a filter, one batch of up to 500 at a time, oldest failure
+// first by keyset. Entries that failed after the action began ($2, the time of its first batch)
+// are left alone: a retried event that fails again at once must not be retried again by the same
+// request. Returns one row per entry of the batch, in order, with the entry's failedAt for the
+// next batch's cursor. Type and reason are compared as in kConsoleDlqByType.
+//   $1 action, $2 upper bound of failedAt, $3 type or NULL, $4 tenant or NULL, $5 reason prefix or
+//   NULL, $6 cursor time or NULL, $7 cursor id
+inline constexpr const char* kConsoleDlqApplyBatch = R"sql(
+WITH batch AS MATERIALIZED (
+    SELECT d."id", d."failedAt",
+           row_number() OVER (ORDER BY d."failedAt", d."id") AS n
+      FROM "DlqEventLog" d
+     WHERE d."failedAt" <= $2::timestamptz
+       AND ($3::text IS NULL OR d."eventType" = (SELECT $3::text))
+       AND ($4::text IS NULL OR d."tenantId" = $4)
+       AND ($5::text IS NULL OR starts_with(d."failureReason", (SELECT $5::text)))
+       AND ($6::timestamptz IS NULL OR d."failedAt" > $6::timestamptz
+            OR (d."failedAt" = $6::timestamptz AND d."id" > $7))
+     ORDER BY d."failedAt", d."id"
+     LIMIT 500
+)
+SELECT a.dlq_id, a.outcome, a.detail,
+       to_char(b."failedAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
+  FROM outbox_worker_dlq_apply($1, ARRAY(SELECT "id" FROM batch ORDER BY n)) a
+  JOIN batch b ON b."id" = a.dlq_id
+ ORDER BY b.n
+)sql";
+
+// The database's time now, the upper bound of a filter action's entries.
+inline constexpr const char* kConsoleNow =
+    R"sql(SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))sql";
+
+// GET /api/blocked-keys: the longest-blocked keys first, by keyset on (blocked_since, key), through
+// the partial index of migration 004 on the blocked keys.
+//   $1 cursor time or NULL, $2 cursor key, $3 limit
+inline constexpr const char* kConsoleBlockedKeys = R"sql(
+SELECT b.ordering_key, b.head_id, b.head_status, b.reason,
+       to_char(b.blocked_since AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), b.waiting
+  FROM outbox_worker_blocked_keys b
+ WHERE ($1::timestamptz IS NULL OR b.blocked_since > $1::timestamptz
+        OR (b.blocked_since = $1::timestamptz AND b.ordering_key > $2))
+ ORDER BY b.blocked_since, b.ordering_key
+ LIMIT $3::int
+)sql";
+
+// GET /api/paused, and the answer of pause and resume.
+inline constexpr const char* kConsolePaused = R"sql(
+SELECT p."eventType", to_char(p."pausedAt" AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+       p."pausedBy"
+  FROM outbox_worker_paused p
+ ORDER BY p."pausedAt", p."eventType"
+)sql";
+
+// POST /api/pause. A type paused already keeps its first time and author.
+//   $1 event type, $2 client address
+inline constexpr const char* kConsolePause = R"sql(
+INSERT INTO outbox_worker_paused ("eventType", "pausedBy") VALUES ($1, $2)
+ON CONFLICT ("eventType") DO NOTHING
+)sql";
+
+// POST /api/resume. The notification wakes every instance, whose next claim takes the type's
+// waiting events at once rather than at the next poll.
+//   $1 event type
+inline constexpr auto kConsoleResumeText = join(R"sql(
+WITH del AS (
+    DELETE FROM outbox_worker_paused WHERE "eventType" = $1 RETURNING 1
+)
+SELECT count(*), pg_notify(')sql",
+                                                kNotifyChannel, R"sql(', '') FROM del
+)sql");
+inline constexpr const char* kConsoleResume = kConsoleResumeText.data();
 
 // Two steps, because a statement naming a table that does not exist fails as it is parsed.
 inline constexpr const char* kSchemaTableExists =

@@ -209,6 +209,12 @@ class Relay {
     bool drained() const;
 
     size_t held() const { return held_.size(); }
+    // The Outbox id of a held event, for the console's list of handler processes; nullptr when
+    // the sequence number is not held (any more).
+    const std::string* held_event_id(uint64_t seq) const {
+        auto it = held_.find(seq);
+        return it == held_.end() ? nullptr : &it->second.event.id;
+    }
     size_t ready() const { return ready_.size(); }
     size_t unrecorded() const { return pending_.size(); }
     size_t unreleased() const { return pending_releases_.size(); }

@@ -2,7 +2,8 @@
 // the relay (supervisor/relay.h: claims, dispatch, outcomes, leases), its PostgreSQL store
 // (supervisor/relay_store.h), the handler-process pool (supervisor/worker_pool.h), the janitor
 // (supervisor/janitor.h: sweep, counts, retention, log line, STATUS=), the subscriptions
-// (supervisor/subscriptions.h) and the HTTP endpoint (supervisor/endpoints.h).
+// (supervisor/subscriptions.h), the HTTP endpoint (supervisor/endpoints.h) and the operator's
+// console on it (supervisor/console.h).
 //
 // The lifecycle is one explicit state (ServiceState): starting -> serving -> draining ->
 // finishing. Starting connects, checks the schema and forks the handler processes; serving
@@ -16,6 +17,7 @@
 #include "common/check.h"
 #include "common/migrations.h"
 #include "common/pg.h"
+#include "supervisor/console.h"
 #include "supervisor/db_connection.h"
 #include "supervisor/endpoints.h"
 #include "supervisor/http_server.h"
@@ -130,6 +132,7 @@ class Service final : public RelayClock, public RelayHost {
     void fail(std::string why);
     void finish();
     EndpointView endpoint_view() const;
+    ConsoleHost console_host();
 
     Config config_;
     Subscriptions subscriptions_;
@@ -141,6 +144,10 @@ class Service final : public RelayClock, public RelayHost {
     // Counts, the lease sweep and retention: statements that scan the table and may take long on
     // a big one, kept off the claim and result connections so that they never hold up delivery.
     std::unique_ptr<DbConnection> house_db_;
+    // The console's reads and actions (only with the HTTP endpoint): a page or a script searching
+    // a big table must not hold up delivery or housekeeping.
+    std::unique_ptr<DbConnection> console_db_;
+    std::unique_ptr<Console> console_;
     std::unique_ptr<PgRelayStore> store_;
     PoolPort pool_port_;
     std::unique_ptr<Relay> relay_;
@@ -240,10 +247,14 @@ void Service::start() {
     janitor_->start();
 
     if (config_.http_port != 0) {
+        HttpRouter router = endpoint_router([this] { return endpoint_view(); });
+        console_ =
+            std::make_unique<Console>(&loop_, config_, telemetry_, *console_db_, console_host());
+        console_->add_routes(router);
         http_ = std::make_unique<HttpServer>(
             &loop_, HttpServerLimits{},
-            [router = endpoint_router([this] { return endpoint_view(); })](const HttpRequest& req) {
-                return router.dispatch(req);
+            [router = std::move(router)](const HttpRequest& req, HttpReply reply) {
+                router.dispatch(req, std::move(reply));
             });
         int rc = http_->listen(config_.http_host, config_.http_port);
         if (rc != 0) {
@@ -251,7 +262,14 @@ void Service::start() {
                  ": " + uv_strerror(rc) + " (set OUTBOX_HTTP_PORT, or 0 to disable the endpoint)");
             return;
         }
-        spdlog::info("health and metrics on http://{}:{}/", config_.http_host, http_->bound_port());
+        spdlog::info("health, metrics and the console on http://{}:{}/ (console {})",
+                     config_.http_host, http_->bound_port(),
+                     config_.admin_token.empty() ? "read-only: OUTBOX_ADMIN_TOKEN is not set"
+                                                 : "actions enabled with OUTBOX_ADMIN_TOKEN");
+        if (!config_.admin_token.empty() && config_.admin_token.size() < 16) {
+            spdlog::warn("OUTBOX_ADMIN_TOKEN is shorter than 16 characters: anyone who can reach "
+                         "the console may guess it");
+        }
     }
 
     auto poll_every = static_cast<uint64_t>(config_.poll_interval_ms);
@@ -267,6 +285,9 @@ void Service::start() {
     claim_db_->start();
     result_db_->start();
     house_db_->start();
+    if (console_db_) {
+        console_db_->start();
+    }
 }
 
 void Service::open_connections() {
@@ -295,6 +316,13 @@ void Service::open_connections() {
     }
     for (DbConnection* db : {claim_db_.get(), result_db_.get(), house_db_.get()}) {
         db->set_session_settings(settings);
+    }
+    if (config_.http_port != 0) {
+        console_db_ = std::make_unique<DbConnection>(&loop_, config_.database_url, "console", "",
+                                                     DbConnection::Callbacks{});
+        // A search that would read for long is cut off rather than left to queue every other
+        // request of the console behind it (the console answers 503).
+        console_db_->set_session_settings(settings + "; SET statement_timeout = '30s'");
     }
     store_ = std::make_unique<PgRelayStore>(
         PgRelayStore::Options{config_.instance_id, config_.lease_ms, config_.on_complete},
@@ -532,11 +560,47 @@ void Service::finish() {
     claim_db_->close([] {});
     result_db_->close([] {});
     house_db_->close([] {});
+    if (console_db_) {
+        console_db_->close([] {});
+    }
 }
 
 EndpointView Service::endpoint_view() const {
     return EndpointView{config_, telemetry_, state_, ready_reported_,
                         pool_ ? pool_->in_flight() : size_t{0}};
+}
+
+ConsoleHost Service::console_host() {
+    ConsoleHost host;
+    host.state = [this] {
+        return state_;
+    };
+    host.workers = [this] {
+        std::vector<ConsoleWorker> out;
+        if (!pool_) {
+            return out;
+        }
+        for (const WorkerSlotView& v : pool_->describe()) {
+            ConsoleWorker w{v.slot, v.pid, v.state, {}, v.restarts};
+            for (uint64_t seq : v.seqs) {
+                if (const std::string* id = relay_->held_event_id(seq)) {
+                    w.events.push_back(*id);
+                }
+            }
+            out.push_back(std::move(w));
+        }
+        return out;
+    };
+    host.subscribers_for = [this](const std::string& type) {
+        std::vector<std::string> names;
+        for (const Subscriber& s : *subscriptions_.subscribers()) {
+            if (s.matches(type)) {
+                names.push_back(s.name);
+            }
+        }
+        return names;
+    };
+    return host;
 }
 
 } // namespace

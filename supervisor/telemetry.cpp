@@ -2,6 +2,8 @@
 
 #include "common/json.h"
 
+#include <utility>
+
 namespace outbox {
 
 Telemetry::Telemetry() {
@@ -58,10 +60,12 @@ void Telemetry::event_completed(const std::string& type, double latency_s) {
 
 void Telemetry::event_retried(const std::string& type) {
     retried_->with({type}).inc();
+    ++retried_total_;
 }
 
 void Telemetry::event_dead_lettered(const std::string& type) {
     dead_lettered_->with({type}).inc();
+    ++dead_lettered_total_;
 }
 
 void Telemetry::handler_duration(const std::string& type, double seconds) {
@@ -118,7 +122,76 @@ void Telemetry::set_counts(const DatabaseCounts& counts) {
             }
         }
     }
+    // The console's reads arrive by their own setters and outlive a counts update.
+    std::string instances = std::move(counts_.instances_json);
+    std::string paused = std::move(counts_.paused_json);
+    std::string groups = std::move(counts_.dlq_groups_json);
     counts_ = counts;
+    counts_.instances_json = std::move(instances);
+    counts_.paused_json = std::move(paused);
+    counts_.dlq_groups_json = std::move(groups);
+}
+
+void Telemetry::set_console_reads(std::string instances_json, std::string paused_json) {
+    counts_.instances_json = std::move(instances_json);
+    counts_.paused_json = std::move(paused_json);
+}
+
+void Telemetry::set_dlq_groups(std::string dlq_groups_json) {
+    counts_.dlq_groups_json = std::move(dlq_groups_json);
+}
+
+double histogram_quantile(double q, const std::vector<double>& upper_bounds,
+                          const std::vector<uint64_t>& cumulative) {
+    if (cumulative.empty() || cumulative.back() == 0 || upper_bounds.empty()) {
+        return 0;
+    }
+    double rank = q * static_cast<double>(cumulative.back());
+    for (size_t i = 0; i < cumulative.size(); ++i) {
+        if (static_cast<double>(cumulative[i]) < rank || cumulative[i] == 0) {
+            continue;
+        }
+        if (i >= upper_bounds.size()) {
+            return upper_bounds.back(); // in +Inf: the largest finite bound is all we know
+        }
+        double lower = i == 0 ? 0 : upper_bounds[i - 1];
+        double below = i == 0 ? 0 : static_cast<double>(cumulative[i - 1]);
+        double in_bucket = static_cast<double>(cumulative[i]) - below;
+        if (in_bucket <= 0) {
+            return upper_bounds[i];
+        }
+        return lower + (upper_bounds[i] - lower) * (rank - below) / in_bucket;
+    }
+    return upper_bounds.back();
+}
+
+void Telemetry::sample_history(uint64_t now_ms, int64_t wall_ms) {
+    HistoryMark mark{now_ms, completed_total_, retried_total_, dead_lettered_total_,
+                     latency_->with({}).cumulative_counts()};
+    if (history_mark_ && now_ms > history_mark_->at_ms) {
+        const HistoryMark& from = *history_mark_;
+        double seconds = static_cast<double>(now_ms - from.at_ms) / 1000.0;
+        HistoryPoint p;
+        p.at_ms = wall_ms;
+        p.completed_per_s = static_cast<double>(mark.completed - from.completed) / seconds;
+        p.retried_per_s = static_cast<double>(mark.retried - from.retried) / seconds;
+        p.dead_lettered_per_s =
+            static_cast<double>(mark.dead_lettered - from.dead_lettered) / seconds;
+        std::vector<uint64_t> delta(mark.latency.size());
+        for (size_t i = 0; i < delta.size() && i < from.latency.size(); ++i) {
+            delta[i] = mark.latency[i] - from.latency[i];
+        }
+        const std::vector<double>& bounds = latency_->upper_bounds();
+        p.latency_p50_s = histogram_quantile(0.5, bounds, delta);
+        p.latency_p95_s = histogram_quantile(0.95, bounds, delta);
+        p.pending = counts_.pending;
+        p.dlq = counts_.dlq;
+        history_.push_back(p);
+        while (history_.size() > kHistoryPoints) {
+            history_.pop_front();
+        }
+    }
+    history_mark_ = std::move(mark);
 }
 
 } // namespace outbox

@@ -6,7 +6,10 @@
 #include "supervisor/metrics.h"
 
 #include <cstdint>
+#include <deque>
+#include <optional>
 #include <string>
+#include <vector>
 
 namespace outbox {
 
@@ -20,7 +23,29 @@ struct DatabaseCounts {
     long blocked_keys = 0;                // ordering keys whose head is failing (SPEC 2a)
     long blocked_over_lease = 0;          // of those, blocked for longer than a lease
     std::string blocked_over_lease_names; // the longest-blocked of them, for the log
+    // For the console's overview (docs/console.md), JSON arrays as the janitor read them:
+    // [{"instance", "leases", "latestLeaseExpiresAt"}], [{"eventType", "pausedAt", "pausedBy"}]
+    // and the dead-letter groups [{"eventType", "reason", "count", "newest"}] (largest 100).
+    std::string instances_json = "[]";
+    std::string paused_json = "[]";
+    std::string dlq_groups_json = "[]";
 };
+
+// One point of the console's charts: what happened in the interval that ended at `at_ms`.
+struct HistoryPoint {
+    int64_t at_ms = 0; // wall clock, epoch milliseconds
+    double completed_per_s = 0, retried_per_s = 0, dead_lettered_per_s = 0;
+    // End-to-end latency of the events completed in the interval (0 when none completed),
+    // estimated from the latency histogram's buckets as Prometheus' histogram_quantile does.
+    double latency_p50_s = 0, latency_p95_s = 0;
+    long pending = 0, dlq = 0; // the latest counts read
+};
+
+// The q-quantile (0..1) of the observations counted in `cumulative` (per upper bound, then +Inf
+// last, as HistogramSeries::cumulative_counts), interpolated linearly inside the bucket it falls
+// in; the largest finite bound when it falls in +Inf; 0 without observations.
+double histogram_quantile(double q, const std::vector<double>& upper_bounds,
+                          const std::vector<uint64_t>& cumulative);
 
 class Telemetry {
   public:
@@ -43,6 +68,17 @@ class Telemetry {
     SinkMetrics& sinks() { return sinks_; }
 
     const DatabaseCounts& counts() const { return counts_; }
+    // The janitor's console reads, which arrive apart from the counts.
+    void set_console_reads(std::string instances_json, std::string paused_json);
+    void set_dlq_groups(std::string dlq_groups_json);
+
+    // The console's charts: every kHistoryIntervalMs the janitor closes an interval; the last
+    // kHistoryPoints are kept (15 minutes). `now_ms` is monotonic (for the rates), `wall_ms` the
+    // time the point shows. The first call only starts the first interval.
+    static constexpr uint64_t kHistoryIntervalMs = 5000;
+    static constexpr size_t kHistoryPoints = 180;
+    void sample_history(uint64_t now_ms, int64_t wall_ms);
+    const std::deque<HistoryPoint>& history() const { return history_; }
     bool database_up() const { return database_up_; }
     uint64_t completed_total() const { return completed_total_; }
 
@@ -72,6 +108,17 @@ class Telemetry {
     DatabaseCounts counts_;
     bool database_up_ = false;
     uint64_t completed_total_ = 0;
+    uint64_t retried_total_ = 0;
+    uint64_t dead_lettered_total_ = 0;
+
+    // Where the current history interval began.
+    struct HistoryMark {
+        uint64_t at_ms = 0;
+        uint64_t completed = 0, retried = 0, dead_lettered = 0;
+        std::vector<uint64_t> latency; // the latency histogram's cumulative counts
+    };
+    std::optional<HistoryMark> history_mark_;
+    std::deque<HistoryPoint> history_;
 };
 
 } // namespace outbox

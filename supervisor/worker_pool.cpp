@@ -99,6 +99,7 @@ WorkerPool::WorkerPool(uv_loop_t* loop, PoolOptions options,
       callbacks_(std::move(callbacks)) {
     handlers_ = make_handler_set(std::move(subscribers));
     consecutive_crashes_.assign(static_cast<size_t>(options_.workers), 0);
+    restarts_.assign(static_cast<size_t>(options_.workers), 0);
     respawn_timers_.resize(static_cast<size_t>(options_.workers));
 }
 
@@ -128,6 +129,41 @@ void WorkerPool::start() {
     for (int i = 0; i < options_.workers; ++i) {
         spawn(i);
     }
+}
+
+std::vector<WorkerSlotView> WorkerPool::describe() const {
+    std::vector<WorkerSlotView> out;
+    auto view = [&](const Slot& slot) {
+        WorkerSlotView v;
+        v.slot = slot.index;
+        v.pid = static_cast<int>(slot.pid);
+        switch (slot.state) {
+        case SlotState::starting:
+            v.state = "starting";
+            break;
+        case SlotState::ready:
+            v.state = slot.pipeline.empty() ? "idle" : "busy";
+            break;
+        case SlotState::quitting:
+        case SlotState::dead:
+            v.state = "stopping";
+            break;
+        }
+        for (const auto& f : slot.pipeline) {
+            v.seqs.push_back(f.seq);
+        }
+        v.restarts = restarts_[static_cast<size_t>(slot.index)];
+        out.push_back(std::move(v));
+    };
+    for (const auto& [index, slot] : slots_) {
+        if (slot) {
+            view(*slot);
+        }
+    }
+    for (const auto& slot : retired_) {
+        view(*slot);
+    }
+    return out;
 }
 
 void WorkerPool::spawn(int index) {
@@ -667,6 +703,7 @@ void WorkerPool::on_exit(Slot& slot, int status) {
         }
         return;
     }
+    ++restarts_[static_cast<size_t>(index)];
     if (clean) {
         // Recycled after OUTBOX_WORKER_MAX_EVENTS: replace at once.
         spawn(index);
@@ -720,6 +757,7 @@ void WorkerPool::replace_subscribers(std::shared_ptr<const std::vector<Subscribe
             callbacks_.on_restart(RestartReason::reloaded);
         }
         retired_.push_back(std::move(old));
+        ++restarts_[static_cast<size_t>(index)];
         spawn(index);
     }
 }

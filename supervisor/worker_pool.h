@@ -57,6 +57,15 @@ struct PoolOptions {
 enum class RestartReason { crashed, timed_out, recycled, reloaded, protocol_error, stopped };
 const char* to_string(RestartReason reason);
 
+// One handler process as the console's overview shows it (docs/console.md).
+struct WorkerSlotView {
+    int slot = 0;
+    int pid = 0;
+    const char* state = "starting"; // idle, busy, starting or stopping
+    std::vector<uint64_t> seqs; // the events it holds (the relay's sequence numbers), oldest first
+    long restarts = 0;          // processes of this slot replaced since the service started
+};
+
 class WorkerPool {
   public:
     struct Callbacks {
@@ -83,6 +92,8 @@ class WorkerPool {
     void start();
 
     int ready_processes() const;
+    // Every process, active slots by index, then those retired by a reload that are finishing.
+    std::vector<WorkerSlotView> describe() const;
     size_t in_flight() const;
     bool has_processes() const { return !slots_.empty(); }
 
@@ -169,6 +180,7 @@ class WorkerPool {
     std::vector<std::unique_ptr<Slot>> retired_;
     std::vector<Timer> respawn_timers_; // by slot index, opened on a slot's first delayed respawn
     std::vector<int> consecutive_crashes_;
+    std::vector<long> restarts_; // by slot index, for describe()
     Signal sigchld_;
     int hold_writes_ = 0; // open WriteBatch scopes
     bool draining_ = false;

@@ -2,11 +2,13 @@
 // client sockets from a second thread. Catch2's assertions are not thread-safe, so the client
 // thread only records what it saw; the test thread asserts afterwards.
 #include "supervisor/http_server.h"
+#include "supervisor/uv_handle.h"
 
 #include <catch2/catch.hpp>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include <cctype>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -291,6 +294,18 @@ std::optional<ClientResponse> take_response(int fd, std::string& buffer, bool he
     return response;
 }
 
+std::string lower(std::string text) {
+    std::transform(text.begin(), text.end(), text.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return text;
+}
+
+// Whether the server sends nothing on `fd` within `wait` (the connection stays open and silent).
+bool silent_for(int fd, std::chrono::milliseconds wait) {
+    pollfd readable{fd, POLLIN, 0};
+    return ::poll(&readable, 1, static_cast<int>(wait.count())) == 0;
+}
+
 // One request on a fresh connection that asks to be closed afterwards; everything the server
 // sent is in `raw`.
 struct Exchange {
@@ -356,17 +371,15 @@ struct TestService {
     }
 
     HttpServer::Handler handler() {
-        return [this](const HttpRequest& request) {
+        return [this](const HttpRequest& request, HttpReply reply) {
             ++calls;
-            return router.dispatch(request);
+            router.dispatch(request, std::move(reply));
         };
     }
 };
 
 HttpServerLimits test_limits() {
-    HttpServerLimits limits;
-    limits.linger_timeout_ms = 1000;
-    return limits;
+    return HttpServerLimits{};
 }
 
 } // namespace
@@ -493,7 +506,8 @@ TEST_CASE("http server keeps a connection alive across requests", "[http]") {
     CHECK(responses[1].body == "GET /echo n=2");
     CHECK(responses[0].header("connection").empty());
     CHECK(responses[2].body == "GET /echo n=3");
-    CHECK(responses[2].header("connection") == "keep-alive");
+    // libmicrohttpd spells it "Keep-Alive"; header values of this kind are case-insensitive.
+    CHECK(lower(responses[2].header("connection")) == "keep-alive");
     // The same connection served all of them and is still open.
     CHECK(server.connection_count() == 1);
     close(fd);
@@ -575,40 +589,67 @@ TEST_CASE("http server answers pipelined requests in order", "[http]") {
     harness.close_server_and_loop(server);
 }
 
-TEST_CASE("http server answers malformed requests with 400 and closes", "[http]") {
+TEST_CASE("http server refuses malformed requests and closes", "[http]") {
     LoopHarness harness;
     TestService service;
-    HttpServer server(&harness.loop, test_limits(), service.handler());
+    HttpServerLimits limits = test_limits();
+    limits.idle_timeout_ms = 500;
+    HttpServer server(&harness.loop, limits, service.handler());
     REQUIRE(server.listen("127.0.0.1", 0) == 0);
     int port = server.bound_port();
 
-    std::vector<std::string> requests = {
-        "GARBAGE\r\n\r\n",
-        "GET /health HTTP/1.1\r\nNo colon here\r\n\r\n",
-        "GET /he alth HTTP/1.1\r\n\r\n",
-        "POST /health HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
-        "\x16\x03\x01\x02", // the start of a TLS ClientHello
+    // Answered 400: by libmicrohttpd (a header line without a colon), or by the server (a target
+    // with a space, a repeated Content-Length, Content-Length beside Transfer-Encoding: both are
+    // ways to smuggle a request past a proxy that reads the framing differently).
+    std::vector<std::string> answered = {
+        "GET /health HTTP/1.1\r\nHost: t\r\nNo colon here\r\n\r\n",
+        "GET /he alth HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET he/alth HTTP/1.1\r\nHost: t\r\n\r\n",
+        "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nTransfer-Encoding: chunked"
+        "\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        "GET /health HTTP/1.1\r\nHost: t\r\nBad Name: x\r\n\r\n",
+        // libmicrohttpd 0.9.75 repeats the head of this one (fuzz/fuzz_http.h); the status holds.
+        "POST /health HTTP/1.1\r\nHost: t\r\nContent-Length: abc\r\n\r\n",
+        // A NUL inside the method, which would make the handler see "HEAD".
+        std::string("HEAD\0x /health HTTP/1.1\r\nHost: t\r\n\r\n", 36),
     };
-    std::vector<std::string> raws;
+    // Closed without an answer: libmicrohttpd drops a request line without a target at once,
+    // and bytes that never end a line (the start of a TLS ClientHello) at the request deadline.
+    std::vector<std::string> dropped = {
+        "GARBAGE\r\n\r\n",
+        "\x16\x03\x01\x02",
+    };
+    std::vector<std::string> answered_raws;
+    std::vector<std::string> dropped_raws;
+    Exchange after;
     harness.run_client([&] {
-        for (const std::string& request : requests) {
-            int fd = connect_to(port);
-            send_all(fd, request);
-            raws.push_back(read_until_close(fd));
-            close(fd);
+        for (const auto* list : {&answered, &dropped}) {
+            for (const std::string& request : *list) {
+                int fd = connect_to(port);
+                send_all(fd, request);
+                (list == &answered ? answered_raws : dropped_raws).push_back(read_until_close(fd));
+                close(fd);
+            }
         }
+        after = exchange_once(port, get("/health", "Connection: close\r\n"));
     });
 
-    REQUIRE(raws.size() == requests.size());
-    for (std::size_t i = 0; i < raws.size(); ++i) {
-        INFO("request " << i);
-        std::string buffer = raws[i];
+    REQUIRE(answered_raws.size() == answered.size());
+    for (std::size_t i = 0; i < answered_raws.size(); ++i) {
+        INFO("request " << i << ": " << answered[i]);
+        std::string buffer = answered_raws[i];
         auto response = take_response(-1, buffer);
         REQUIRE(response);
         CHECK(response->status == 400);
-        CHECK(response->header("connection") == "close");
+        CHECK(lower(response->header("connection")) == "close");
     }
-    CHECK(service.calls == 0);
+    for (const std::string& raw : dropped_raws) {
+        CHECK(raw.empty());
+    }
+    REQUIRE(after.response);
+    CHECK(after.response->status == 200);
+    CHECK(service.calls == 1);
 
     harness.close_server_and_loop(server);
 }
@@ -725,7 +766,9 @@ TEST_CASE("http server accepts up to the header count limit", "[http]") {
 TEST_CASE("http server refuses oversized bodies with 413", "[http]") {
     LoopHarness harness;
     TestService service;
-    HttpServer server(&harness.loop, test_limits(), service.handler());
+    HttpServerLimits limits = test_limits();
+    limits.max_body_bytes = 4 * 1024;
+    HttpServer server(&harness.loop, limits, service.handler());
     REQUIRE(server.listen("127.0.0.1", 0) == 0);
     int port = server.bound_port();
 
@@ -786,36 +829,7 @@ TEST_CASE("http server answers 500 when the handler throws or misbehaves", "[htt
     harness.close_server_and_loop(server);
 }
 
-TEST_CASE("http server caps requests per connection", "[http]") {
-    LoopHarness harness;
-    TestService service;
-    HttpServerLimits limits = test_limits();
-    limits.max_requests_per_connection = 2;
-    HttpServer server(&harness.loop, limits, service.handler());
-    REQUIRE(server.listen("127.0.0.1", 0) == 0);
-    int port = server.bound_port();
-
-    std::string raw;
-    harness.run_client([&] {
-        int fd = connect_to(port);
-        send_all(fd, get("/echo?n=1") + get("/echo?n=2") + get("/echo?n=3"));
-        raw = read_until_close(fd);
-        close(fd);
-    });
-
-    std::string buffer = raw;
-    auto first = take_response(-1, buffer);
-    auto second = take_response(-1, buffer);
-    REQUIRE((first && second));
-    CHECK(first->header("connection").empty());
-    CHECK(second->header("connection") == "close");
-    CHECK(buffer.empty());
-    CHECK(service.calls == 2);
-
-    harness.close_server_and_loop(server);
-}
-
-TEST_CASE("http server closes connections beyond the connection limit", "[http]") {
+TEST_CASE("http server holds connections beyond the connection limit back", "[http]") {
     LoopHarness harness;
     TestService service;
     HttpServerLimits limits = test_limits();
@@ -824,8 +838,10 @@ TEST_CASE("http server closes connections beyond the connection limit", "[http]"
     REQUIRE(server.listen("127.0.0.1", 0) == 0);
     int port = server.bound_port();
 
-    bool third_refused = false;
-    bool served_after_one_left = false;
+    // At the limit libmicrohttpd stops accepting: a third client completes its handshake with
+    // the kernel but waits, unanswered, in the listen backlog until a connection closes.
+    bool third_waited = false;
+    std::optional<ClientResponse> third_response;
     int a = -1;
     int b = -1;
     harness.run_client([&] {
@@ -842,24 +858,17 @@ TEST_CASE("http server closes connections beyond the connection limit", "[http]"
         }
         int c = connect_to(port);
         send_all(c, get("/echo?c=c"));
-        third_refused = closed_without_data(c);
-        close(c);
-
-        // Once a connection has gone, a new one is served. The server learns of the close
-        // asynchronously, so retry until it has, within a deadline.
+        third_waited = silent_for(c, 300ms);
         close(a);
-        auto deadline = Clock::now() + 5s;
-        while (!served_after_one_left && Clock::now() < deadline) {
-            int d = connect_to(port);
-            send_all(d, get("/echo?c=d", "Connection: close\r\n"));
-            std::string raw = read_until_close(d);
-            close(d);
-            served_after_one_left = raw.starts_with("HTTP/1.1 200");
-        }
+        std::string third_buffer;
+        third_response = take_response(c, third_buffer);
+        close(c);
     });
 
-    CHECK(third_refused);
-    CHECK(served_after_one_left);
+    CHECK(third_waited);
+    REQUIRE(third_response);
+    CHECK(third_response->body == "GET /echo c=c");
+    CHECK(server.connection_count() <= 2);
     close(b);
     CHECK(harness.run_until([&] { return server.connection_count() == 0; }, 5s));
 
@@ -932,9 +941,7 @@ TEST_CASE("http server closes clients that do not complete a request in time", "
 TEST_CASE("http server stops reading from a client that does not read its responses", "[http]") {
     LoopHarness harness;
     TestService service;
-    HttpServerLimits limits = test_limits();
-    limits.max_unsent_bytes = 64 * 1024;
-    HttpServer server(&harness.loop, limits, service.handler());
+    HttpServer server(&harness.loop, test_limits(), service.handler());
     REQUIRE(server.listen("127.0.0.1", 0) == 0);
     int port = server.bound_port();
 
@@ -1089,20 +1096,408 @@ TEST_CASE("http server listens on IPv6 and localhost and reports bind errors", "
     harness.close_loop();
 }
 
-TEST_CASE("http router dispatches by path and method", "[http]") {
+namespace {
+
+// Routes that answer later, drop their reply or echo the request, for the asynchronous paths.
+struct AsyncService {
+    int calls = 0;
     HttpRouter router;
-    router.get("/a", [](const HttpRequest& request) {
-        HttpResponse response;
-        response.body = "a:" + request.method;
-        return response;
+    std::vector<HttpReply> held; // replies of GET /later, answered by the test
+
+    AsyncService() {
+        router.handle("GET", "/later", [this](const HttpRequest&, HttpReply reply) {
+            held.push_back(std::move(reply));
+        });
+        router.handle("GET", "/drop", [](const HttpRequest&, HttpReply) {});
+        router.handle("POST", "/echo", [](const HttpRequest& request, HttpReply reply) {
+            std::string headers;
+            for (const auto& [name, value] : request.headers) {
+                headers += name + "=" + value + ";";
+            }
+            const std::string* custom = request.header("x-custom");
+            reply.send(HttpResponse{.status = 200,
+                                    .content_type = "text/plain",
+                                    .body = std::to_string(request.body.size()) + " " +
+                                            std::to_string(std::hash<std::string>{}(request.body)),
+                                    .headers = {{"X-Custom-Seen", custom ? *custom : "-"},
+                                                {"X-Client", request.client_address},
+                                                {"X-Headers", headers}}});
+        });
+        router.handle("POST", "/api/events/*", [](const HttpRequest& request, HttpReply reply) {
+            reply.send(HttpResponse{.status = 202,
+                                    .content_type = "text/plain",
+                                    .body = "event action " + request.path,
+                                    .headers = {}});
+        });
+        router.get("/api/events/*", [](const HttpRequest& request) {
+            return HttpResponse{.status = 200,
+                                .content_type = "text/plain",
+                                .body = "event " + request.path,
+                                .headers = {}};
+        });
+        router.handle("POST", "/api/pause", [](const HttpRequest&, HttpReply reply) {
+            reply.send(HttpResponse{
+                .status = 200, .content_type = "text/plain", .body = "paused", .headers = {}});
+        });
+    }
+
+    HttpServer::Handler handler() {
+        return [this](const HttpRequest& request, HttpReply reply) {
+            ++calls;
+            router.dispatch(request, std::move(reply));
+        };
+    }
+};
+
+} // namespace
+
+TEST_CASE("http server sends a reply that the handler answers later", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    std::optional<ClientResponse> first;
+    std::optional<ClientResponse> second;
+    int fd = -1;
+    harness.start([&] {
+        fd = connect_to(port);
+        std::string buffer;
+        send_all(fd, get("/later"));
+        first = take_response(fd, buffer);
+        // The same connection serves the next request once the suspended one is answered.
+        send_all(fd, get("/later", "Connection: close\r\n"));
+        second = take_response(fd, buffer);
+        close(fd);
     });
-    CHECK(router.dispatch({"GET", "/a", ""}).body == "a:GET");
-    CHECK(router.dispatch({"HEAD", "/a", ""}).body == "a:HEAD");
-    CHECK(router.dispatch({"GET", "/b", ""}).status == 404);
-    HttpResponse put = router.dispatch({"PUT", "/a", ""});
-    CHECK(put.status == 405);
-    REQUIRE(put.headers.size() == 1);
-    CHECK(put.headers[0] == std::pair<std::string, std::string>("Allow", "GET, HEAD"));
-    CHECK(http_reason_phrase(431) == "Request Header Fields Too Large");
-    CHECK(http_status_response(503).body == "Service Unavailable\n");
+    REQUIRE(harness.run_until([&] { return service.held.size() == 1; }, 5s));
+    // The request is held while the loop goes on; a timer answers it, as a database reply would.
+    REQUIRE(service.held[0].pending());
+    Timer answer(&harness.loop, [&] {
+        service.held[0].send(HttpResponse{
+            .status = 201, .content_type = "text/plain", .body = "made", .headers = {}});
+    });
+    answer.start(50);
+    REQUIRE(harness.run_until([&] { return service.held.size() == 2; }, 5s));
+    CHECK_FALSE(service.held[0].pending());
+    service.held[1].send(http_status_response(503));
+    // A second send() on one reply does nothing.
+    service.held[1].send(http_status_response(200));
+    harness.join();
+
+    REQUIRE(first);
+    CHECK(first->status == 201);
+    CHECK(first->body == "made");
+    CHECK(first->header("server") == "outbox-worker");
+    REQUIRE(second);
+    CHECK(second->status == 503);
+    CHECK(second->body == "Service Unavailable\n");
+    answer.close();
+    service.held.clear();
+    harness.close_server_and_loop(server);
+}
+
+TEST_CASE("http server drops a reply whose client has gone", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    harness.run_client([&] {
+        int fd = connect_to(port);
+        send_all(fd, get("/later"));
+        int other = connect_to(port);
+        send_all(other, get("/later"));
+        close(fd);
+        close(other);
+    });
+    REQUIRE(harness.run_until([&] { return service.held.size() == 2; }, 5s));
+    // A suspended connection is not watched, so the server learns that its client left only
+    // when it writes the answer, or (for the second) when the reply is dropped unsent.
+    service.held[0].send(HttpResponse{.status = 200,
+                                      .content_type = "text/plain",
+                                      .body = std::string(100000, 'x'),
+                                      .headers = {}});
+    CHECK_FALSE(service.held[0].pending());
+    service.held.clear();
+    CHECK(harness.run_until([&] { return server.connection_count() == 0; }, 5s));
+
+    // The server is none the worse.
+    Exchange after;
+    harness.run_client([&] {
+        after = exchange_once(port, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n"
+                                    "Connection: close\r\n\r\nhi");
+    });
+    REQUIRE(after.response);
+    CHECK(after.response->status == 200);
+    harness.close_server_and_loop(server);
+}
+
+TEST_CASE("http server answers 500 for a reply destroyed unsent", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    Exchange dropped_at_once;
+    std::optional<ClientResponse> dropped_later;
+    harness.start([&] {
+        dropped_at_once = exchange_once(port, get("/drop", "Connection: close\r\n"));
+        int fd = connect_to(port);
+        std::string buffer;
+        send_all(fd, get("/later", "Connection: close\r\n"));
+        dropped_later = take_response(fd, buffer);
+        close(fd);
+    });
+    REQUIRE(harness.run_until([&] { return service.held.size() == 1; }, 5s));
+    service.held.clear(); // destroys the held reply
+    harness.join();
+
+    REQUIRE(dropped_at_once.response);
+    CHECK(dropped_at_once.response->status == 500);
+    REQUIRE(dropped_later);
+    CHECK(dropped_later->status == 500);
+    CHECK(dropped_later->header("server") == "outbox-worker");
+    harness.close_server_and_loop(server);
+}
+
+TEST_CASE("http server hands the handler the whole body, headers and client", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServerLimits limits = test_limits();
+    limits.max_body_bytes = 40000;
+    HttpServer server(&harness.loop, limits, service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    std::string body;
+    for (int i = 0; body.size() < 40000; ++i) {
+        body += std::to_string(i) + ",";
+    }
+    body.resize(40000); // exactly the limit
+    const std::string expected =
+        std::to_string(body.size()) + " " + std::to_string(std::hash<std::string>{}(body));
+    std::string chunked_body;
+    for (std::size_t at = 0; at < body.size(); at += 3000) {
+        std::string piece = body.substr(at, 3000);
+        char size[16];
+        std::snprintf(size, sizeof size, "%zx", piece.size());
+        chunked_body += std::string(size) + "\r\n" + piece + "\r\n";
+    }
+    chunked_body += "0\r\n\r\n";
+
+    std::optional<ClientResponse> declared;
+    std::optional<ClientResponse> chunked;
+    std::optional<ClientResponse> over;
+    harness.run_client([&] {
+        int fd = connect_to(port);
+        std::string buffer;
+        // The body arrives in pieces across many reads.
+        std::string head = "POST /echo HTTP/1.1\r\nHost: t\r\nX-CUSTOM: Mixed Case\r\n"
+                           "x-second: 2\r\nContent-Length: " +
+                           std::to_string(body.size()) + "\r\n\r\n";
+        send_all(fd, head);
+        for (std::size_t at = 0; at < body.size(); at += 7000) {
+            send_all(fd, std::string_view(body).substr(at, 7000));
+            std::this_thread::sleep_for(2ms);
+        }
+        declared = take_response(fd, buffer);
+        send_all(fd, "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                         chunked_body);
+        chunked = take_response(fd, buffer);
+        // One byte over the limit.
+        send_all(fd, "POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                         chunked_body.substr(0, chunked_body.size() - 5) + "1\r\nx\r\n0\r\n\r\n");
+        over = take_response(fd, buffer);
+        close(fd);
+    });
+
+    REQUIRE(declared);
+    CHECK(declared->status == 200);
+    CHECK(declared->body == expected);
+    CHECK(declared->header("x-custom-seen") == "Mixed Case");
+    CHECK(declared->header("x-client") == "127.0.0.1");
+    // Names lower-cased, in the order sent.
+    CHECK(declared->header("x-headers").starts_with("host=t;x-custom=Mixed Case;x-second=2;"));
+    REQUIRE(chunked);
+    CHECK(chunked->body == expected);
+    CHECK(chunked->header("x-custom-seen") == "-");
+    REQUIRE(over);
+    CHECK(over->status == 413);
+    CHECK(lower(over->header("connection")) == "close");
+    CHECK(service.calls == 2);
+    harness.close_server_and_loop(server);
+}
+
+TEST_CASE("http request decodes query parameters and finds headers", "[http]") {
+    HttpRequest request;
+    request.query = "a=1&b=hello+world%21&c&d=%zz%4&e=%41%42&a=2&f%5B%5D=x&empty=";
+    request.headers = {{"content-type", "application/json"}, {"x-twice", "1"}, {"x-twice", "2"}};
+    CHECK(request.query_param("a") == "1");
+    CHECK(request.query_param("b") == "hello world!");
+    CHECK(request.query_param("c") == "");
+    CHECK(request.query_param("d") == "%zz%4");
+    CHECK(request.query_param("e") == "AB");
+    CHECK(request.query_param("f[]") == "x");
+    CHECK(request.query_param("empty") == "");
+    CHECK_FALSE(request.query_param("missing"));
+    CHECK_FALSE(HttpRequest{}.query_param("a"));
+    REQUIRE(request.header("content-type") != nullptr);
+    CHECK(*request.header("content-type") == "application/json");
+    CHECK(*request.header("x-twice") == "1");
+    CHECK(request.header("Content-Type") == nullptr); // the caller passes the lower-case name
+}
+
+TEST_CASE("http router matches prefixes and answers 405 with the allowed methods", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    std::map<std::string, Exchange> exchanges;
+    const std::vector<std::pair<std::string, std::string>> requests = {
+        {"post-event", "POST /api/events/42/retry HTTP/1.1\r\nContent-Length: 0\r\n"},
+        {"get-event", "GET /api/events/42 HTTP/1.1\r\n"},
+        {"head-event", "HEAD /api/events/42 HTTP/1.1\r\n"},
+        {"delete-event", "DELETE /api/events/42 HTTP/1.1\r\n"},
+        {"get-pause", "GET /api/pause HTTP/1.1\r\n"},
+        {"post-pause", "POST /api/pause HTTP/1.1\r\nContent-Length: 0\r\n"},
+        {"prefix-itself", "GET /api/events/ HTTP/1.1\r\n"},
+        {"not-prefix", "GET /api/events HTTP/1.1\r\n"},
+        {"pause-longer", "POST /api/pause/x HTTP/1.1\r\nContent-Length: 0\r\n"},
+    };
+    harness.run_client([&] {
+        for (const auto& [name, head] : requests) {
+            exchanges[name] =
+                exchange_once(port, head + "Connection: close\r\n\r\n", head.starts_with("HEAD"));
+        }
+    });
+
+    auto status = [&](const std::string& name) {
+        REQUIRE(exchanges[name].response);
+        return exchanges[name].response->status;
+    };
+    CHECK(status("post-event") == 202);
+    CHECK(exchanges["post-event"].response->body == "event action /api/events/42/retry");
+    CHECK(status("get-event") == 200);
+    CHECK(exchanges["get-event"].response->body == "event /api/events/42");
+    CHECK(status("head-event") == 200);
+    CHECK(status("delete-event") == 405);
+    CHECK(exchanges["delete-event"].response->header("allow") == "POST, GET, HEAD");
+    CHECK(status("get-pause") == 405);
+    CHECK(exchanges["get-pause"].response->header("allow") == "POST");
+    CHECK(status("post-pause") == 200);
+    CHECK(status("prefix-itself") == 200);
+    CHECK(status("not-prefix") == 404);
+    CHECK(status("pause-longer") == 404);
+    harness.close_server_and_loop(server);
+}
+
+TEST_CASE("http server close() abandons a suspended request", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    int fd = -1;
+    harness.run_client([&] {
+        fd = connect_to(port);
+        send_all(fd, get("/later"));
+    });
+    REQUIRE(harness.run_until([&] { return service.held.size() == 1; }, 5s));
+    CHECK(server.connection_count() == 1);
+
+    bool closed = false;
+    server.close([&] { closed = true; });
+    // At once, not only when the loop has run: the reply can no longer reach anyone.
+    CHECK_FALSE(service.held[0].pending());
+    service.held[0].send(http_status_response(200)); // does nothing
+    REQUIRE(harness.run_until([&] { return closed; }, 5s));
+    CHECK(server.connection_count() == 0);
+    CHECK(server.bound_port() == 0);
+    service.held.clear();
+
+    bool client_saw_close = false;
+    harness.run_client([&] {
+        client_saw_close = closed_without_data(fd);
+        close(fd);
+    });
+    CHECK(client_saw_close);
+    harness.close_loop();
+}
+
+TEST_CASE("http server may be closed by its handler", "[http]") {
+    LoopHarness harness;
+    bool closed = false;
+    std::unique_ptr<HttpServer> server;
+    server = std::make_unique<HttpServer>(&harness.loop, test_limits(),
+                                          [&](const HttpRequest&, HttpReply reply) {
+                                              reply.send(http_status_response(200));
+                                              server->close([&] { closed = true; });
+                                          });
+    REQUIRE(server->listen("127.0.0.1", 0) == 0);
+    int port = server->bound_port();
+
+    std::string raw;
+    harness.start([&] {
+        int fd = connect_to(port);
+        send_all(fd, get("/"));
+        raw = read_until_close(fd);
+        close(fd);
+    });
+    REQUIRE(harness.run_until([&] { return closed; }, 5s));
+    harness.join();
+    // Closing abandons the answer the handler had just sent.
+    CHECK(raw.empty());
+    server.reset();
+    harness.close_loop();
+}
+
+TEST_CASE("http server answers a client that half-closes and then lets it go", "[http]") {
+    LoopHarness harness;
+    AsyncService service;
+    HttpServer server(&harness.loop, test_limits(), service.handler());
+    REQUIRE(server.listen("127.0.0.1", 0) == 0);
+    int port = server.bound_port();
+
+    // The end of the stream arrives with the requests, in one read; the server must still
+    // answer every request, the held one too, and then close well before its 10 s timeout.
+    std::string raw;
+    Clock::time_point start;
+    long closed_after_ms = 0;
+    harness.start([&] {
+        int fd = connect_to(port);
+        start = Clock::now();
+        send_all(fd, "POST /echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi" + get("/later"));
+        shutdown(fd, SHUT_WR);
+        raw = read_until_close(fd);
+        closed_after_ms =
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start).count();
+        close(fd);
+    });
+    REQUIRE(harness.run_until([&] { return service.held.size() == 1; }, 5s));
+    Timer answer(&harness.loop, [&] {
+        service.held[0].send(HttpResponse{
+            .status = 200, .content_type = "text/plain", .body = "late", .headers = {}});
+    });
+    answer.start(100);
+    harness.join();
+
+    std::string buffer = raw;
+    auto first = take_response(-1, buffer);
+    auto second = take_response(-1, buffer);
+    REQUIRE((first && second));
+    CHECK(first->status == 200);
+    CHECK(second->body == "late");
+    CHECK(buffer.empty());
+    CHECK(closed_after_ms < 3000);
+    CHECK(harness.run_until([&] { return server.connection_count() == 0; }, 5s));
+    answer.close();
+    service.held.clear();
+    harness.close_server_and_loop(server);
 }
