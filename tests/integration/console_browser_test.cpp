@@ -278,8 +278,15 @@ TEST_CASE("console events: search by event key and by ordering key, and the deta
                "=== 9",
                kPageTimeout);
 
-    // By event key.
+    // By event key: refused with the advice while the optional index is missing (migration 005
+    // leaves it to the operator), the page showing the service's message; found once it exists.
     browser.type("#events-event-key", "order-7781");
+    browser.click("#events-search");
+    CHECK_PAGE(browser,
+               "!document.querySelector('#error-banner').hidden && "
+               "document.querySelector('#error-banner').textContent.includes('CREATE INDEX')",
+               kPageTimeout);
+    db.exec(R"(CREATE INDEX "Outbox_worker_eventLogId_idx" ON "Outbox" ("eventLogId"))");
     browser.click("#events-search");
     CHECK_PAGE(browser, rows_are("#events-table", {first}), kPageTimeout);
     CHECK(browser.evaluate_string("location.hash") == "#/events?eventKey=order-7781");
@@ -338,10 +345,12 @@ TEST_CASE("console events: search by event key and by ordering key, and the deta
     open_view(browser, console, "#/events/no-such-event");
     CHECK_PAGE(browser, "!document.querySelector('#error-banner').hidden", kPageTimeout);
 
-    // The 404 above is the browser's logged failed request, not a page error; drop it.
+    // The 400 (no index) and the 404 above are the browser's logged failed requests, not page
+    // errors; drop them.
     std::vector<std::string> errors;
     for (const auto& e : browser.errors()) {
-        if (e.find("404") == std::string::npos) {
+        if (e.find("status of 404") == std::string::npos &&
+            e.find("status of 400") == std::string::npos) {
             errors.push_back(e);
         }
     }
@@ -514,7 +523,7 @@ TEST_CASE("console dead letters: log in, retry a selection and one entry, purge,
     // The wrong token's 401 is logged by the browser as a failed request; nothing else may be.
     std::vector<std::string> errors;
     for (const auto& e : browser.errors()) {
-        if (e.find("401") == std::string::npos) {
+        if (e.find("status of 401") == std::string::npos) {
             errors.push_back(e);
         }
     }
