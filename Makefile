@@ -40,7 +40,7 @@ DEB_PACKAGES := build-essential cmake pkg-config libpq-dev libuv1-dev libcjson-d
 	catch2 libcurl4-openssl-dev libmicrohttpd-dev postgresql postgresql-contrib clang-format \
 	python3 python3-prometheus-client curl procps util-linux systemd \
 	librdkafka-dev libnats-dev librabbitmq-dev libhiredis-dev nats-server rabbitmq-server \
-	redis-server kcat
+	redis-server kcat chromium
 
 # Directories holding the project's C++ sources (format and format-check); build trees excluded.
 CXX_SOURCE_DIRS := common supervisor worker cli include tests examples bench
