@@ -536,7 +536,7 @@ TEST_CASE("console dead letters: log in, retry a selection and one entry, purge,
     stop_cleanly(console.service, db);
 }
 
-TEST_CASE("console without a token: read-only, actions absent and refused; blocked keys",
+TEST_CASE("console without a token: read-only, actions absent and refused, blocked keys listed",
           "[browser]") {
     TestDatabase db;
     db.migrate();
