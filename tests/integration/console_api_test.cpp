@@ -528,7 +528,7 @@ TEST_CASE("console API: dead-letter retry, skip and purge, by ids and by filter"
     stop_cleanly(svc.service, db);
 }
 
-TEST_CASE("console API: pausing a type stops every instance claiming it; resuming lets it through",
+TEST_CASE("console API: pausing a type stops every instance claiming it, resuming lets it through",
           "[console][console-api]") {
     TestDatabase db;
     db.migrate();

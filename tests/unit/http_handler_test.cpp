@@ -254,7 +254,7 @@ outbox::Handler handler_for(const std::string& url, long timeout_ms = 5000,
 
 } // namespace
 
-TEST_CASE("http: 2xx is success; body and headers arrive", "[http_handler]") {
+TEST_CASE("http: 2xx is success, body and headers arrive", "[http_handler]") {
     ScriptedHttpServer server({response(204, "No Content")});
     const outbox::Event event = make_event();
     const outbox::Result result = handler_for(
@@ -321,7 +321,7 @@ TEST_CASE("http: a configured Content-Type replaces the default", "[http_handler
           }) == 1);
 }
 
-TEST_CASE("http: 500 is retryable; the error names status, URL and body", "[http_handler]") {
+TEST_CASE("http: 500 is retryable, the error names status, URL and body", "[http_handler]") {
     ScriptedHttpServer server({response(500, "Internal Server Error", "database is down\n")});
     const outbox::Result result = handler_for(server.url())(make_event());
     CHECK(result.outcome == outbox::Outcome::retry);

@@ -828,7 +828,7 @@ TEST_CASE("RESULT: every malformation is an error naming the field", "[protocol]
     }
 }
 
-TEST_CASE("decoders accept only their own type; QUIT has no body", "[protocol]") {
+TEST_CASE("decoders accept only their own type, QUIT has no body", "[protocol]") {
     const Frame quit = decode_one(encode_quit());
     const auto not_a_result = decode_result(quit);
     REQUIRE_FALSE(not_a_result.ok());

@@ -304,7 +304,7 @@ TEST_CASE("relay: a failure is retried with backoff, then dead-lettered", "[rela
     CHECK(f.host.wakes[0] == f.clock.now + 1000 + 20);
 }
 
-TEST_CASE("relay: a permanent failure goes to the DLQ at once; Retry-After raises the delay",
+TEST_CASE("relay: a permanent failure goes to the DLQ at once, Retry-After raises the delay",
           "[relay]") {
     Fixture f;
     f.relay->start_claiming();
@@ -318,7 +318,7 @@ TEST_CASE("relay: a permanent failure goes to the DLQ at once; Retry-After raise
     CHECK(f.store.records[0].delays[1] == 7000);
 }
 
-TEST_CASE("relay: a crash charges exactly the running event; the ones behind it go back uncharged",
+TEST_CASE("relay: a crash charges exactly the running event, the ones behind it go back uncharged",
           "[relay]") {
     Fixture f;
     f.pool.room = 3;
@@ -533,7 +533,7 @@ TEST_CASE("relay: an event too large for the channel goes straight to the DLQ", 
     CHECK(f.store.records[0].errors[0].find("too large") != std::string::npos);
 }
 
-TEST_CASE("relay: a full claim claims again; tokens are unique per claim", "[relay]") {
+TEST_CASE("relay: a full claim claims again, tokens are unique per claim", "[relay]") {
     Fixture f;
     f.pool.room = 100;
     f.relay->start_claiming();
