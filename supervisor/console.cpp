@@ -353,6 +353,16 @@ void Console::post_login(const HttpRequest& request, ReplyPtr reply) {
         reply->send(error_response(415, "the body must be application/json"));
         return;
     }
+    uint64_t now = uv_now(loop_);
+    if (uint64_t wait = login_throttle_.wait_ms(request.client_address, now)) {
+        uint64_t seconds = (wait + 999) / 1000;
+        HttpResponse r =
+            error_response(429, "too many failed logins from this address: try again in " +
+                                    std::to_string(seconds) + " s");
+        r.headers.emplace_back("Retry-After", std::to_string(seconds));
+        reply->send(std::move(r));
+        return;
+    }
     std::string error;
     auto token = console::parse_login_body(request.body, error);
     if (!token) {
@@ -360,11 +370,13 @@ void Console::post_login(const HttpRequest& request, ReplyPtr reply) {
         return;
     }
     if (!console::constant_time_equal(*token, config_.admin_token)) {
+        login_throttle_.failed(request.client_address, now);
         spdlog::warn("console: failed login from {}", request.client_address);
         reply->send(error_response(401, "wrong token"));
         return;
     }
-    const console::Session& session = sessions_.create(uv_now(loop_));
+    login_throttle_.succeeded(request.client_address);
+    const console::Session& session = sessions_.create(now);
     spdlog::info("console: login from {} (a session of 12 hours)", request.client_address);
     Json body(cJSON_CreateObject());
     cJSON_AddStringToObject(body.get(), "csrfToken", session.csrf.c_str());

@@ -104,6 +104,7 @@ class Console {
     DbConnection& db_;
     ConsoleHost host_;
     console::SessionStore sessions_;
+    console::LoginThrottle login_throttle_;
 };
 
 } // namespace outbox

@@ -102,6 +102,37 @@ void SessionStore::remove(std::string_view id) {
     }
 }
 
+uint64_t LoginThrottle::wait_ms(const std::string& address, uint64_t now_ms) {
+    auto it = windows_.find(address);
+    if (it == windows_.end()) {
+        return 0;
+    }
+    uint64_t ends = it->second.start_ms + kLoginWindowMs;
+    if (now_ms >= ends) {
+        windows_.erase(it);
+        return 0;
+    }
+    return it->second.failures >= kLoginFailuresAllowed ? ends - now_ms : 0;
+}
+
+void LoginThrottle::failed(const std::string& address, uint64_t now_ms) {
+    auto it = windows_.find(address);
+    if (it != windows_.end() && now_ms >= it->second.start_ms + kLoginWindowMs) {
+        windows_.erase(it);
+        it = windows_.end();
+    }
+    if (it == windows_.end()) {
+        if (windows_.size() >= kMaxThrottledAddresses) {
+            auto oldest = std::min_element(windows_.begin(), windows_.end(), [](auto& a, auto& b) {
+                return a.second.start_ms < b.second.start_ms;
+            });
+            windows_.erase(oldest);
+        }
+        it = windows_.emplace(address, Window{now_ms, 0}).first;
+    }
+    ++it->second.failures;
+}
+
 std::optional<std::string> cookie_value(std::string_view header, std::string_view name) {
     while (!header.empty()) {
         size_t semi = header.find(';');

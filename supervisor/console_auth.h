@@ -57,6 +57,32 @@ class SessionStore {
     std::map<std::string, Session, std::less<>> sessions_;
 };
 
+// Failed logins per client address: after kLoginFailuresAllowed failures within
+// kLoginWindowMs, that address is refused (429) until the window of its first failure has passed.
+// A guess at a long random token is hopeless anyway; this keeps a script from trying millions and
+// filling the log. Behind a proxy every client shares the proxy's address, so a flood of wrong
+// tokens there locks the login form for a minute (bearer requests are not throttled). Bounded:
+// when full, the address with the oldest window is forgotten.
+constexpr size_t kLoginFailuresAllowed = 5;
+constexpr uint64_t kLoginWindowMs = 60'000;
+constexpr size_t kMaxThrottledAddresses = 10'000;
+
+class LoginThrottle {
+  public:
+    // 0 when `address` may try now, else the milliseconds until it may.
+    uint64_t wait_ms(const std::string& address, uint64_t now_ms);
+    void failed(const std::string& address, uint64_t now_ms);
+    void succeeded(const std::string& address) { windows_.erase(address); }
+    size_t size() const { return windows_.size(); }
+
+  private:
+    struct Window {
+        uint64_t start_ms = 0;
+        size_t failures = 0;
+    };
+    std::map<std::string, Window, std::less<>> windows_;
+};
+
 // The value of cookie `name` in a Cookie header ("a=1; outbox_session=abc"), or nullopt.
 std::optional<std::string> cookie_value(std::string_view cookie_header, std::string_view name);
 // Set-Cookie values: the session's, and one that removes it.

@@ -220,3 +220,28 @@ TEST_CASE("identify tells bearer from session and nothing", "[console]") {
     h.authorization = "Bearer " + kToken;
     CHECK(identify(h.view(), kToken, store, 1).method == AuthMethod::bearer);
 }
+
+TEST_CASE("failed logins from one address are throttled for the rest of their window",
+          "[console]") {
+    LoginThrottle throttle;
+    for (size_t i = 0; i < kLoginFailuresAllowed; ++i) {
+        CHECK(throttle.wait_ms("10.0.0.1", 1000 + i) == 0);
+        throttle.failed("10.0.0.1", 1000 + i);
+    }
+    // The sixth try inside the window waits until the first failure's window has passed.
+    CHECK(throttle.wait_ms("10.0.0.1", 2000) == kLoginWindowMs - 1000);
+    // Another address is not affected.
+    CHECK(throttle.wait_ms("10.0.0.2", 2000) == 0);
+    // After the window, the address starts afresh.
+    CHECK(throttle.wait_ms("10.0.0.1", 1000 + kLoginWindowMs) == 0);
+    CHECK(throttle.size() == 0);
+    // A success forgets the failures before it.
+    throttle.failed("10.0.0.3", 0);
+    throttle.succeeded("10.0.0.3");
+    CHECK(throttle.size() == 0);
+    // Failures spread over more than a window never lock an address out.
+    for (uint64_t t = 0; t < 10 * kLoginWindowMs; t += kLoginWindowMs / 2) {
+        CHECK(throttle.wait_ms("10.0.0.4", t) == 0);
+        throttle.failed("10.0.0.4", t);
+    }
+}
