@@ -148,6 +148,15 @@ void add_page(cJSON* body, const char* name, const PgResult& r, int limit,
     }
 }
 
+// A request's query parameters as the list builders read them: an empty value counts as absent
+// (the page's search form sends every field).
+console::ParamLookup query_params(const HttpRequest& request) {
+    return [&request](std::string_view name) -> std::optional<std::string> {
+        auto v = request.query_param(name);
+        return v && !v->empty() ? v : std::nullopt;
+    };
+}
+
 cJSON* blocked_key(const PgResult& r, int row) {
     cJSON* k = cJSON_CreateObject();
     add_text(k, "orderingKey", r, row, 0);
@@ -527,31 +536,31 @@ void Console::read(std::string sql, std::vector<std::optional<std::string>> para
               });
 }
 
-void Console::get_events(const HttpRequest& request, ReplyPtr reply) {
-    console::ListRequest list =
-        console::events_list_request([&](std::string_view name) -> std::optional<std::string> {
-            auto v = request.query_param(name);
-            return v && !v->empty() ? v : std::nullopt;
-        });
+void Console::read_page(console::ListRequest list, ReplyPtr reply, const char* name,
+                        cJSON* (*shape)(const PgResult&, int), int time_col, int id_col) {
     if (!list.query) {
         reply->send(error_response(400, list.error));
         return;
     }
     int limit = list.limit;
-    auto search = [this, reply, limit, query = std::move(*list.query)]() mutable {
-        read(std::move(query.sql), std::move(query.params), reply,
-             [reply, limit](const PgResult& r) {
-                 Json body(cJSON_CreateObject());
-                 add_page(body.get(), "events", r, limit, event_summary, 4, 0);
-                 reply->send(json_response(200, body.get()));
-             });
+    read(std::move(list.query->sql), std::move(list.query->params), reply,
+         [reply, limit, name, shape, time_col, id_col](const PgResult& r) {
+             Json body(cJSON_CreateObject());
+             add_page(body.get(), name, r, limit, shape, time_col, id_col);
+             reply->send(json_response(200, body.get()));
+         });
+}
+
+void Console::get_events(const HttpRequest& request, ReplyPtr reply) {
+    auto search = [this, reply, list = console::events_list_request(query_params(request))] {
+        read_page(list, reply, "events", event_summary, 4, 0);
     };
     if (!request.query_param("eventKey").value_or("").empty()) {
         // The Outbox rows of an event key need an index on "eventLogId" that migration 005 leaves
         // to the operator (it costs delivery throughput); without it the search would read the
         // whole table, so it is refused with the advice instead.
         read(sql::kConsoleEventLogIndexExists, {}, reply,
-             [reply, search = std::move(search)](const PgResult& r) mutable {
+             [reply, search = std::move(search)](const PgResult& r) {
                  if (r.rows() == 1 && r.view(0, 0) == "t") {
                      search();
                      return;
@@ -596,22 +605,8 @@ void Console::get_event(const std::string& id, ReplyPtr reply) {
 }
 
 void Console::get_dlq(const HttpRequest& request, ReplyPtr reply) {
-    console::ListRequest list =
-        console::dlq_list_request([&](std::string_view name) -> std::optional<std::string> {
-            auto v = request.query_param(name);
-            return v && !v->empty() ? v : std::nullopt;
-        });
-    if (!list.query) {
-        reply->send(error_response(400, list.error));
-        return;
-    }
-    int limit = list.limit;
-    read(std::move(list.query->sql), std::move(list.query->params), reply,
-         [reply, limit](const PgResult& r) {
-             Json body(cJSON_CreateObject());
-             add_page(body.get(), "entries", r, limit, dlq_entry, 7, 0);
-             reply->send(json_response(200, body.get()));
-         });
+    read_page(console::dlq_list_request(query_params(request)), std::move(reply), "entries",
+              dlq_entry, 7, 0);
 }
 
 void Console::get_dlq_entry(const std::string& id, ReplyPtr reply) {
@@ -628,22 +623,8 @@ void Console::get_dlq_entry(const std::string& id, ReplyPtr reply) {
 }
 
 void Console::get_blocked_keys(const HttpRequest& request, ReplyPtr reply) {
-    console::ListRequest list =
-        console::blocked_keys_request([&](std::string_view name) -> std::optional<std::string> {
-            auto v = request.query_param(name);
-            return v && !v->empty() ? v : std::nullopt;
-        });
-    if (!list.query) {
-        reply->send(error_response(400, list.error));
-        return;
-    }
-    int limit = list.limit;
-    read(std::move(list.query->sql), std::move(list.query->params), reply,
-         [reply, limit](const PgResult& r) {
-             Json body(cJSON_CreateObject());
-             add_page(body.get(), "keys", r, limit, blocked_key, 4, 0);
-             reply->send(json_response(200, body.get()));
-         });
+    read_page(console::blocked_keys_request(query_params(request)), std::move(reply), "keys",
+              blocked_key, 4, 0);
 }
 
 void Console::get_paused(ReplyPtr reply) {

@@ -18,6 +18,7 @@
 
 #include "common/config.h"
 #include "supervisor/console_auth.h"
+#include "supervisor/console_query.h"
 #include "supervisor/db_connection.h"
 #include "supervisor/endpoints.h"
 #include "supervisor/http_server.h"
@@ -29,6 +30,8 @@
 #include <memory>
 #include <string>
 #include <vector>
+
+struct cJSON;
 
 namespace outbox {
 
@@ -84,6 +87,9 @@ class Console {
 
     // Runs a read on the console's connection, or answers 503 when the database is down. `on_ok`
     // gets the successful result; errors are answered here.
+    // A list endpoint: 400 for the builder's error, else one page of `name` with its cursor.
+    void read_page(console::ListRequest list, ReplyPtr reply, const char* name,
+                   cJSON* (*shape)(const PgResult&, int), int time_col, int id_col);
     void read(std::string sql, std::vector<std::optional<std::string>> params, ReplyPtr reply,
               std::function<void(const PgResult&)> on_ok);
 
