@@ -17,8 +17,8 @@
 -- Without it the console answers a search by event key with 400 and this advice (it never reads
 -- the whole table); with it the search is an index lookup. docs/console.md says the same.
 --
--- The paused types cost every claim one probe of a table that is empty unless an operator paused
--- something (the claim's NOT EXISTS, supervisor/queries.h). Events of a paused type stay PENDING
+-- The paused types cost every claim one read of a table that is empty unless an operator paused
+-- something (an InitPlan of the claim, supervisor/queries.h, which says why it is written as it is). Events of a paused type stay PENDING
 -- in the claim's index: a claim walks past them, so pausing a type with a backlog of many
 -- thousands of events at the head of the queue makes every claim read those index entries until
 -- the type is resumed.

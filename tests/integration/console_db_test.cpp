@@ -281,3 +281,40 @@ TEST_CASE("console: a paused type is not claimed, others are, and resuming relea
     CHECK(claim.rows() == 5);
     CHECK(claim.value(0, 3) == "paused.type");
 }
+
+TEST_CASE("console: the claim walks its index for one batch whatever is paused",
+          "[console][explain]") {
+    // The case that went wrong: one event type, so the type's statistics say every row has it. The
+    // paused test written as NOT EXISTS or "<> ALL (ARRAY(...))" was estimated to keep almost no
+    // row, and the planner then read and sorted every PENDING row for each claim instead of taking
+    // one batch from "Outbox_worker_claim_idx" (supervisor/queries.h, kClaim).
+    TestDatabase db;
+    db.migrate();
+    db.exec(R"(
+INSERT INTO "EventLog" ("id", "eventKey", "tenantId", "eventType", "payload")
+SELECT 'evl_' || g, 'key-' || g, 'tenant', 'only.type', '{}'::jsonb
+  FROM generate_series(1, 50000) g;
+INSERT INTO "Outbox" ("id", "eventLogId", "tenantId", "eventType", "payload", "updatedAt")
+SELECT 'obx_' || g, 'evl_' || g, 'tenant', 'only.type', '{}'::jsonb, now()
+  FROM generate_series(1, 50000) g;
+ANALYZE;
+)");
+    PgConn conn = db.connect();
+    REQUIRE(pg_exec(conn.get(), "SET plan_cache_mode = force_custom_plan").ok());
+    auto check_claim_plan = [&](const char* what) {
+        for (const std::optional<std::string>& patterns :
+             {std::optional<std::string>(), std::optional<std::string>("{only.%}")}) {
+            std::string plan =
+                explain(conn.get(), sql::kClaim, {"me", "100", patterns, "1", "30000"});
+            INFO(what << "\n" << plan);
+            CHECK(plan.find("\"Outbox_worker_claim_idx\"") != std::string::npos);
+            CHECK(plan.find("\"Sort\"") == std::string::npos);
+            check_no_seq_scan(plan, what);
+        }
+    };
+    check_claim_plan("nothing paused");
+    db.exec(R"(INSERT INTO outbox_worker_paused ("eventType") VALUES ('other.type'); ANALYZE)");
+    check_claim_plan("another type paused");
+    db.exec(R"(INSERT INTO outbox_worker_paused ("eventType") VALUES ('only.type'); ANALYZE)");
+    check_claim_plan("the only type paused");
+}
