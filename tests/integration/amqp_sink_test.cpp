@@ -408,8 +408,11 @@ TEST_CASE("amqp sink: what the broker rejects for good fails permanently", "[bro
 
     {
         INFO("a message above the broker's max_message_size");
-        // The broker closes the channel for it and drops what was published after it: that one
-        // fails for good, the others retryably, and go through when published again.
+        // The broker closes the channel for it: that one fails for good. A neighbour that was
+        // not confirmed when the channel closed fails retryably with the broker's reason and goes
+        // through when published again; which neighbours those are depends on when the sink reads
+        // the close (before or after it has sent the next publication), so either outcome is
+        // right for each of them, and both must end up delivered.
         BrokerMessage big = order_message(2);
         big.body = std::string(70000, 'x');
         std::vector<BrokerMessage> messages = {order_message(1), big, order_message(3)};
@@ -418,13 +421,13 @@ TEST_CASE("amqp sink: what the broker rejects for good fails permanently", "[bro
         CHECK(results[1].outcome == Outcome::permanent);
         CHECK(results[1].error.rfind("amqp: message too large: 406 PRECONDITION_FAILED", 0) == 0);
         CHECK(results[1].error.find("70000") != std::string::npos);
-        CHECK(results[2].outcome == Outcome::retry);
-        CHECK(results[2].error.find("closed the channel: 406 PRECONDITION_FAILED") !=
-              std::string::npos);
-        CHECK(publish_one(*sink, messages[2]).outcome == Outcome::success);
-        if (results[0].outcome != Outcome::success) {
-            CHECK(results[0].outcome == Outcome::retry);
-            CHECK(publish_one(*sink, messages[0]).outcome == Outcome::success);
+        for (size_t n : {size_t{0}, size_t{2}}) {
+            if (results[n].outcome != Outcome::success) {
+                CHECK(results[n].outcome == Outcome::retry);
+                CHECK(results[n].error.find("closed the channel: 406 PRECONDITION_FAILED") !=
+                      std::string::npos);
+                CHECK(publish_one(*sink, messages[n]).outcome == Outcome::success);
+            }
         }
     }
 
